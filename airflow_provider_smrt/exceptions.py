@@ -1,0 +1,337 @@
+"""The one error hierarchy of airflow-provider-smrt, and the one classifier of SageMaker Runtime errors.
+
+Every error raised by the hook, the scoring core and the operators is a :class:`SmrtError`.
+Errors returned by SageMaker Runtime (or by the transport under it) are turned into an
+:class:`InvocationError` subclass by :func:`classify_error`, which is the only place that knows
+the service's error codes. Each carries ``code``, ``retryable``, ``http_status`` and
+``request_id``; a :class:`ModelError` also carries ``original_status_code``,
+``original_message`` and ``log_stream_arn``.
+
+Messages never contain request or response bodies, CustomAttributes or credentials.
+This module imports neither Airflow nor boto3 at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SmrtError(Exception):
+    """Base class of every error raised by airflow-provider-smrt."""
+
+
+class ParameterValidationError(SmrtError, ValueError):
+    """A parameter is invalid; raised before any request is sent."""
+
+
+class InputDataError(SmrtError):
+    """The input dataset cannot be scored as configured (file, column, type or row problem)."""
+
+
+class OutputError(SmrtError):
+    """The output location cannot be used (not writable, not empty, inside the input, ...)."""
+
+
+class PredictionCountMismatchError(SmrtError):
+    """The endpoint returned a different number of predictions than rows sent (model contract)."""
+
+
+class ErrorRatioExceededError(SmrtError):
+    """More rows failed than ``max_error_ratio`` allows."""
+
+
+class ScoringCancelledError(SmrtError):
+    """The scoring run was stopped (``on_kill``, task timeout or a fatal error elsewhere)."""
+
+
+class InvocationError(SmrtError):
+    """An invocation of SageMaker Runtime failed.
+
+    :param message: what happened and what to do; never a payload or a CustomAttributes value.
+    :param code: the service's error code (e.g. ``ModelError``) or a transport error name.
+    :param endpoint_name: the endpoint called.
+    :param http_status: the HTTP status of the response, if there was one.
+    :param request_id: the request id of the response, if there was one.
+    """
+
+    retryable: ClassVar[bool] = False
+    #: True for errors that mean "slow down" (drive adaptive concurrency).
+    throttled: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        endpoint_name: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.endpoint_name = endpoint_name
+        self.http_status = http_status
+        self.request_id = request_id
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep keyword arguments across pickling
+        return (_rebuild, (type(self), str(self), self.__dict__))
+
+
+def _rebuild(cls: type[InvocationError], message: str, state: dict[str, Any]) -> InvocationError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class RetryableInvocationError(InvocationError):
+    """A transient failure of the service; the same request may succeed later."""
+
+    retryable = True
+
+
+class ThrottlingError(RetryableInvocationError):
+    """The service or the model asked the caller to slow down (ThrottlingException)."""
+
+    throttled = True
+
+
+class ModelNotReadyError(RetryableInvocationError):
+    """The model is not ready yet (ModelNotReadyException, HTTP 429): wait and retry."""
+
+    throttled = True
+
+
+class ServiceError(RetryableInvocationError):
+    """InternalFailure, ServiceUnavailable or InternalDependencyException (HTTP 5xx)."""
+
+
+class TransportError(RetryableInvocationError):
+    """Connection refused or reset, connect or read timeout: no valid response arrived."""
+
+
+class ModelError(InvocationError):
+    """The model container answered with an error (ModelError, HTTP 424).
+
+    :param original_status_code: the status code the container returned.
+    :param original_message: the container's message (may be truncated).
+    :param log_stream_arn: the CloudWatch log stream of the container.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        original_status_code: int | None = None,
+        original_message: str | None = None,
+        log_stream_arn: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.original_status_code = original_status_code
+        self.original_message = original_message
+        self.log_stream_arn = log_stream_arn
+
+
+class ModelInputError(ModelError):
+    """The container rejected the input (original status 4xx other than 429): not retryable."""
+
+
+class ModelServerError(ModelError):
+    """The container failed (original status 5xx or 429): retryable."""
+
+    retryable = True
+
+
+class ConfigurationError(InvocationError):
+    """The request cannot succeed as configured (ValidationError: unknown endpoint, bad header...)."""
+
+
+class PayloadTooLargeError(ConfigurationError):
+    """The request body is over the service limit; split it and send smaller requests."""
+
+
+class CredentialsError(InvocationError):
+    """Credentials are missing, expired, unrecognised, or not allowed to call this endpoint."""
+
+
+class StreamError(InvocationError):
+    """A response stream failed part-way (ModelStreamError or InternalStreamFailure)."""
+
+
+class RetryableStreamError(StreamError):
+    """InternalStreamFailure: the stream broke in the service; the request may be retried."""
+
+    retryable = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The classifier
+
+_CREDENTIAL_CODES = frozenset(
+    {
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+        "AccessDeniedException",
+        "AccessDenied",
+        "IncompleteSignature",
+        "MissingAuthenticationToken",
+    }
+)
+_THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+)
+_SERVICE_CODES = frozenset({"InternalFailure", "ServiceUnavailable", "InternalDependencyException"})
+
+_FIX_BY_CLASS: dict[type[InvocationError], str] = {
+    ThrottlingError: "lower `concurrency` or raise the endpoint's capacity; it was retried with backoff",
+    ModelNotReadyError: "the model is still loading (e.g. a serverless endpoint warming up); it is retried",
+    ServiceError: "a transient service failure; it is retried with backoff",
+    TransportError: "check the network path to the endpoint and `read_timeout` (>= 70 s recommended)",
+    ModelInputError: "the model rejected the input; check the content type, columns and the model's log stream",
+    ModelServerError: "the model container failed; check the endpoint's CloudWatch log stream",
+    ConfigurationError: "check the endpoint name, region and request parameters",
+    PayloadTooLargeError: "send smaller requests (`max_payload_bytes`) or use the async operator",
+    CredentialsError: "check the Airflow AWS connection's credentials, role and IAM policy",
+    StreamError: "the model's response stream failed; check the endpoint's CloudWatch log stream",
+    RetryableStreamError: "a transient stream failure; it is retried with backoff",
+}
+
+
+def _fix(cls: type[InvocationError]) -> str:
+    for klass in cls.__mro__:
+        if klass in _FIX_BY_CLASS:
+            return _FIX_BY_CLASS[klass]  # type: ignore[index]
+    return "see the error code in the SageMaker Runtime API reference"
+
+
+def _as_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _class_for(code: str, http_status: int | None, message: str) -> type[InvocationError]:
+    if code in _THROTTLING_CODES:
+        return ThrottlingError
+    if code == "ModelNotReadyException":
+        return ModelNotReadyError
+    if code in _SERVICE_CODES:
+        return ServiceError
+    if code in _CREDENTIAL_CODES:
+        return CredentialsError
+    if code == "ModelStreamError":
+        return StreamError
+    if code == "InternalStreamFailure":
+        return RetryableStreamError
+    if code in ("ValidationError", "ValidationException"):
+        lowered = message.lower()
+        if "length" in lowered and ("body" in lowered or "payload" in lowered) or "too large" in lowered:
+            return PayloadTooLargeError
+        return ConfigurationError
+    if http_status == 413:
+        return PayloadTooLargeError
+    if http_status is not None and http_status >= 500:
+        return ServiceError
+    if http_status == 429:
+        return ThrottlingError
+    return ConfigurationError
+
+
+def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> InvocationError:
+    """Map any error raised by a SageMaker Runtime call to an :class:`InvocationError`.
+
+    Handles botocore ``ClientError`` (every service error code), event-stream errors, botocore
+    transport errors (connect/read timeouts, connection closed or reset), ``NoCredentialsError``
+    and friends, and aiohttp/OS-level connection errors. Already-classified errors are returned
+    unchanged. The caller raises the result ``from err``.
+    """
+    if isinstance(err, InvocationError):
+        return err
+    # Imported lazily: this module must import without boto3 for the pure core.
+    from botocore import exceptions as bce
+
+    where = f"endpoint {endpoint_name!r}" if endpoint_name else "SageMaker Runtime"
+
+    if isinstance(err, bce.ClientError):
+        response: dict[str, Any] = getattr(err, "response", {}) or {}
+        error = response.get("Error", {}) or {}
+        meta = response.get("ResponseMetadata", {}) or {}
+        code = str(error.get("Code") or "Unknown")
+        message = str(error.get("Message") or "")
+        http_status = _as_int(meta.get("HTTPStatusCode"))
+        request_id = meta.get("RequestId")
+        if code == "ModelError":
+            original = _as_int(response.get("OriginalStatusCode") or error.get("OriginalStatusCode"))
+            cls: type[ModelError] = (
+                ModelServerError if original is None or original >= 500 or original == 429 else ModelInputError
+            )
+            original_message = response.get("OriginalMessage") or error.get("OriginalMessage")
+            log_stream_arn = response.get("LogStreamArn") or error.get("LogStreamArn")
+            text = (
+                f"ModelError from {where} (HTTP {http_status}, container status {original}): "
+                f"{_fix(cls)}"
+                + (f"; log stream: {log_stream_arn}" if log_stream_arn else "")
+                + (f"; request id {request_id}" if request_id else "")
+            )
+            return cls(
+                text,
+                code=code,
+                endpoint_name=endpoint_name,
+                http_status=http_status,
+                request_id=request_id,
+                original_status_code=original,
+                original_message=original_message,
+                log_stream_arn=log_stream_arn,
+            )
+        klass = _class_for(code, http_status, message)
+        # Service messages for these codes never echo the body or CustomAttributes.
+        shown = message if message and message != "None" else "no message"
+        text = (
+            f"{code} from {where} (HTTP {http_status}): {shown}. {_fix(klass)}"
+            + (f" (request id {request_id})" if request_id else "")
+        )
+        return klass(text, code=code, endpoint_name=endpoint_name, http_status=http_status, request_id=request_id)
+
+    if isinstance(err, bce.EventStreamError):  # pragma: no cover - subclass of ClientError above
+        return classify_error(bce.ClientError(err.response, err.operation_name), endpoint_name=endpoint_name)
+
+    if isinstance(err, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
+        return CredentialsError(
+            f"no usable AWS credentials for {where}: {type(err).__name__}. {_fix(CredentialsError)}",
+            code=type(err).__name__,
+            endpoint_name=endpoint_name,
+        )
+    if isinstance(err, bce.ParamValidationError):
+        return ConfigurationError(
+            f"botocore rejected the request parameters for {where}: {err}. {_fix(ConfigurationError)}",
+            code="ParamValidationError",
+            endpoint_name=endpoint_name,
+        )
+    transport_types: tuple[type[BaseException], ...] = (
+        bce.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ...
+        bce.ReadTimeoutError,
+        bce.ResponseStreamingError,
+        ConnectionError,
+        TimeoutError,
+    )
+    try:  # aiohttp is present only with the async extra
+        import aiohttp
+
+        transport_types = (*transport_types, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(err, transport_types):
+        return TransportError(
+            f"transport failure calling {where}: {type(err).__name__}. {_fix(TransportError)}",
+            code=type(err).__name__,
+            endpoint_name=endpoint_name,
+        )
+    return InvocationError(
+        f"unexpected {type(err).__name__} calling {where}", code=type(err).__name__, endpoint_name=endpoint_name
+    )

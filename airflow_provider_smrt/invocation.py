@@ -1,0 +1,118 @@
+"""SageMaker Runtime request limits, parameter validation and result types.
+
+Airflow-free and boto3-free: shared by the hook (which validates before every request) and by the
+scoring core (which plans requests under the same limits).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from airflow_provider_smrt.exceptions import ParameterValidationError
+
+#: InvokeEndpoint body limit of a real-time endpoint (6 MiB).
+MAX_PAYLOAD_BYTES = 6_291_456
+#: InvokeEndpoint body limit of a serverless endpoint (4 MB).
+MAX_SERVERLESS_PAYLOAD_BYTES = 4_000_000
+#: InvokeEndpointAsync inline body limit.
+MAX_ASYNC_INLINE_BODY_BYTES = 128_000
+MAX_CUSTOM_ATTRIBUTES_CHARS = 1024
+MAX_INPUT_LOCATION_CHARS = 1024
+REQUEST_TTL_RANGE = (60, 21_600)
+INVOCATION_TIMEOUT_RANGE = (1, 3_600)
+#: AWS: the model must answer within 60 s; reads wait a little longer than that by default.
+DEFAULT_READ_TIMEOUT_SECONDS = 70
+
+_ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+_VISIBLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
+_INFERENCE_ID = re.compile(r"^[\x20-\x7e]{1,64}$")
+
+
+@dataclass(frozen=True)
+class InvokeEndpointResult:
+    """The response of InvokeEndpoint. ``body`` and ``custom_attributes`` are sensitive: never log them."""
+
+    body: bytes
+    content_type: str | None = None
+    invoked_production_variant: str | None = None
+    custom_attributes: str | None = None
+    new_session_id: str | None = None
+    closed_session_id: str | None = None
+
+    def __repr__(self) -> str:  # keep payloads out of logs and tracebacks
+        return (
+            f"InvokeEndpointResult(body=<{len(self.body)} bytes>, content_type={self.content_type!r}, "
+            f"invoked_production_variant={self.invoked_production_variant!r})"
+        )
+
+
+@dataclass(frozen=True)
+class InvokeEndpointAsyncResult:
+    """The response of InvokeEndpointAsync."""
+
+    inference_id: str
+    output_location: str
+    failure_location: str | None = None
+
+
+def validate_endpoint_name(endpoint_name: str) -> None:
+    """Check an endpoint name against the service pattern (1-63 characters, letters, digits, hyphens)."""
+    if not isinstance(endpoint_name, str) or not endpoint_name:
+        raise ParameterValidationError("endpoint_name is required: pass the name of a SageMaker endpoint")
+    if len(endpoint_name) > 63 or not _ENDPOINT_NAME.match(endpoint_name):
+        raise ParameterValidationError(
+            f"endpoint_name {endpoint_name!r} is not a valid SageMaker endpoint name: use 1-63 letters, digits "
+            "and hyphens, starting and ending with a letter or digit"
+        )
+
+
+def validate_custom_attributes(custom_attributes: str | None) -> None:
+    """CustomAttributes: at most 1024 visible ASCII characters. The value itself is never echoed."""
+    if custom_attributes is None:
+        return
+    if not isinstance(custom_attributes, str):
+        raise ParameterValidationError("custom_attributes must be a string")
+    if len(custom_attributes) > MAX_CUSTOM_ATTRIBUTES_CHARS:
+        raise ParameterValidationError(
+            f"custom_attributes has {len(custom_attributes)} characters; the limit is "
+            f"{MAX_CUSTOM_ATTRIBUTES_CHARS}: shorten it"
+        )
+    if not _VISIBLE_ASCII.match(custom_attributes):
+        raise ParameterValidationError(
+            "custom_attributes must be visible ASCII characters (0x20-0x7E) only: remove or encode the "
+            "other characters (the value is not shown because it is sensitive)"
+        )
+
+
+def validate_body(body: bytes, *, limit: int = MAX_PAYLOAD_BYTES, what: str = "body") -> None:
+    """Check a request body against a byte limit."""
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ParameterValidationError(f"{what} must be bytes, not {type(body).__name__}")
+    if len(body) > limit:
+        raise ParameterValidationError(
+            f"{what} is {len(body):,} bytes; the limit is {limit:,}: split it into smaller requests, or use "
+            "InvokeEndpointAsync with an S3 InputLocation for large payloads"
+        )
+
+
+def validate_range(name: str, value: int | None, bounds: tuple[int, int]) -> None:
+    """Check an optional integer parameter against an inclusive range."""
+    if value is None:
+        return
+    low, high = bounds
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ParameterValidationError(f"{name}={value!r} is out of range: use an integer from {low} to {high}")
+
+
+def validate_inference_id(inference_id: str | None) -> None:
+    """InferenceId: 1-64 visible ASCII characters."""
+    if inference_id is not None and not _INFERENCE_ID.match(inference_id):
+        raise ParameterValidationError(
+            f"inference_id {inference_id!r} is invalid: use 1-64 visible ASCII characters"
+        )
+
+
+def validate_max_payload_bytes(max_payload_bytes: int) -> None:
+    """A scoring request size limit must be positive and not above the service limit."""
+    validate_range("max_payload_bytes", max_payload_bytes, (1, MAX_PAYLOAD_BYTES))

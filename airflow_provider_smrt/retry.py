@@ -1,0 +1,119 @@
+"""The one retry policy: attempts, full-jitter exponential backoff and an overall deadline.
+
+Used by every hook call and by the scoring pipeline. botocore's own retries are switched off
+(``total_max_attempts=1``) wherever this policy applies, so the two never multiply.
+Airflow-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from airflow_provider_smrt.exceptions import InvocationError, classify_error
+
+T = TypeVar("T")
+
+#: Called before each retry sleep with (classified error, attempt number that failed, delay in s).
+OnRetry = Callable[[InvocationError, int, float], None]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How to retry a retryable :class:`~airflow_provider_smrt.exceptions.InvocationError`.
+
+    :param max_attempts: attempts in all, the first included (1 = no retry).
+    :param base_delay: backoff base in seconds; attempt *n* sleeps ``uniform(0, base * 2**n)``.
+    :param max_delay: cap of one sleep in seconds.
+    :param throttle_base_delay: backoff base for throttling errors (they need longer pauses).
+    :param deadline: overall seconds for all attempts; no retry starts after it.
+    """
+
+    max_attempts: int = 8
+    base_delay: float = 0.1
+    max_delay: float = 20.0
+    throttle_base_delay: float = 0.5
+    deadline: float | None = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def delay(self, attempt: int, err: InvocationError, rng: random.Random | None = None) -> float:
+        """Full-jitter delay before the attempt after ``attempt`` (1-based) failed with ``err``."""
+        base = self.throttle_base_delay if err.throttled else self.base_delay
+        ceiling = min(self.max_delay, base * (2 ** (attempt - 1)))
+        return (rng or random).uniform(0.0, ceiling)
+
+    def should_retry(self, err: InvocationError, attempt: int, started: float, delay: float) -> bool:
+        if not err.retryable or attempt >= self.max_attempts:
+            return False
+        return self.deadline is None or time.monotonic() + delay - started < self.deadline
+
+    def call(
+        self,
+        fn: Callable[[], T],
+        *,
+        endpoint_name: str | None = None,
+        on_retry: OnRetry | None = None,
+        cancel: threading.Event | None = None,
+    ) -> T:
+        """Run ``fn`` until it succeeds, fails with a non-retryable error, or attempts run out.
+
+        Errors are classified with :func:`~airflow_provider_smrt.exceptions.classify_error` and
+        raised ``from`` their cause. ``cancel`` cuts a backoff sleep short.
+        """
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return fn()
+            except Exception as raw:  # noqa: BLE001 - classified and re-raised
+                err = classify_error(raw, endpoint_name=endpoint_name)
+                delay = self.delay(attempt, err)
+                if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
+                    if err is raw:
+                        raise
+                    raise err from raw
+                if on_retry is not None:
+                    on_retry(err, attempt, delay)
+                if cancel is not None:
+                    if cancel.wait(delay):
+                        raise err from raw
+                else:
+                    time.sleep(delay)
+
+    async def call_async(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        endpoint_name: str | None = None,
+        on_retry: OnRetry | None = None,
+    ) -> T:
+        """The asyncio twin of :meth:`call`."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await fn()
+            except Exception as raw:  # noqa: BLE001 - classified and re-raised
+                err = classify_error(raw, endpoint_name=endpoint_name)
+                delay = self.delay(attempt, err)
+                if not self.should_retry(err, attempt, started, delay):
+                    if err is raw:
+                        raise
+                    raise err from raw
+                if on_retry is not None:
+                    on_retry(err, attempt, delay)
+                await asyncio.sleep(delay)
+
+
+#: A single attempt: for callers (the scoring pipeline) that apply the policy themselves.
+NO_RETRY = RetryPolicy(max_attempts=1)

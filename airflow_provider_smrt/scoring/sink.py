@@ -1,0 +1,225 @@
+"""Output of a scoring run: atomic Parquet parts, error rows, the manifest, and resume state.
+
+Layout under ``output_uri``::
+
+    part-<file slug>-<first row>-<end row>-<fingerprint>.parquet     scored rows of one work unit
+    _errors/part-<same name>.parquet                                 rows that could not be scored
+    _manifest.json                                                   written last, when the run completes
+
+The fingerprint hashes the input object's identity (ETag, version, size) with the scoring
+configuration, so one LIST of the output tells which units are done and still valid: resume
+needs no state of its own. Names starting with ``_`` are never data parts. Airflow-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from airflow_provider_smrt.exceptions import OutputError
+from airflow_provider_smrt.scoring.dataset import InputFile, WorkUnit
+from airflow_provider_smrt.scoring.storage import ObjectInfo, Storage, join_uri
+
+ERRORS_DIR = "_errors"
+MANIFEST_NAME = "_manifest.json"
+ERROR_CLASS_COLUMN = "error_class"
+ERROR_MESSAGE_COLUMN = "error_message"
+ERROR_ROW_COLUMN = "input_row"
+_PART = re.compile(r"^part-(?P<slug>.+)-(?P<start>\d{10})-(?P<end>\d{10})-(?P<fp>[0-9a-f]{12})\.parquet$")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A stable hash of the scoring configuration that affects predictions."""
+    return hashlib.sha256(orjson.dumps(config, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def fingerprint(file: InputFile, configuration_hash: str) -> str:
+    return hashlib.sha256(f"{file.identity}|{configuration_hash}".encode()).hexdigest()[:12]
+
+
+def part_name(unit: WorkUnit, unit_fingerprint: str) -> str:
+    return f"part-{unit.key}-{unit_fingerprint}.parquet"
+
+
+def error_schema(passthrough: pa.Schema) -> pa.Schema:
+    return pa.schema(
+        [
+            *passthrough,
+            pa.field(ERROR_ROW_COLUMN, pa.int64()),
+            pa.field(ERROR_CLASS_COLUMN, pa.string()),
+            pa.field(ERROR_MESSAGE_COLUMN, pa.string()),
+        ]
+    )
+
+
+@dataclass
+class ExistingPart:
+    """A data part found under the output (with its error twin, if any)."""
+
+    name: str
+    uri: str
+    slug: str
+    start: int
+    end: int
+    fingerprint: str
+    error_uri: str | None = None
+
+
+@dataclass
+class OutputState:
+    """What is already under ``output_uri``: data parts by name, and every other object."""
+
+    output_uri: str
+    parts: dict[str, ExistingPart] = field(default_factory=dict)
+    others: list[ObjectInfo] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, storage: Storage, output_uri: str) -> OutputState:
+        state = cls(output_uri=output_uri)
+        root = output_uri.rstrip("/") + "/"
+        errors: dict[str, str] = {}
+        for info in storage.list(output_uri):
+            relative = info.uri[len(root) :] if info.uri.startswith(root) else info.uri
+            if relative.startswith(ERRORS_DIR + "/"):
+                errors[relative[len(ERRORS_DIR) + 1 :]] = info.uri
+                continue
+            match = _PART.match(relative)
+            if match is None:
+                state.others.append(info)
+                continue
+            state.parts[relative] = ExistingPart(
+                name=relative,
+                uri=info.uri,
+                slug=match["slug"],
+                start=int(match["start"]),
+                end=int(match["end"]),
+                fingerprint=match["fp"],
+            )
+        for name, uri in errors.items():
+            if name in state.parts:
+                state.parts[name].error_uri = uri
+            else:  # an error part whose data part was never committed: stale
+                state.others.append(ObjectInfo(uri=uri, size=0))
+        return state
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.parts and not self.others
+
+    def parts_of(self, slugs: Iterable[str]) -> list[ExistingPart]:
+        wanted = set(slugs)
+        return [part for part in self.parts.values() if part.slug in wanted]
+
+    def orphan_errors_of(self, slugs: Iterable[str]) -> list[str]:
+        prefix = join_uri(self.output_uri, ERRORS_DIR) + "/part-"
+        wanted = tuple(f"{prefix}{slug}-" for slug in slugs)
+        return [info.uri for info in self.others if info.uri.startswith(wanted)] if wanted else []
+
+
+class PartWriter:
+    """Streams the scored rows of one work unit into one Parquet part, committed atomically.
+
+    Error rows of the unit go to a twin part under ``_errors/``, committed before the data part,
+    so a committed data part always means the whole unit is done.
+    """
+
+    def __init__(
+        self,
+        *,
+        storage: Storage,
+        output_uri: str,
+        name: str,
+        error_passthrough_schema: pa.Schema,
+        compression: str = "snappy",
+    ) -> None:
+        self.storage = storage
+        self.uri = join_uri(output_uri, name)
+        self.error_uri = join_uri(join_uri(output_uri, ERRORS_DIR), name)
+        self._error_schema = error_schema(error_passthrough_schema)
+        self._compression = compression
+        self._stack = contextlib.ExitStack()
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._errors: list[pa.Table] = []
+        self.rows = 0
+        self.error_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append scored rows (pass-through then prediction columns)."""
+        if self._writer is None:
+            handle: IO[bytes] = self._stack.enter_context(self.storage.open_write(self.uri))
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(handle, table.schema, compression=self._compression)
+        elif table.schema != self._schema:
+            assert self._schema is not None
+            try:
+                table = table.cast(self._schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
+                raise OutputError(
+                    f"predictions changed type within {self.uri}: {table.schema} vs {self._schema}; make the "
+                    "model return one type per output, or set prediction_columns and a decoder"
+                ) from err
+        if table.num_rows:
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def write_errors(self, table: pa.Table) -> None:
+        """Keep error rows (pass-through columns, input row, error class and message) for the error part."""
+        if table.num_rows:
+            self._errors.append(table.cast(self._error_schema))
+            self.error_rows += table.num_rows
+
+    def commit(self, empty_schema: pa.Schema) -> None:
+        """Commit the error part (if any) and then the data part."""
+        if self._errors:
+            with self.storage.open_write(self.error_uri) as handle:
+                pq.write_table(pa.concat_tables(self._errors), handle, compression=self._compression)
+            self._errors = []
+        if self._writer is None:  # every row failed: still mark the unit done
+            handle = self._stack.enter_context(self.storage.open_write(self.uri))
+            self._writer = pq.ParquetWriter(handle, empty_schema, compression=self._compression)
+        self._writer.close()
+        self._stack.close()  # completes the upload / renames the staged file
+
+    def abort(self, err: BaseException) -> None:
+        """Drop everything of this part: nothing partial becomes visible."""
+        self._errors = []
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        with contextlib.suppress(Exception):
+            self._stack.__exit__(type(err), err, err.__traceback__)
+
+
+def read_part_counts(storage: Storage, part: ExistingPart) -> tuple[int, int]:
+    """(scored rows, error rows) of a committed part, from the Parquet footers."""
+
+    def rows(uri: str) -> int:
+        info = ObjectInfo(uri=uri, size=0)
+        with storage.open_read(info) as handle:
+            return int(pq.ParquetFile(handle).metadata.num_rows)
+
+    return rows(part.uri), (rows(part.error_uri) if part.error_uri else 0)
+
+
+def write_manifest(storage: Storage, uri: str, manifest: dict[str, Any]) -> None:
+    """Write the manifest atomically (one object)."""
+    storage.write_bytes(uri, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+
+def delete_parts(storage: Storage, parts: Sequence[ExistingPart]) -> None:
+    """Delete data parts, then their error twins (a data part never outlives its error rows)."""
+    data = [part.uri for part in parts]
+    errors = [part.error_uri for part in parts if part.error_uri]
+    if data:
+        storage.delete(data)
+    if errors:
+        storage.delete(errors)
