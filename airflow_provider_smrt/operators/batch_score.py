@@ -1,0 +1,209 @@
+"""``SageMakerBatchScoreOperator``: score a Parquet dataset against a SageMaker real-time endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+
+from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
+from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.scoring.job import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    IfExists,
+    ScoringConfig,
+    ScoringJob,
+)
+from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
+from airflow_provider_smrt.scoring.storage import Storage
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
+    """Score a Parquet dataset against a SageMaker real-time endpoint through InvokeEndpoint.
+
+    Streams Parquet from S3 (or local paths), cuts it into requests under the payload limit, keeps
+    ``concurrency`` requests in flight (fewer while the endpoint throttles), joins predictions to
+    the pass-through columns and writes Parquet parts, ``_errors/`` and ``_manifest.json`` under
+    ``output_uri``. A rerun resumes: parts already written for the same input and configuration are
+    not scored again. Returns a JSON summary (XCom).
+
+    :param endpoint_name: the SageMaker endpoint (templated).
+    :param input_uri: an ``s3://bucket/prefix/``, an object, a local path, or a list of these (templated).
+    :param output_uri: where parts, ``_errors/`` and the manifest go (templated); must not overlap the input.
+    :param feature_columns: columns sent to the model, in this order (default: every column not passed through).
+    :param passthrough_columns: columns copied to the output next to the predictions (e.g. ids).
+    :param prediction_columns: names of the model's outputs (default ``prediction``, or the JSON keys).
+    :param content_type: ``text/csv``, ``application/jsonlines`` or ``application/json`` (templated).
+    :param accept: the response type (default: ``content_type``) (templated).
+    :param encoder: dotted path of a custom encoder ``(pa.Table) -> bytes``.
+    :param decoder: dotted path of a custom decoder ``(bytes, num_rows) -> pa.Table | list``.
+    :param max_payload_bytes: request size limit (at most 6,291,456; 4,000,000 for serverless endpoints).
+    :param max_rows_per_request: request row limit (default: only the size limit applies).
+    :param concurrency: requests in flight at most (size an Airflow pool for endpoint-wide limits).
+    :param max_error_ratio: fraction of rows allowed to fail (isolated into ``_errors/``) before the task fails.
+    :param if_exists: ``resume`` (default: skip finished parts), ``overwrite`` (remove this input's
+        previous parts first) or ``fail`` (refuse a non-empty output).
+    :param allow_empty_input: succeed with zero rows when the input matches no object.
+    :param variant_column: if set, add a column with each row's invoked production variant.
+    :param custom_attributes: InvokeEndpoint CustomAttributes (templated; sensitive, never logged).
+    :param target_model: multi-model endpoint target (templated).
+    :param target_variant: production variant to invoke (templated).
+    :param target_container_hostname: container of a multi-container endpoint (templated).
+    :param inference_component_name: inference component to invoke (templated).
+    :param enable_explanations: SageMaker Clarify explanation expression (templated).
+    :param max_attempts: attempts per request, the first included (retryable errors only).
+    :param progress_interval: seconds between progress lines in the task log.
+    :param aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
+    :param region_name: AWS region (default: the connection's).
+    :param verify: TLS verification for boto3.
+    :param botocore_config: botocore ``Config`` keyword arguments (its retries are replaced by ours).
+    """
+
+    aws_hook_class = SageMakerRuntimeHook
+    template_fields: Sequence[str] = aws_template_fields(
+        "endpoint_name",
+        "input_uri",
+        "output_uri",
+        "content_type",
+        "accept",
+        "custom_attributes",
+        "target_model",
+        "target_variant",
+        "target_container_hostname",
+        "inference_component_name",
+        "enable_explanations",
+    )
+    ui_color = "#ffb27d"
+
+    def __init__(
+        self,
+        *,
+        endpoint_name: str,
+        input_uri: str | list[str],
+        output_uri: str,
+        feature_columns: Sequence[str] | None = None,
+        passthrough_columns: Sequence[str] | None = None,
+        prediction_columns: Sequence[str] | None = None,
+        content_type: str = "text/csv",
+        accept: str | None = None,
+        encoder: str | None = None,
+        decoder: str | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_rows_per_request: int | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        max_error_ratio: float = 0.0,
+        if_exists: IfExists = "resume",
+        allow_empty_input: bool = False,
+        variant_column: str | None = None,
+        custom_attributes: str | None = None,
+        target_model: str | None = None,
+        target_variant: str | None = None,
+        target_container_hostname: str | None = None,
+        inference_component_name: str | None = None,
+        enable_explanations: str | None = None,
+        max_attempts: int = 8,
+        progress_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.endpoint_name = endpoint_name
+        self.input_uri = input_uri
+        self.output_uri = output_uri
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
+        self.passthrough_columns = list(passthrough_columns) if passthrough_columns is not None else None
+        self.prediction_columns = list(prediction_columns) if prediction_columns is not None else None
+        self.content_type = content_type
+        self.accept = accept
+        self.encoder = encoder
+        self.decoder = decoder
+        self.max_payload_bytes = max_payload_bytes
+        self.max_rows_per_request = max_rows_per_request
+        self.concurrency = concurrency
+        self.max_error_ratio = max_error_ratio
+        self.if_exists = if_exists
+        self.allow_empty_input = allow_empty_input
+        self.variant_column = variant_column
+        self.custom_attributes = custom_attributes
+        self.target_model = target_model
+        self.target_variant = target_variant
+        self.target_container_hostname = target_container_hostname
+        self.inference_component_name = inference_component_name
+        self.enable_explanations = enable_explanations
+        self.max_attempts = max_attempts
+        self.progress_interval = progress_interval
+        self._job: ScoringJob | None = None
+
+    @property
+    def _hook_parameters(self) -> dict[str, Any]:
+        return {**super()._hook_parameters, "max_pool_connections": self.concurrency + 2}
+
+    def _invoke_params(self) -> dict[str, Any]:
+        """InvokeEndpoint parameters; empty strings (e.g. from an unset templated param) mean "not set"."""
+        params = {
+            "content_type": self.content_type,
+            "accept": self.accept or self.content_type,
+            "custom_attributes": self.custom_attributes,
+            "target_model": self.target_model,
+            "target_variant": self.target_variant,
+            "target_container_hostname": self.target_container_hostname,
+            "inference_component_name": self.inference_component_name,
+            "enable_explanations": self.enable_explanations,
+        }
+        return {key: value if value != "" else None for key, value in params.items()}
+
+    def build_job(self, map_index: int | None = None) -> ScoringJob:
+        """The scoring job this operator runs (after templating)."""
+        params = self._invoke_params()
+        config = ScoringConfig(
+            endpoint_name=self.endpoint_name,
+            input_uri=self.input_uri,
+            output_uri=self.output_uri,
+            feature_columns=self.feature_columns,
+            passthrough_columns=self.passthrough_columns,
+            prediction_columns=self.prediction_columns,
+            content_type=self.content_type,
+            accept=self.accept,
+            encoder=self.encoder,
+            decoder=self.decoder,
+            max_payload_bytes=self.max_payload_bytes,
+            max_rows_per_request=self.max_rows_per_request,
+            concurrency=self.concurrency,
+            max_error_ratio=self.max_error_ratio,
+            if_exists=self.if_exists,
+            allow_empty_input=self.allow_empty_input,
+            variant_column=self.variant_column,
+            manifest_name=MANIFEST_NAME if map_index is None or map_index < 0 else f"_manifest-{map_index:05d}.json",
+            invoke_params={key: value for key, value in params.items() if key not in ("content_type", "accept")},
+        )
+        s3_client = S3Hook(
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            config=self.botocore_config,
+        ).get_conn()
+        return ScoringJob(
+            config=config,
+            invoke=self.hook.make_invoker(self.endpoint_name, **params),
+            storage=Storage(s3_client=s3_client),
+            retry_policy=RetryPolicy(max_attempts=self.max_attempts),
+            progress_interval=self.progress_interval,
+            logger=self.log,  # type: ignore[arg-type]
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        ti = context.get("ti")
+        map_index = getattr(ti, "map_index", None)
+        self._job = self.build_job(map_index)
+        return self._job.run()
+
+    def on_kill(self) -> None:
+        """Stop new requests; in-flight requests finish; unfinished parts are never committed."""
+        if self._job is not None:
+            self._job.cancel("the task was killed or timed out")

@@ -1,0 +1,484 @@
+"""The scoring pipeline: bounded, adaptive concurrency over InvokeEndpoint with in-order part writing.
+
+Threads:
+
+- the *reader* (the caller's thread) reads Parquet batches, cuts them into requests and submits
+  them, acquiring a buffer slot and an in-flight slot *before* each submit (as s3transfer's
+  ``BoundedExecutor`` does), so it blocks instead of queueing without bound;
+- *workers* (a pool of ``concurrency`` threads) send requests with the retry policy, bisect a batch
+  the model rejects to isolate poison rows, and decode predictions;
+- the *writer* joins predictions to pass-through columns and streams each unit's rows, in input
+  order, into its part, which it commits atomically when the unit is complete.
+
+One :class:`Coordinator` holds the first fatal error; every thread checks it before new work.
+Throttling lowers the in-flight target multiplicatively; successes raise it back additively.
+Airflow-free: the caller passes an ``invoke(body) -> result`` callable.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from airflow_provider_smrt.exceptions import (
+    InputDataError,
+    InvocationError,
+    ModelInputError,
+    OutputError,
+    PredictionCountMismatchError,
+    ScoringCancelledError,
+    SmrtError,
+)
+from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.scoring.dataset import WorkUnit
+from airflow_provider_smrt.scoring.sink import (
+    ERROR_CLASS_COLUMN,
+    ERROR_MESSAGE_COLUMN,
+    ERROR_ROW_COLUMN,
+    PartWriter,
+)
+from airflow_provider_smrt.scoring.storage import basename
+
+log = logging.getLogger(__name__)
+
+
+class InvokeResult(Protocol):
+    body: bytes
+    invoked_production_variant: str | None
+
+
+Invoker = Callable[[bytes], InvokeResult]
+
+
+class Coordinator:
+    """Status of one run: the first fatal error, and the event every thread checks before new work."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+
+    def fail(self, err: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = err
+        self.stop.set()
+
+    def cancel(self, reason: str) -> None:
+        self.fail(ScoringCancelledError(reason))
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class AdaptiveLimiter:
+    """In-flight request limit that shrinks on throttling and grows back on success (AIMD).
+
+    :param limit: the upper bound (the user's ``concurrency``).
+    :param decrease: factor applied on throttling, at most once per ``cooldown`` seconds.
+    """
+
+    def __init__(self, *, limit: int, decrease: float = 0.7, cooldown: float = 0.25) -> None:
+        self.max_limit = limit
+        self._limit = float(limit)
+        self._decrease = decrease
+        self._cooldown = cooldown
+        self._last_decrease = 0.0
+        self._in_flight = 0
+        self._cond = threading.Condition()
+        self.min_seen = limit
+
+    @property
+    def limit(self) -> int:
+        return max(1, int(self._limit))
+
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait for a slot; False if ``stop`` was set first."""
+        with self._cond:
+            while self._in_flight >= self.limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.05)
+            if stop.is_set():
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify()
+
+    def on_throttle(self) -> None:
+        with self._cond:
+            now = time.monotonic()
+            if now - self._last_decrease >= self._cooldown:
+                self._limit = max(1.0, self._limit * self._decrease)
+                self._last_decrease = now
+                self.min_seen = min(self.min_seen, self.limit)
+
+    def on_success(self) -> None:
+        with self._cond:
+            if self._limit < self.max_limit:
+                self._limit = min(float(self.max_limit), self._limit + 1.0 / self._limit)
+                self._cond.notify()
+
+
+@dataclass
+class RunStats:
+    """Counters of one run (thread-safe through ``lock``)."""
+
+    rows_total: int = 0
+    rows_scored: int = 0
+    rows_failed: int = 0
+    requests: int = 0
+    retries: int = 0
+    throttles: int = 0
+    bisections: int = 0
+    parts_written: int = 0
+    variants: Counter[str] = field(default_factory=Counter)
+    #: part name → (rows scored, rows failed), for the manifest
+    part_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **deltas: int) -> None:
+        with self.lock:
+            for name, delta in deltas.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+
+class Codec(Protocol):
+    def encode(self, features: pa.Table) -> bytes: ...
+
+    def decode(self, body: bytes, *, num_rows: int, content_type: str | None) -> pa.Table: ...
+
+
+class Planner(Protocol):
+    def split(self, features: pa.Table | pa.RecordBatch) -> Iterable[Any]: ...
+
+
+@dataclass
+class _Task:
+    unit: WorkUnit
+    seq: int
+    offset: int  # first row of this request within the unit
+    features: pa.Table
+    passthrough: pa.Table
+    body: bytes
+
+
+@dataclass
+class _Piece:
+    offset: int  # within the task
+    predictions: pa.Table
+    variant: str | None
+
+
+class Pipeline:
+    """Runs work units through the endpoint into parts. One instance per run.
+
+    :param invoke: ``invoke(body) -> result`` making exactly one request (errors classified).
+    :param codec: encodes feature rows and decodes predictions.
+    :param planner: cuts feature batches into requests under the payload and row limits.
+    :param open_part: ``open_part(unit) -> PartWriter`` for a unit about to be scored.
+    :param concurrency: requests in flight at most.
+    :param retry_policy: the retry policy applied to each request.
+    :param variant_column: if set, an output column holding each row's invoked production variant.
+    :param on_progress: called from the reader thread about every ``progress_interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        *,
+        invoke: Invoker,
+        codec: Codec,
+        planner: Planner,
+        open_part: Callable[[WorkUnit], PartWriter],
+        feature_columns: list[str],
+        passthrough_columns: list[str],
+        passthrough_schema: pa.Schema,
+        concurrency: int,
+        retry_policy: RetryPolicy,
+        endpoint_name: str | None = None,
+        variant_column: str | None = None,
+        stats: RunStats | None = None,
+        coordinator: Coordinator | None = None,
+        on_progress: Callable[[RunStats], None] | None = None,
+        progress_interval: float = 10.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.invoke = invoke
+        self.codec = codec
+        self.planner = planner
+        self.open_part = open_part
+        self.feature_columns = feature_columns
+        self.passthrough_columns = passthrough_columns
+        self.passthrough_schema = passthrough_schema
+        self.retry_policy = retry_policy
+        self.endpoint_name = endpoint_name
+        self.variant_column = variant_column
+        self.stats = stats or RunStats()
+        self.coordinator = coordinator or Coordinator()
+        self.limiter = AdaptiveLimiter(limit=concurrency)
+        self._buffer = threading.Semaphore(2 * concurrency + 2)
+        self._results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._on_progress = on_progress
+        self._progress_interval = progress_interval
+        self._last_progress = time.monotonic()
+        self.prediction_schema: pa.Schema | None = None
+        self._schema_lock = threading.Lock()
+        self.concurrency = concurrency
+
+    # -- reader (caller's thread) ----------------------------------------------------------------
+
+    def run(self, batches: Iterable[tuple[WorkUnit, pa.RecordBatch]]) -> RunStats:
+        """Score every ``(unit, rows)`` batch (units in order, each unit's batches contiguous)."""
+        writer = threading.Thread(target=self._write_loop, name="smrt-writer", daemon=True)
+        writer.start()
+        stop = self.coordinator.stop
+        executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="smrt-invoke")
+        current: WorkUnit | None = None
+        seq = 0
+        rows_in_unit = 0
+        try:
+            for unit, batch in batches:
+                if stop.is_set():
+                    break
+                if unit is not current:
+                    if current is not None:
+                        self._results.put(("end", (current, seq)))
+                    current, seq, rows_in_unit = unit, 0, 0
+                    self._results.put(("begin", unit))
+                table = pa.Table.from_batches([batch])
+                features = table.select(self.feature_columns)
+                passthrough = table.select(self.passthrough_columns)
+                try:
+                    requests = list(self.planner.split(features))
+                except InputDataError as err:
+                    offset = getattr(err, "row_offset", None)
+                    where = unit.describe(rows_in_unit + offset, 1) if offset is not None else unit.describe()
+                    raise InputDataError(f"{where}: {err}") from err
+                for request in requests:
+                    if not self._acquire(stop):
+                        break
+                    task = _Task(
+                        unit=unit,
+                        seq=seq,
+                        offset=rows_in_unit + request.offset,
+                        features=features.slice(request.offset, request.num_rows),
+                        passthrough=passthrough.slice(request.offset, request.num_rows),
+                        body=request.body,
+                    )
+                    seq += 1
+                    executor.submit(self._work, task)
+                    self._maybe_progress()
+                rows_in_unit += batch.num_rows
+            if current is not None and not stop.is_set():
+                self._results.put(("end", (current, seq)))
+        except BaseException as err:
+            self.coordinator.fail(err)
+        finally:
+            executor.shutdown(wait=True)
+            self._results.put(("stop", None))
+            while writer.is_alive():
+                writer.join(timeout=self._progress_interval)
+                self._maybe_progress()
+        self.coordinator.raise_if_failed()
+        return self.stats
+
+    def _acquire(self, stop: threading.Event) -> bool:
+        while not self._buffer.acquire(timeout=0.1):
+            if stop.is_set():
+                return False
+            self._maybe_progress()
+        if not self.limiter.acquire(stop):
+            self._buffer.release()
+            return False
+        return True
+
+    def _maybe_progress(self) -> None:
+        now = time.monotonic()
+        if self._on_progress is not None and now - self._last_progress >= self._progress_interval:
+            self._last_progress = now
+            self._on_progress(self.stats)
+
+    # -- workers ---------------------------------------------------------------------------------
+
+    def _work(self, task: _Task) -> None:
+        try:
+            if self.coordinator.stop.is_set():
+                return
+            pieces, errors = self._score(task, 0, task.features.num_rows, task.body)
+            self._results.put(("result", (task, pieces, errors)))
+        except BaseException as err:
+            self.coordinator.fail(err)
+        finally:
+            self.limiter.release()
+
+    def _on_retry(self, err: InvocationError, attempt: int, delay: float) -> None:
+        self.stats.add(retries=1, throttles=1 if err.throttled else 0)
+        if err.throttled:
+            self.limiter.on_throttle()
+        log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
+
+    def _score(
+        self, task: _Task, offset: int, count: int, body: bytes
+    ) -> tuple[list[_Piece], list[tuple[int, int, InvocationError]]]:
+        """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them."""
+        if self.coordinator.stop.is_set():
+            raise ScoringCancelledError("scoring stopped")
+        self.stats.add(requests=1)
+        try:
+            result = self.retry_policy.call(
+                lambda: self.invoke(body),
+                endpoint_name=self.endpoint_name,
+                on_retry=self._on_retry,
+                cancel=self.coordinator.stop,
+            )
+        except ModelInputError as err:
+            if count == 1:
+                return [], [(offset, 1, err)]
+            self.stats.add(bisections=1)
+            half = count // 2
+            left = self._score(task, offset, half, self.codec.encode(task.features.slice(offset, half)))
+            right_body = self.codec.encode(task.features.slice(offset + half, count - half))
+            right = self._score(task, offset + half, count - half, right_body)
+            return left[0] + right[0], left[1] + right[1]
+        self.limiter.on_success()
+        try:
+            predictions = self.codec.decode(result.body, num_rows=count, content_type=None)
+        except PredictionCountMismatchError as err:
+            raise PredictionCountMismatchError(
+                f"{task.unit.describe(task.offset + offset, count)}: {err} (endpoint {self.endpoint_name!r}); "
+                "the model must return one prediction per input row: check the model's input/output format, "
+                "content_type/accept and the decoder"
+            ) from err
+        if predictions.num_rows != count:
+            raise PredictionCountMismatchError(
+                f"{task.unit.describe(task.offset + offset, count)}: the endpoint returned {predictions.num_rows} "
+                f"predictions for {count} rows: the model must return one prediction per input row"
+            )
+        return [_Piece(offset, predictions, result.invoked_production_variant)], []
+
+    # -- writer ----------------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        parts: dict[WorkUnit, PartWriter] = {}
+        pending: dict[WorkUnit, dict[int, Any]] = {}
+        next_seq: dict[WorkUnit, int] = {}
+        expected: dict[WorkUnit, int] = {}
+        try:
+            while True:
+                kind, payload = self._results.get()
+                if kind == "stop":
+                    break
+                if self.coordinator.stop.is_set():
+                    if kind == "result":
+                        self._buffer.release()
+                    continue
+                if kind == "begin":
+                    parts[payload] = self.open_part(payload)
+                    pending[payload], next_seq[payload] = {}, 0
+                    continue
+                if kind == "end":
+                    unit, count = payload
+                    expected[unit] = count
+                else:
+                    task, pieces, errors = payload
+                    unit = task.unit
+                    pending[unit][task.seq] = (task, pieces, errors)
+                while unit in pending and next_seq[unit] in pending[unit]:
+                    task, pieces, errors = pending[unit].pop(next_seq[unit])
+                    try:
+                        self._write_task(parts[unit], task, pieces, errors)
+                    finally:
+                        self._buffer.release()
+                    next_seq[unit] += 1
+                if unit in expected and next_seq[unit] == expected[unit]:
+                    part = parts.pop(unit)
+                    part.commit(self._empty_schema())
+                    self.stats.add(parts_written=1)
+                    with self.stats.lock:
+                        self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
+                    del pending[unit], next_seq[unit], expected[unit]
+        except BaseException as err:
+            self.coordinator.fail(err)
+        finally:
+            while True:  # release buffered slots of anything left, so the reader can unblock
+                try:
+                    kind, _ = self._results.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "result":
+                    self._buffer.release()
+            for items in pending.values():
+                for _ in items:
+                    self._buffer.release()
+            reason = self.coordinator.error or ScoringCancelledError("scoring stopped")
+            for part in parts.values():
+                part.abort(reason)
+
+    def _empty_schema(self) -> pa.Schema:
+        """The schema of a part whose rows all failed: pass-through columns and known predictions."""
+        fields = list(self.passthrough_schema)
+        if self.prediction_schema is not None:
+            fields += list(self.prediction_schema)
+        return pa.schema(fields)
+
+    def _write_task(
+        self, part: PartWriter, task: _Task, pieces: list[_Piece], errors: list[tuple[int, int, InvocationError]]
+    ) -> None:
+        for piece in pieces:
+            rows = piece.predictions.num_rows
+            passthrough = task.passthrough.slice(piece.offset, rows)
+            predictions = piece.predictions
+            if self.variant_column is not None:
+                predictions = predictions.append_column(
+                    self.variant_column, pa.array([piece.variant] * rows, type=pa.string())
+                )
+            with self._schema_lock:
+                if self.prediction_schema is None:
+                    clash = set(predictions.column_names) & set(passthrough.column_names)
+                    if clash:
+                        raise OutputError(
+                            f"prediction columns {sorted(clash)} have the names of pass-through columns: rename "
+                            "them with prediction_columns (or variant_column)"
+                        )
+                    self.prediction_schema = predictions.schema
+            table = pa.Table.from_arrays(
+                [*passthrough.columns, *predictions.columns],
+                names=[*passthrough.column_names, *predictions.column_names],
+            )
+            part.write(table)
+            self.stats.add(rows_scored=rows)
+            if piece.variant:
+                with self.stats.lock:
+                    self.stats.variants[piece.variant] += 1
+        for offset, count, err in errors:
+            rows = task.passthrough.slice(offset, count)
+            first = task.unit.start + task.offset + offset
+            table = rows.append_column(ERROR_ROW_COLUMN, pa.array(range(first, first + count), type=pa.int64()))
+            table = table.append_column(ERROR_CLASS_COLUMN, pa.array([type(err).__name__] * count, pa.string()))
+            table = table.append_column(ERROR_MESSAGE_COLUMN, pa.array([_error_text(err)] * count, pa.string()))
+            part.write_errors(table)
+            self.stats.add(rows_failed=count)
+
+
+def _error_text(err: SmrtError) -> str:
+    """The message kept with a poison row in ``_errors/`` (data, never logged).
+
+    The container's own message is included there, since it usually says what is wrong with the row.
+    """
+    original = getattr(err, "original_message", None)
+    return f"{err}; model said: {original}" if original else str(err)

@@ -1,0 +1,231 @@
+"""SageMakerBatchScoreOperator through Airflow (``dag.test()``) on the local stack (moto S3 + local endpoint)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.airflow_support import ROOT, run_dag
+
+BUCKET = "smrt-local"
+
+
+def put_parquet(s3: Any, uri: str, table: pa.Table, row_group_size: int) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=row_group_size)
+    bucket, key = uri[5:].split("/", 1)
+    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
+
+
+def list_keys(s3: Any, uri: str) -> list[str]:
+    bucket, prefix = uri[5:].split("/", 1)
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(item["Key"][len(prefix) :] for page in pages for item in page.get("Contents", []))
+
+
+def read_parts(s3: Any, uri: str, folder: str = "") -> pa.Table:
+    bucket, prefix = uri[5:].split("/", 1)
+    tables = []
+    for name in list_keys(s3, uri):
+        if name.startswith(folder + "part-") if folder else name.startswith("part-"):
+            body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
+            tables.append(pq.read_table(io.BytesIO(body)))
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def features_table(ids: range, *, with_nulls: bool = False, poison: set[int] | None = None) -> pa.Table:
+    f0 = [float(i % 13) for i in ids]
+    f1 = [None if with_nulls and i % 7 == 0 else float(i % 5) / 4 for i in ids]
+    f2 = [int(i % 3) for i in ids]
+    if poison:
+        f0 = [-999.0 if i in poison else v for i, v in zip(ids, f0)]
+    return pa.table(
+        {
+            "id": pa.array(list(ids), pa.int64()),
+            "name": pa.array([f"ünïcødé, \"q\" {i}" for i in ids], pa.string()),
+            "ts": pa.array(
+                [datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp() * 1e6 + i for i in ids], pa.int64()
+            ).cast(pa.timestamp("us", tz="UTC")),
+            "f0": pa.array(f0, pa.float64()),
+            "f1": pa.array(f1, pa.float64()),
+            "f2": pa.array(f2, pa.int32()),
+        }
+    )
+
+
+def expected(table: pa.Table) -> dict[int, float]:
+    rows = table.select(["id", "f0", "f1", "f2"]).to_pylist()
+    return {r["id"]: float(r["f0"] or 0) + float(r["f1"] or 0) + float(r["f2"] or 0) for r in rows}
+
+
+def seed_dataset(s3: Any, prefix: str) -> pa.Table:
+    """Three files with different row-group sizes, one empty file, and an ignored _SUCCESS marker."""
+    a = features_table(range(0, 730), with_nulls=True)
+    b = features_table(range(1_000, 1_420), with_nulls=True)
+    c = features_table(range(2_000, 2_000))  # zero rows
+    put_parquet(s3, prefix + "in/a.parquet", a, 100)
+    put_parquet(s3, prefix + "in/b.parquet", b, 1_000)
+    put_parquet(s3, prefix + "in/c.parquet", c, 10)
+    bucket, key = prefix[5:].split("/", 1)
+    s3.put_object(Bucket=bucket, Key=key + "in/_SUCCESS", Body=b"")
+    return pa.concat_tables([a, b])
+
+
+@pytest.mark.parametrize("content_type", ["text/csv", "application/jsonlines", "application/json"])
+def test_every_codec_scores_every_row(
+    content_type: str, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = seed_dataset(s3_client, s3_prefix)
+    endpoint = make_endpoint("sum", variants={"blue": 0.5, "green": 0.5})
+    conf = {
+        "endpoint_name": endpoint,
+        "input_uri": s3_prefix + "in/",
+        "output_uri": s3_prefix + "out/",
+        "content_type": content_type,
+        "target_variant": "green",
+        "target_model": "model-a.tar.gz",
+    }
+    state, tasks = run_dag("t_score_basic", conf)
+    assert state == "success", tasks
+
+    out = read_parts(s3_client, s3_prefix + "out/")
+    assert out.column_names == ["id", "name", "ts", "prediction", "variant"]
+    want = expected(data)
+    got = dict(zip(out["id"].to_pylist(), out["prediction"].to_pylist()))
+    assert len(got) == out.num_rows == len(want) == 1_150
+    assert got == pytest.approx(want)
+    by_id = {row["id"]: row for row in data.select(["id", "name", "ts"]).to_pylist()}
+    for row in out.select(["id", "name", "ts"]).to_pylist():
+        assert row == by_id[row["id"]]
+    assert set(out["variant"].to_pylist()) == {"green"}
+
+    stats = endpoint_stats(endpoint)
+    headers = {k.lower(): v for k, v in stats["last_request_headers"].items()}
+    assert headers["content-type"] == content_type
+    assert headers["x-amzn-sagemaker-target-variant"] == "green"
+    assert headers["x-amzn-sagemaker-target-model"] == "model-a.tar.gz"
+    assert stats["rows_ok"] == 1_150
+
+    keys = list_keys(s3_client, s3_prefix + "out/")
+    assert "_manifest.json" in keys
+    assert not [k for k in keys if k.startswith("_errors/")]
+    bucket, key = (s3_prefix + "out/_manifest.json")[5:].split("/", 1)
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert manifest["totals"]["rows_scored"] == 1_150
+    assert manifest["invoked_variants"] == {"green": manifest["totals"]["requests"]}
+    assert {i["uri"].rsplit("/", 1)[-1] for i in manifest["inputs"]} == {"a.parquet", "b.parquet", "c.parquet"}
+    assert all(i["etag"] for i in manifest["inputs"])
+
+
+def test_throttling_and_5xx_every_row_scored_once(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = features_table(range(3_000))
+    put_parquet(s3_client, s3_prefix + "in/x.parquet", data, 500)
+    endpoint = make_endpoint("sum", faults={"throttle_rate": 0.10, "error_5xx_rate": 0.05, "seed": 11})
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    state, tasks = run_dag("t_score_faults", conf)
+    assert state == "success", tasks
+    out = read_parts(s3_client, s3_prefix + "out/")
+    ids = out["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 3_000
+    assert dict(zip(ids, out["prediction"].to_pylist())) == pytest.approx(expected(data))
+    stats = endpoint_stats(endpoint)
+    assert stats["rows_ok"] == 3_000  # no row predicted twice
+    assert stats["throttled"] > 0 and stats["errors_5xx"] > 0
+
+
+@pytest.mark.parametrize(("dag_id", "succeeds"), [("t_score_poison_strict", False), ("t_score_poison_tolerant", True)])
+def test_poison_rows_go_to_errors_and_ratio_decides(
+    dag_id: str, succeeds: bool, s3_client: Any, make_endpoint: Any, s3_prefix: str
+) -> None:
+    poison = {5, 77, 78, 640}
+    data = features_table(range(1_000), poison=poison)
+    put_parquet(s3_client, s3_prefix + "in/p.parquet", data, 250)
+    endpoint = make_endpoint("sum", faults={"poison_value": -999})
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    state, tasks = run_dag(dag_id, conf)
+    assert (state == "success") is succeeds, tasks
+    out = read_parts(s3_client, s3_prefix + "out/")
+    assert sorted(out["id"].to_pylist()) == sorted(set(range(1_000)) - poison)
+    errors = read_parts(s3_client, s3_prefix + "out/", folder="_errors/")
+    assert sorted(errors["id"].to_pylist()) == sorted(poison)
+    assert set(errors["error_class"].to_pylist()) == {"ModelInputError"}
+    assert all("ModelError" in message for message in errors["error_message"].to_pylist())
+
+
+def test_sigkill_then_rerun_completes_without_duplicates(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    tables = [features_table(range(k * 1_000, k * 1_000 + 600)) for k in range(8)]
+    for k, table in enumerate(tables):
+        put_parquet(s3_client, f"{s3_prefix}in/f{k}.parquet", table, 600)
+    endpoint = make_endpoint("sum", faults={"latency_ms": 150})
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    code = (
+        "import json, sys; from tests.airflow_support import run_dag; "
+        f"print(run_dag('t_score_slow', json.loads(sys.argv[1])))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(conf)], cwd=ROOT, env=dict(os.environ), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            parts = [k for k in list_keys(s3_client, s3_prefix + "out/") if k.startswith("part-")]
+            if len(parts) >= 2:
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    keys = list_keys(s3_client, s3_prefix + "out/")
+    done = [k for k in keys if k.startswith("part-")]
+    assert 2 <= len(done) < 8 and "_manifest.json" not in keys
+    time.sleep(0.6)  # requests the killed worker left in flight still finish on the server (150 ms each)
+    rows_before = endpoint_stats(endpoint)["rows_ok"]
+
+    state, tasks = run_dag("t_score_slow", conf)
+    assert state == "success", tasks
+    resent = endpoint_stats(endpoint)["rows_ok"] - rows_before
+    assert resent == (8 - len(done)) * 600  # only the unfinished units were sent again
+    out = read_parts(s3_client, s3_prefix + "out/")
+    ids = out["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 4_800
+
+
+def test_mapped_fan_out_equals_single_run(s3_client: Any, make_endpoint: Any, s3_prefix: str) -> None:
+    inputs = []
+    for k in range(3):
+        uri = f"{s3_prefix}in/m{k}.parquet"
+        put_parquet(s3_client, uri, features_table(range(k * 500, k * 500 + 300 + 50 * k)), 120)
+        inputs.append(uri)
+    endpoint = make_endpoint("sum")
+    mapped = {"endpoint_name": endpoint, "inputs": inputs, "output_uri": s3_prefix + "mapped/"}
+    state, tasks = run_dag("t_score_mapped", mapped)
+    assert state == "success" and len(tasks) == 3, tasks
+    single = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "single/"}
+    state, tasks = run_dag("t_score_slow", single)
+    assert state == "success", tasks
+
+    def parts(prefix: str) -> set[str]:
+        return {k for k in list_keys(s3_client, prefix) if k.startswith("part-")}
+
+    assert parts(s3_prefix + "mapped/") == parts(s3_prefix + "single/")
+    a = read_parts(s3_client, s3_prefix + "mapped/").sort_by("id")
+    b = read_parts(s3_client, s3_prefix + "single/").sort_by("id")
+    assert a.equals(b) and a.num_rows == 1_050
+    manifests = [k for k in list_keys(s3_client, s3_prefix + "mapped/") if k.startswith("_manifest")]
+    assert manifests == ["_manifest-00000.json", "_manifest-00001.json", "_manifest-00002.json"]
