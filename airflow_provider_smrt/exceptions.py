@@ -13,6 +13,7 @@ This module imports neither Airflow nor boto3 at import time.
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 
@@ -205,8 +206,16 @@ _FIX_BY_CLASS: dict[type[InvocationError], str] = {
 def _fix(cls: type[InvocationError]) -> str:
     for klass in cls.__mro__:
         if klass in _FIX_BY_CLASS:
-            return _FIX_BY_CLASS[klass]  # type: ignore[index]
+            return _FIX_BY_CLASS[klass]
     return "see the error code in the SageMaker Runtime API reference"
+
+
+_QUOTED_VALUE = re.compile(r"(?i)(value\s*)('[^']*'|\"[^\"]*\")")
+
+
+def _redact(message: str) -> str:
+    """Drop quoted values that AWS validation messages may echo (``Value 'x' at 'customAttributes'``)."""
+    return _QUOTED_VALUE.sub(r"\1<redacted>", message)
 
 
 def _as_int(value: Any) -> int | None:
@@ -231,7 +240,8 @@ def _class_for(code: str, http_status: int | None, message: str) -> type[Invocat
         return RetryableStreamError
     if code in ("ValidationError", "ValidationException"):
         lowered = message.lower()
-        if "length" in lowered and ("body" in lowered or "payload" in lowered) or "too large" in lowered:
+        about_size = any(word in lowered for word in ("length", "exceed", "too large", "size"))
+        if about_size and any(word in lowered for word in ("body", "payload", "request entity")):
             return PayloadTooLargeError
         return ConfigurationError
     if http_status == 413:
@@ -263,9 +273,13 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
         error = response.get("Error", {}) or {}
         meta = response.get("ResponseMetadata", {}) or {}
         code = str(error.get("Code") or "Unknown")
-        message = str(error.get("Message") or "")
+        message = _redact(str(error.get("Message") or ""))
         http_status = _as_int(meta.get("HTTPStatusCode"))
         request_id = meta.get("RequestId")
+        # The botocore error stays the cause of ours (tracebacks print it): keep payload text out of it.
+        # A container's own message may quote the input, so a ModelError's is never shown.
+        shown_raw = "the container's message is withheld (it may quote the payload)" if code == "ModelError" else message
+        err.args = (f"An error occurred ({code}) when calling the {err.operation_name} operation: {shown_raw}",)
         if code == "ModelError":
             original = _as_int(response.get("OriginalStatusCode") or error.get("OriginalStatusCode"))
             cls: type[ModelError] = (
@@ -313,10 +327,15 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
             code="ParamValidationError",
             endpoint_name=endpoint_name,
         )
+    if isinstance(err, bce.SSLError):
+        return ConfigurationError(
+            f"TLS failure calling {where}: check the connection's `verify` setting and CA bundle",
+            code="SSLError",
+            endpoint_name=endpoint_name,
+        )
     transport_types: tuple[type[BaseException], ...] = (
-        bce.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ConnectionClosedError, ...
-        bce.ReadTimeoutError,
-        bce.ResponseStreamingError,
+        bce.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError
+        bce.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
         ConnectionError,
         TimeoutError,
     )
