@@ -58,6 +58,9 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
     :param target_container_hostname: container of a multi-container endpoint (templated).
     :param inference_component_name: inference component to invoke (templated).
     :param enable_explanations: SageMaker Clarify explanation expression (templated).
+    :param s3_write_args: extra arguments for every S3 write of outputs, e.g.
+        ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:..."}``.
+    :param expected_bucket_owner: account id sent as ``ExpectedBucketOwner`` on every S3 call.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
     :param aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
@@ -108,6 +111,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         target_container_hostname: str | None = None,
         inference_component_name: str | None = None,
         enable_explanations: str | None = None,
+        s3_write_args: dict[str, Any] | None = None,
+        expected_bucket_owner: str | None = None,
         max_attempts: int = 8,
         progress_interval: float = 5.0,
         **kwargs: Any,
@@ -136,6 +141,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         self.target_container_hostname = target_container_hostname
         self.inference_component_name = inference_component_name
         self.enable_explanations = enable_explanations
+        self.s3_write_args = dict(s3_write_args or {})
+        self.expected_bucket_owner = expected_bucket_owner
         self.max_attempts = max_attempts
         self.progress_interval = progress_interval
         self._job: ScoringJob | None = None
@@ -191,7 +198,11 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         return ScoringJob(
             config=config,
             invoke=self.hook.make_invoker(self.endpoint_name, **params),
-            storage=Storage(s3_client=s3_client),
+            storage=Storage(
+                s3_client=s3_client,
+                write_extra_args=self.s3_write_args,
+                expected_bucket_owner=self.expected_bucket_owner,
+            ),
             retry_policy=RetryPolicy(max_attempts=self.max_attempts),
             progress_interval=self.progress_interval,
             logger=self.log,  # type: ignore[arg-type]
