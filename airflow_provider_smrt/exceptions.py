@@ -278,7 +278,8 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
         request_id = meta.get("RequestId")
         # The botocore error stays the cause of ours (tracebacks print it): keep payload text out of it.
         # A container's own message may quote the input, so a ModelError's is never shown.
-        shown_raw = "the container's message is withheld (it may quote the payload)" if code == "ModelError" else message
+        withheld = "the container's message is withheld (it may quote the payload)"
+        shown_raw = withheld if code == "ModelError" else message
         err.args = (f"An error occurred ({code}) when calling the {err.operation_name} operation: {shown_raw}",)
         if code == "ModelError":
             original = _as_int(response.get("OriginalStatusCode") or error.get("OriginalStatusCode"))

@@ -74,7 +74,7 @@ class RetryPolicy:
             attempt += 1
             try:
                 return fn()
-            except Exception as raw:  # noqa: BLE001 - classified and re-raised
+            except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
                 delay = self.delay(attempt, err)
                 if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
@@ -103,7 +103,7 @@ class RetryPolicy:
             attempt += 1
             try:
                 return await fn()
-            except Exception as raw:  # noqa: BLE001 - classified and re-raised
+            except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
                 delay = self.delay(attempt, err)
                 if not self.should_retry(err, attempt, started, delay):

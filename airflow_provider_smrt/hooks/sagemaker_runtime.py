@@ -10,7 +10,7 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
 
-from airflow_provider_smrt.exceptions import classify_error
+from airflow_provider_smrt.exceptions import ParameterValidationError, classify_error
 from airflow_provider_smrt.invocation import (
     DEFAULT_READ_TIMEOUT_SECONDS,
     INVOCATION_TIMEOUT_RANGE,
@@ -25,7 +25,6 @@ from airflow_provider_smrt.invocation import (
     validate_inference_id,
     validate_range,
 )
-from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.retry import OnRetry, RetryPolicy
 
 #: botocore's own retries are off: the hook's :class:`RetryPolicy` is the only one.
@@ -327,7 +326,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
                             "InvokeEndpointWithResponseStream",
                         )
                         raise classify_error(raw, endpoint_name=endpoint_name) from raw
-        except Exception as raw:  # noqa: BLE001 - classified and re-raised
+        except Exception as raw:
             err = classify_error(raw, endpoint_name=endpoint_name)
             if err is raw:
                 raise

@@ -52,8 +52,13 @@ log = logging.getLogger(__name__)
 
 
 class InvokeResult(Protocol):
-    body: bytes
-    invoked_production_variant: str | None
+    """What the core needs of an InvokeEndpoint response."""
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def invoked_production_variant(self) -> str | None: ...
 
 
 Invoker = Callable[[bytes], InvokeResult]
@@ -286,7 +291,7 @@ class Pipeline:
                 rows_in_unit += batch.num_rows
             if current is not None and not stop.is_set():
                 self._results.put(("end", (current, seq)))
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
         finally:
             executor.shutdown(wait=True)
@@ -321,7 +326,7 @@ class Pipeline:
                 return
             pieces, errors = self._score(task, 0, task.features.num_rows, task.body)
             self._results.put(("result", (task, pieces, errors)))
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
         finally:
             self.limiter.release()
@@ -412,7 +417,7 @@ class Pipeline:
                     with self.stats.lock:
                         self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
                     del pending[unit], next_seq[unit], expected[unit]
-        except BaseException as err:
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
         finally:
             while True:  # release buffered slots of anything left, so the reader can unblock

@@ -148,7 +148,7 @@ class Storage:
             if info.version_id:
                 params["version_id"] = info.version_id
             return smart_open.open(info.uri, "rb", compression="disable", transport_params=params)
-        return open(info.uri, "rb")  # noqa: SIM115 - the caller closes it
+        return open(info.uri, "rb")
 
     def read_bytes(self, uri: str, *, max_bytes: int | None = None) -> bytes:
         if is_s3(uri):

@@ -49,7 +49,7 @@ def features_table(ids: range, *, with_nulls: bool = False, poison: set[int] | N
     f1 = [None if with_nulls and i % 7 == 0 else float(i % 5) / 4 for i in ids]
     f2 = [int(i % 3) for i in ids]
     if poison:
-        f0 = [-999.0 if i in poison else v for i, v in zip(ids, f0)]
+        f0 = [-999.0 if i in poison else v for i, v in zip(ids, f0, strict=True)]
     return pa.table(
         {
             "id": pa.array(list(ids), pa.int64()),
@@ -102,7 +102,7 @@ def test_every_codec_scores_every_row(
     out = read_parts(s3_client, s3_prefix + "out/")
     assert out.column_names == ["id", "name", "ts", "prediction", "variant"]
     want = expected(data)
-    got = dict(zip(out["id"].to_pylist(), out["prediction"].to_pylist()))
+    got = dict(zip(out["id"].to_pylist(), out["prediction"].to_pylist(), strict=True))
     assert len(got) == out.num_rows == len(want) == 1_150
     assert got == pytest.approx(want)
     by_id = {row["id"]: row for row in data.select(["id", "name", "ts"]).to_pylist()}
@@ -140,7 +140,7 @@ def test_throttling_and_5xx_every_row_scored_once(
     out = read_parts(s3_client, s3_prefix + "out/")
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 3_000
-    assert dict(zip(ids, out["prediction"].to_pylist())) == pytest.approx(expected(data))
+    assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected(data))
     stats = endpoint_stats(endpoint)
     assert stats["rows_ok"] == 3_000  # no row predicted twice
     assert stats["throttled"] > 0 and stats["errors_5xx"] > 0
@@ -175,7 +175,7 @@ def test_sigkill_then_rerun_completes_without_duplicates(
     conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
     code = (
         "import json, sys; from tests.airflow_support import run_dag; "
-        f"print(run_dag('t_score_slow', json.loads(sys.argv[1])))"
+        "print(run_dag('t_score_slow', json.loads(sys.argv[1])))"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(conf)], cwd=ROOT, env=dict(os.environ), start_new_session=True

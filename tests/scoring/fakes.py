@@ -60,8 +60,8 @@ class FakeEndpoint:
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
         matrix = [table.column(i).to_pylist() for i in range(table.num_columns)]
-        sums = [sum(float(v or 0) for v in row) for row in zip(*matrix)]
-        if self.poison is not None and any(self.poison in row for row in zip(*matrix)):
+        sums = [sum(float(v or 0) for v in row) for row in zip(*matrix, strict=True)]
+        if self.poison is not None and any(self.poison in row for row in zip(*matrix, strict=True)):
             raise ModelInputError(
                 "poison", code="ModelError", http_status=424, original_status_code=400, original_message="bad row"
             )
