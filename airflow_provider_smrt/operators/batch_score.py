@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
+from airflow_provider_smrt.exceptions import ModelError
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
+from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
+from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_endpoint_link
+from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CONCURRENCY,
@@ -24,8 +28,10 @@ from airflow_provider_smrt.scoring.storage import Storage
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_smrt.scoring.pipeline import InvokeResult
 
-class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
+
+class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[SageMakerRuntimeHook]):
     """Score a Parquet dataset against a SageMaker real-time endpoint through InvokeEndpoint.
 
     Streams Parquet from S3 (or local paths), cuts it into requests under the payload limit, keeps
@@ -44,6 +50,11 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
     :param accept: the response type (default: ``content_type``) (templated).
     :param encoder: dotted path of a custom encoder ``(pa.Table) -> bytes``.
     :param decoder: dotted path of a custom decoder ``(bytes, num_rows) -> pa.Table | list``.
+    :param request_template: one JSON request per row (e.g. ``{"inputs": "{prompt}", "parameters": {...}}``):
+        ``"{column}"`` strings take the row's value with its JSON type, placeholders inside longer strings
+        are formatted as text. Sends one row per request; needs ``content_type="application/json"``.
+    :param response_field: dotted path of the prediction in a JSON response, e.g. ``"generated_text"`` (a
+        name applied to a list applies to its items, so ``[{"generated_text": ...}]`` works).
     :param max_payload_bytes: request size limit (at most 6,291,456; 4,000,000 for serverless endpoints).
     :param max_rows_per_request: request row limit (default: only the size limit applies).
     :param concurrency: requests in flight at most (size an Airflow pool for endpoint-wide limits).
@@ -52,7 +63,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         previous parts first) or ``fail`` (refuse a non-empty output).
     :param allow_empty_input: succeed with zero rows when the input matches no object.
     :param variant_column: if set, add a column with each row's invoked production variant.
-    :param custom_attributes: InvokeEndpoint CustomAttributes (templated; sensitive, never logged).
+    :param custom_attributes: InvokeEndpoint CustomAttributes (templated; sensitive: registered with
+        Airflow's secrets masker once rendered, never logged).
     :param target_model: multi-model endpoint target (templated).
     :param target_variant: production variant to invoke (templated).
     :param target_container_hostname: container of a multi-container endpoint (templated).
@@ -84,6 +96,7 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         "enable_explanations",
     )
     ui_color = "#ffb27d"
+    operator_extra_links = (SageMakerEndpointLink(), SageMakerModelLogsLink())
 
     def __init__(
         self,
@@ -98,6 +111,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         accept: str | None = None,
         encoder: str | None = None,
         decoder: str | None = None,
+        request_template: dict[str, Any] | None = None,
+        response_field: str | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_rows_per_request: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -128,6 +143,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         self.accept = accept
         self.encoder = encoder
         self.decoder = decoder
+        self.request_template = request_template
+        self.response_field = response_field
         self.max_payload_bytes = max_payload_bytes
         self.max_rows_per_request = max_rows_per_request
         self.concurrency = concurrency
@@ -146,6 +163,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         self.max_attempts = max_attempts
         self.progress_interval = progress_interval
         self._job: ScoringJob | None = None
+        self._lineage: RunLineage | None = None
+        self._model_log_stream_arn: str | None = None
 
     @property
     def _hook_parameters(self) -> dict[str, Any]:
@@ -179,6 +198,8 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
             accept=self.accept,
             encoder=self.encoder,
             decoder=self.decoder,
+            request_template=self.request_template,
+            response_field=self.response_field,
             max_payload_bytes=self.max_payload_bytes,
             max_rows_per_request=self.max_rows_per_request,
             concurrency=self.concurrency,
@@ -197,7 +218,7 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
         ).get_conn()
         return ScoringJob(
             config=config,
-            invoke=self.hook.make_invoker(self.endpoint_name, **params),
+            invoke=self._recording_model_errors(self.hook.make_invoker(self.endpoint_name, **params)),
             storage=Storage(
                 s3_client=s3_client,
                 write_extra_args=self.s3_write_args,
@@ -208,11 +229,60 @@ class SageMakerBatchScoreOperator(AwsBaseOperator[SageMakerRuntimeHook]):
             logger=self.log,  # type: ignore[arg-type]
         )
 
+    def _recording_model_errors(self, invoke: Callable[[bytes], InvokeResult]) -> Callable[[bytes], InvokeResult]:
+        """Wrap the invoker to remember the ``LogStreamArn`` of the last ModelError (for the logs link)."""
+
+        def recording(body: bytes) -> InvokeResult:
+            try:
+                return invoke(body)
+            except ModelError as err:
+                if err.log_stream_arn:
+                    self._model_log_stream_arn = err.log_stream_arn
+                raise
+
+        return recording
+
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context.get("ti")
         map_index = getattr(ti, "map_index", None)
+        persist_endpoint_link(context, self, self.endpoint_name)
         self._job = self.build_job(map_index)
-        return self._job.run()
+        try:
+            summary = self._job.run()
+        finally:
+            if self._model_log_stream_arn:
+                SageMakerModelLogsLink.persist_arn(context, self, self._model_log_stream_arn)
+        self._record_lineage(summary)
+        self._annotate_outlet_events(context, summary)
+        return summary
+
+    def _record_lineage(self, summary: dict[str, Any]) -> None:
+        if self._job is None:
+            return
+        try:
+            self._lineage = scoring_run_lineage(self._job, summary)
+        except Exception as err:  # noqa: BLE001 - lineage is never worth failing a finished run
+            self.log.warning("could not describe the run's lineage: %s", type(err).__name__)
+
+    def _annotate_outlet_events(self, context: Context, summary: dict[str, Any]) -> None:
+        """Add the run's counts and locations to the asset events of outlets naming ``output_uri``."""
+        from airflow.sdk import Asset
+
+        events = context.get("outlet_events")
+        if events is None:
+            return
+        extra = {
+            key: summary[key]
+            for key in ("endpoint_name", "output_uri", "manifest_uri", "rows_in", "rows_scored", "rows_failed")
+        }
+        for outlet in self.outlets or []:
+            if isinstance(outlet, Asset) and outlet.uri.rstrip("/") == str(self.output_uri).rstrip("/"):
+                events[outlet].extra.update(extra)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the inputs (with the scored and pass-through columns) and the output (pass-through
+        and prediction columns), learnt during ``execute``; None when OpenLineage is not installed."""
+        return to_operator_lineage(self._lineage)
 
     def on_kill(self) -> None:
         """Stop new requests; in-flight requests finish; unfinished parts are never committed."""

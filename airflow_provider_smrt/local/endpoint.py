@@ -1,0 +1,472 @@
+"""The local SageMaker Runtime endpoint server: the service's wire protocol plus a ``/_local/`` control API.
+
+``POST /endpoints/{name}/invocations``, ``/async-invocations`` and ``/invocations-response-stream``
+answer exactly as botocore's ``sagemaker-runtime`` model expects, so a plain
+``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. Request and response bodies,
+CustomAttributes values and credentials are never logged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+
+from airflow_provider_smrt.local import async_jobs, wire
+from airflow_provider_smrt.local.models import ModelFailure, Prediction
+from airflow_provider_smrt.local.state import Endpoint, Registry, Stats
+from airflow_provider_smrt.local.wire import ServiceError
+
+log = logging.getLogger(__name__)
+
+#: The SageMaker request headers recorded in ``last_request_headers`` (never the custom attributes).
+RECORDED_HEADERS = (
+    "Content-Type",
+    "Accept",
+    "X-Amzn-SageMaker-Target-Model",
+    "X-Amzn-SageMaker-Target-Variant",
+    "X-Amzn-SageMaker-Target-Container-Hostname",
+    "X-Amzn-SageMaker-Inference-Component",
+    "X-Amzn-SageMaker-Enable-Explanations",
+    "X-Amzn-SageMaker-Inference-Id",
+    "X-Amzn-SageMaker-Session-Id",
+)
+_MODEL_HEADERS = (*RECORDED_HEADERS, "X-Amzn-SageMaker-Custom-Attributes")
+_DRAIN_CHUNK = 1 << 20
+_RESET = object()
+
+
+class EndpointServer(ThreadingHTTPServer):
+    """A threaded HTTP/1.1 server on loopback hosting local endpoints.
+
+    :param host: the address to bind (keep it on loopback).
+    :param port: the port; 0 picks a free one (see :attr:`url`).
+    :param s3_endpoint_url: the S3 server async invocations read from and write to.
+    :param default_endpoints: create ``smrt-demo`` (diabetes), ``smrt-sum`` (sum) and ``smrt-llm`` (llm) at start.
+    """
+
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 512
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        s3_endpoint_url: str | None = None,
+        default_endpoints: bool = True,
+    ) -> None:
+        super().__init__((host, port), _Handler)
+        self.registry = Registry()
+        self.s3_endpoint_url = s3_endpoint_url
+        self.async_processor = async_jobs.AsyncProcessor(
+            s3_factory=functools.partial(_s3_client, s3_endpoint_url) if s3_endpoint_url else None
+        )
+        self._thread: threading.Thread | None = None
+        if default_endpoints:
+            self.registry.put("smrt-demo", {"model": "diabetes"})
+            self.registry.put("smrt-sum", {"model": "sum"})
+            self.registry.put("smrt-llm", {"model": "llm"})
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` of this server."""
+        host, port = self.server_address[:2]
+        host_text = host.decode() if isinstance(host, bytes) else str(host)
+        return f"http://{host_text}:{port}"
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept a connection with TCP_NODELAY (else each response waits ~40 ms for a delayed ACK)."""
+        sock, address = super().get_request()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, address
+
+    def start(self) -> None:
+        """Serve in a daemon thread."""
+        self._thread = threading.Thread(target=self.serve_forever, name="smrt-local-endpoint", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving, close the listening socket and the async worker pools."""
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.server_close()
+        self.registry.close()
+
+
+def _s3_client(endpoint_url: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=wire.REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(s3={"addressing_style": "path"}, max_pool_connections=32, retries={"max_attempts": 3}),
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "smrt-local"
+    wbufsize = 1 << 16  # one send per response; BaseHTTPRequestHandler flushes after each request
+    timeout = 300
+    server: EndpointServer
+
+    def version_string(self) -> str:
+        """The ``Server`` header."""
+        return self.server_version
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log (it would add nothing but noise; bodies are never logged anyway)."""
+
+    # ---------------------------------------------------------------- routing
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_PATCH(self) -> None:
+        self._route("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def _route(self, method: str) -> None:
+        path = self.path.split("?", 1)[0]
+        parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+        try:
+            if parts[0] == "endpoints" and len(parts) == 3 and method == "POST":
+                kind = {"invocations": "sync", "async-invocations": "async", "invocations-response-stream": "stream"}
+                if parts[2] in kind:
+                    self._invoke(parts[1], kind[parts[2]])
+                    return
+            if parts[0] == "_local":
+                self._control(method, parts[1:])
+                return
+            self._drain_body()
+            self._send_json(404, {"error": f"no route for {method} {path}"})
+        except (ConnectionError, TimeoutError):
+            self.close_connection = True
+
+    # ---------------------------------------------------------------- bodies
+    def _content_length(self) -> int:
+        try:
+            return max(0, int(self.headers.get("Content-Length") or 0))
+        except ValueError:
+            return 0
+
+    def _chunked(self) -> bool:
+        return "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+
+    def _read_body(self) -> bytes:
+        if self._chunked():
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        return self.rfile.read(self._content_length()) if self._content_length() else b""
+
+    def _drain_body(self) -> None:
+        if self._chunked():
+            self._read_body()
+            return
+        remaining = self._content_length()
+        while remaining > 0:
+            chunk = self.rfile.read(min(remaining, _DRAIN_CHUNK))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
+    # ---------------------------------------------------------------- responses
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_error(self, error: ServiceError) -> None:
+        self._send(error.status, error.body(), error.headers())
+
+    def _send_json(self, status: int, doc: Any) -> None:
+        self._send(status, orjson.dumps(doc), {"Content-Type": "application/json"})
+
+    def _reset(self) -> None:
+        """Close the socket without answering (RST), as a broken connection does."""
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+
+    # ---------------------------------------------------------------- invocations
+    def _invoke(self, name: str, kind: str) -> None:
+        endpoint = self.server.registry.get(name)
+        if endpoint is None:
+            self._drain_body()
+            self._send_error(wire.endpoint_not_found(name))
+            return
+        stats = endpoint.stats
+        stats.arrived()
+        try:
+            limit = async_jobs.MAX_INLINE_BYTES if kind == "async" else endpoint.max_payload_bytes
+            if self._content_length() > limit:
+                self._drain_body()
+                stats.add("validation_errors")
+                raise ServiceError(
+                    "ValidationError",
+                    f"Request payload size {self._content_length()} bytes exceeds the limit of {limit} bytes.",
+                )
+            body = self._read_body()
+            if kind == "sync":
+                with stats.lock:
+                    stats.last_request_headers = {h: v for h in RECORDED_HEADERS if (v := self.headers.get(h))}
+            if self._front_door(endpoint, check_ready=kind != "async") is _RESET:
+                return
+            if kind == "async":
+                self._submit_async(endpoint, body)
+                return
+            variant = endpoint.pick_variant(self.headers.get("X-Amzn-SageMaker-Target-Variant"))
+            accept_header = "Accept" if kind == "sync" else "X-Amzn-SageMaker-Accept"
+            prediction = self._predict(
+                endpoint, body, self.headers.get("Content-Type"), self.headers.get(accept_header)
+            )
+            if kind == "sync":
+                self._answer_sync(endpoint, prediction, variant)
+            else:
+                self._answer_stream(endpoint, prediction, variant)
+        except ServiceError as error:
+            self._send_error(error)
+        finally:
+            stats.responded()
+
+    def _front_door(self, endpoint: Endpoint, *, check_ready: bool) -> object | None:
+        """Faults decided before the model: reset, stall, not ready, throttle, 5xx."""
+        faults, dice, stats = endpoint.faults, endpoint.dice, endpoint.stats
+        if dice.hit(faults.reset_rate):
+            stats.add("resets")
+            self._reset()
+            return _RESET
+        if faults.stall_seconds and dice.hit(faults.stall_rate):
+            stats.add("stalls")
+            time.sleep(faults.stall_seconds)
+        if check_ready and endpoint.not_ready():
+            stats.add("not_ready")
+            raise ServiceError("ModelNotReadyException", f"Model for endpoint {endpoint.name} is not ready yet.")
+        if dice.hit(faults.throttle_rate):
+            stats.add("throttled")
+            raise ServiceError("ThrottlingException", None)
+        if dice.hit(faults.error_5xx_rate):
+            stats.add("errors_5xx")
+            messages = {
+                "ServiceUnavailable": "The service is unavailable. Try again later.",
+                "InternalFailure": "An internal error occurred. Try again later.",
+                "InternalDependencyException": "An internal dependency failed. Try again later.",
+            }
+            raise ServiceError(faults.error_5xx_code, messages[faults.error_5xx_code])
+        return None
+
+    def _predict(self, endpoint: Endpoint, body: bytes, content_type: str | None, accept: str | None) -> Prediction:
+        """Take a capacity slot, wait the latency, run the model; model failures become ModelError."""
+        faults, stats = endpoint.faults, endpoint.stats
+        slot = endpoint.capacity
+        if slot is not None:
+            slot.acquire()
+        try:
+            with stats.in_service():
+                delay_ms = faults.latency_ms + endpoint.dice.uniform(faults.latency_jitter_ms)
+                if delay_ms > 0:
+                    time.sleep(delay_ms / 1000.0)
+                headers = {h: v for h in _MODEL_HEADERS if (v := self.headers.get(h))}
+                return endpoint.model.predict(
+                    body,
+                    content_type,
+                    accept,
+                    headers=headers,
+                    inspect=async_jobs.poison_inspector(faults.poison_value),
+                )
+        except ModelFailure as failure:
+            stats.add("model_errors")
+            raise wire.model_error(
+                endpoint_name=endpoint.name, original_status=failure.status, original_message=failure.message
+            ) from failure
+        finally:
+            if slot is not None:
+                slot.release()
+
+    def _answer_sync(self, endpoint: Endpoint, prediction: Prediction, variant: str) -> None:
+        headers = {"Content-Type": prediction.content_type, "x-Amzn-Invoked-Production-Variant": variant}
+        if prediction.custom_attributes:
+            headers["X-Amzn-SageMaker-Custom-Attributes"] = prediction.custom_attributes
+        self._send(200, prediction.body, headers)
+        endpoint.stats.add("invocations_ok")
+        endpoint.stats.add("rows_ok", prediction.rows)
+
+    def _answer_stream(self, endpoint: Endpoint, prediction: Prediction, variant: str) -> None:
+        """Event-stream framing over chunked transfer encoding; optionally break off with an exception event."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/vnd.amazon.eventstream")
+        self.send_header("X-Amzn-SageMaker-Content-Type", prediction.content_type)
+        self.send_header("x-Amzn-Invoked-Production-Variant", variant)
+        if prediction.custom_attributes:
+            self.send_header("X-Amzn-SageMaker-Custom-Attributes", prediction.custom_attributes)
+        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        data = prediction.body
+        n_parts = max(1, min(endpoint.stream_parts, len(data)))
+        bounds = [len(data) * i // n_parts for i in range(n_parts + 1)]
+        fail_after = endpoint.faults.stream_error_after_parts
+        for index in range(n_parts):
+            if fail_after is not None and index >= fail_after:
+                break
+            self._write_chunk(wire.payload_part(data[bounds[index] : bounds[index + 1]]))
+        if fail_after is not None and fail_after < n_parts:
+            kind = endpoint.faults.stream_error_type
+            message = "The model stream broke off." if kind == "ModelStreamError" else "Internal stream failure."
+            code = "ModelStreamError" if kind == "ModelStreamError" else None
+            self._write_chunk(wire.stream_exception(kind, message, error_code=code))
+            endpoint.stats.add("stream_errors")
+        else:
+            endpoint.stats.add("invocations_ok")
+            endpoint.stats.add("rows_ok", prediction.rows)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _write_chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _submit_async(self, endpoint: Endpoint, body: bytes) -> None:
+        h = self.headers
+        location = h.get("X-Amzn-SageMaker-InputLocation")
+        if bool(location) == bool(body):
+            raise ServiceError("ValidationError", "Exactly one of InputLocation and Body must be given.")
+        if location and not location.startswith(("s3://", "https://", "http://")):
+            raise ServiceError("ValidationError", "InputLocation must be an s3:// or https:// URI.")
+        ttl = _int_header(
+            h.get("X-Amzn-SageMaker-RequestTTLSeconds"), async_jobs.DEFAULT_TTL_SECONDS, 60, 21_600, "RequestTTLSeconds"
+        )
+        timeout = _int_header(
+            h.get("X-Amzn-SageMaker-InvocationTimeoutSeconds"),
+            async_jobs.DEFAULT_TIMEOUT_SECONDS,
+            1,
+            3_600,
+            "InvocationTimeoutSeconds",
+        )
+        inference_id = h.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4())
+        extension = (h.get("X-Amzn-SageMaker-S3OutputPathExtension") or "").strip("/")
+        prefix = f"{extension}/" if extension else ""
+        filename = h.get("X-Amzn-SageMaker-Filename") or f"{inference_id}.out"
+        job = async_jobs.AsyncJob(
+            endpoint=endpoint,
+            inference_id=inference_id,
+            input_location=location or None,
+            inline_body=body or None,
+            content_type=h.get("X-Amzn-SageMaker-Content-Type"),
+            accept=h.get("X-Amzn-SageMaker-Accept"),
+            custom_attributes=h.get("X-Amzn-SageMaker-Custom-Attributes"),
+            ttl_seconds=ttl,
+            timeout_seconds=timeout,
+            output_location=f"{endpoint.s3_output_path}/{prefix}{filename}",
+            failure_location=f"{endpoint.s3_failure_path}/{prefix}{inference_id}-error.out",
+            enqueued=time.monotonic(),
+        )
+        self.server.async_processor.submit(job)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Amzn-SageMaker-OutputLocation": job.output_location,
+            "X-Amzn-SageMaker-FailureLocation": job.failure_location,
+        }
+        self._send(202, orjson.dumps({"InferenceId": inference_id}), headers)
+
+    # ---------------------------------------------------------------- control API
+    def _control(self, method: str, parts: list[str]) -> None:
+        registry = self.server.registry
+        raw = self._read_body()
+        try:
+            doc = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError:
+            self._send_json(400, {"error": "the body is not JSON"})
+            return
+        if parts == ["health"] and method == "GET":
+            self._send_json(
+                200, {"status": "ok", "endpoints": registry.names(), "s3_endpoint_url": self.server.s3_endpoint_url}
+            )
+            return
+        if parts == ["endpoints"] and method == "GET":
+            self._send_json(200, {"endpoints": registry.names()})
+            return
+        if len(parts) < 2 or parts[0] != "endpoints":
+            self._send_json(404, {"error": "unknown control path"})
+            return
+        name, rest = parts[1], parts[2:]
+        if not rest and method == "PUT":
+            if not isinstance(doc, dict):
+                self._send_json(400, {"error": "the body must be a JSON object"})
+                return
+            try:
+                created = registry.put(name, doc)
+            except (ValueError, TypeError) as err:
+                self._send_json(400, {"error": str(err)})
+                return
+            self._send_json(200, created.describe())
+            return
+        endpoint = registry.get(name)
+        if endpoint is None:
+            self._send_json(404, {"error": f"no endpoint {name}"})
+            return
+        if not rest and method == "GET":
+            self._send_json(200, endpoint.describe())
+        elif not rest and method == "DELETE":
+            registry.delete(name)
+            self._send_json(200, {"deleted": name})
+        elif rest == ["faults"] and method in ("PATCH", "PUT"):
+            try:
+                endpoint.set_faults(doc if isinstance(doc, dict) else None, merge=method == "PATCH")
+            except (ValueError, TypeError) as err:
+                self._send_json(400, {"error": str(err)})
+                return
+            self._send_json(200, endpoint.describe()["faults"])
+        elif rest == ["stats"] and method == "GET":
+            self._send_json(200, endpoint.stats.snapshot())
+        elif rest == ["stats"] and method == "DELETE":
+            endpoint.stats = Stats()
+            self._send_json(200, endpoint.stats.snapshot())
+        else:
+            self._send_json(404, {"error": f"no route for {method} /_local/{'/'.join(parts)}"})
+
+
+def _int_header(value: str | None, default: int, low: int, high: int, name: str) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError as err:
+        raise ServiceError("ValidationError", f"{name} must be an integer.") from err
+    if not low <= number <= high:
+        raise ServiceError("ValidationError", f"{name} must be between {low} and {high}.")
+    return number

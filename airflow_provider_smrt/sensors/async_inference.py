@@ -1,0 +1,201 @@
+"""``SageMakerAsyncInferenceSensor``: wait for the results of InvokeEndpointAsync requests in S3."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+from airflow.providers.amazon.aws.sensors.base_aws import AwsBaseSensor
+from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
+from airflow.sdk.bases.sensor import PokeReturnValue
+
+from airflow_provider_smrt._compat import AirflowSensorTimeout, conf
+from airflow_provider_smrt.async_inference import (
+    AsyncInferenceFailedError,
+    AsyncInferenceTracker,
+    AsyncInvocation,
+    default_timeout_seconds,
+    poll_sync,
+)
+from airflow_provider_smrt.exceptions import ParameterValidationError, SmrtError
+from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+
+class SageMakerAsyncInferenceSensor(AwsBaseSensor[S3Hook]):
+    """Wait until every async invocation's output object exists; fail when a failure object appears.
+
+    Give either ``invocations`` (the XCom of
+    :class:`~airflow_provider_smrt.operators.invoke_endpoint_async.SageMakerInvokeEndpointAsyncOperator`,
+    e.g. ``invoke.output`` or ``"{{ ti.xcom_pull('invoke') }}"``) or one ``output_location`` with an
+    optional ``failure_location``. Each poke makes the fewest S3 requests: one listing per output
+    directory holding several pending keys, a HEAD otherwise (see :mod:`airflow_provider_smrt.async_inference`).
+
+    When a failure object appears the sensor fails with the head of its message (at most 4 KiB), the
+    input and the inference id, unless ``max_failures`` tolerates it. Returns (XCom) one dict per
+    invocation: its fields plus ``status`` (``succeeded`` | ``failed``), ``output_size``,
+    ``completed_at`` and ``time_to_completion_seconds`` (and ``failure_message`` when failed).
+
+    Modes: ``poke`` keeps the statuses in the sensor between pokes, so finished locations are never
+    polled again; ``reschedule`` starts each poke in a new process and derives every status from S3
+    again (nothing is persisted between pokes; listings keep that cheap); ``deferrable=True`` hands the
+    wait to :class:`~airflow_provider_smrt.triggers.async_inference.SageMakerAsyncInferenceTrigger`
+    after one synchronous check.
+
+    :param invocations: dicts with at least ``output_location`` (and ``failure_location``,
+        ``inference_id``, ``input``, ``submitted_at``, ``request_ttl_seconds``, ``invocation_timeout_seconds``);
+        a JSON or Python-literal string of that list is accepted. (templated)
+    :param output_location: one ``s3://`` output location to wait for, instead of ``invocations``. (templated)
+    :param failure_location: the failure location that goes with ``output_location``. (templated)
+    :param max_failures: failed invocations tolerated; one more fails the sensor.
+    :param deferrable: wait in the triggerer.
+    :param timeout: seconds to wait at most; default the invocations' largest RequestTTLSeconds +
+        InvocationTimeoutSeconds (service defaults 21600 + 900) plus 60 s.
+    :param s3_retry_policy: retries of each S3 request on transient errors (not ``retry_policy``: that is
+        Airflow's task retry policy).
+    :param aws_conn_id: the Airflow AWS connection. (templated)
+    :param region_name: the AWS region. (templated)
+    :param verify: SSL certificate verification. (templated)
+    :param botocore_config: botocore client configuration (dict).
+    """
+
+    aws_hook_class = S3Hook
+    template_fields: Sequence[str] = aws_template_fields("invocations", "output_location", "failure_location")
+    ui_color = "#c5e0b4"
+
+    def __init__(
+        self,
+        *,
+        invocations: Any = None,
+        output_location: str | None = None,
+        failure_location: str | None = None,
+        max_failures: int = 0,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        timeout: float | timedelta | None = None,
+        poke_interval: float | timedelta = 30,
+        s3_retry_policy: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
+        if (invocations is None) == (output_location is None):
+            raise ParameterValidationError("pass exactly one of invocations or output_location")
+        if max_failures < 0:
+            raise ParameterValidationError("max_failures must be 0 or more")
+        self.invocations = invocations
+        self.output_location = output_location
+        self.failure_location = failure_location
+        self.max_failures = max_failures
+        self.deferrable = deferrable
+        self.s3_retry_policy = s3_retry_policy
+        self.timeout_from_ttl = timeout is None
+        self._tracker: AsyncInferenceTracker | None = None
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def resolve_invocations(self) -> list[AsyncInvocation]:
+        """The rendered ``invocations`` (or the single ``output_location``) as :class:`AsyncInvocation`."""
+        if self.output_location is not None:
+            return [AsyncInvocation(output_location=self.output_location, failure_location=self.failure_location)]
+        value = self.invocations
+        if isinstance(value, str):
+            value = _parse_literal(value)
+        if isinstance(value, Mapping):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ParameterValidationError(
+                "invocations must be a non-empty list of dicts (the invoke operator's XCom), "
+                f"got {type(value).__name__}"
+            )
+        return [AsyncInvocation.from_value(item) for item in value]
+
+    # -- execute ---------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> Any:
+        invocations = self.resolve_invocations()
+        if self.timeout_from_ttl:
+            self.timeout = default_timeout_seconds(invocations)
+        self._tracker = AsyncInferenceTracker(invocations)
+        if not self.deferrable:
+            return super().execute(context)
+        result = self.poke(context)  # one synchronous check: no deferral when already done
+        if result:
+            return result.xcom_value if isinstance(result, PokeReturnValue) else None
+        self.log.info("deferring: %s", self._tracker.summary())
+        self.defer(
+            trigger=SageMakerAsyncInferenceTrigger(
+                invocations=[inv.to_dict() for inv in invocations],
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region_name,
+                verify=self.verify,
+                botocore_config=self.botocore_config,
+                poke_interval=self.poke_interval,
+                timeout=self.timeout,
+                max_failures=self.max_failures,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout + 300),
+        )
+
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        tracker = self._tracker
+        if tracker is None:  # poke() called directly
+            tracker = self._tracker = AsyncInferenceTracker(self.resolve_invocations())
+        poll_sync(tracker, self.hook.conn, retry_policy=self.s3_retry_policy)
+        if len(tracker.failed) > self.max_failures:
+            raise tracker.failure_error()
+        if not tracker.done:
+            self.log.info("waiting for async results: %s (%d S3 requests so far)", tracker.summary(), tracker.requests)
+            return False
+        for status in tracker.failed:
+            self.log.warning("tolerated failure: %s", status.describe_failure())
+        self.log.info("async results ready: %s (%d S3 requests)", tracker.summary(), tracker.requests)
+        return PokeReturnValue(is_done=True, xcom_value=tracker.to_dicts())
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Resume after the trigger fired: return the statuses, or raise."""
+        if not event:
+            raise SmrtError("the async inference trigger returned no event")
+        status = event.get("status")
+        self.log.info(
+            "trigger finished: %s after %s poll(s), %s S3 request(s): %s",
+            status,
+            event.get("polls"),
+            event.get("requests"),
+            event.get("summary"),
+        )
+        if status == "success":
+            for entry in event["invocations"]:
+                if entry.get("status") == "failed":
+                    self.log.warning(
+                        "tolerated failure: inference_id=%s input=%s: %s",
+                        entry.get("inference_id"),
+                        entry.get("input"),
+                        entry.get("failure_message"),
+                    )
+            return event["invocations"]
+        if status == "failure":
+            raise AsyncInferenceFailedError(str(event.get("message")), failures=event.get("failures") or [])
+        if status == "timeout":
+            raise AirflowSensorTimeout(str(event.get("message")))
+        raise SmrtError(str(event.get("message") or f"unexpected trigger event status {status!r}"))
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError) as err:
+        raise ParameterValidationError(
+            "invocations is a string that is neither JSON nor a Python literal; pass the operator's XCom "
+            "(e.g. invoke.output) or render_template_as_native_obj=True"
+        ) from err

@@ -1,0 +1,120 @@
+"""DAGs run by the async-inference tests through ``dag.test()`` on the local stack.
+
+Endpoint and inputs come from ``run_conf`` (params). ``render_template_as_native_obj`` lets
+``input_location="{{ params.inputs }}"`` render to a list. A failing task writes its exception text to
+``<params.report_dir>/<task_id>.txt`` so tests can assert on the message.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
+from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
+
+PARAMS = {
+    "endpoint_name": Param("smrt-sum", type="string"),
+    "inputs": Param([], type="array"),
+    "content_type": Param("text/csv", type="string"),
+    "report_dir": Param("", type="string"),
+}
+
+
+def _report_failure(context: Any) -> None:
+    report_dir = context["params"].get("report_dir")
+    if report_dir:
+        exc = context.get("exception")
+        text = f"{type(exc).__name__}: {exc}"
+        Path(report_dir, f"{context['ti'].task_id}.txt").write_text(text)
+
+
+def _dag(dag_id: str) -> DAG:
+    return DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        params=PARAMS,
+        render_template_as_native_obj=True,
+        default_args={"on_failure_callback": _report_failure},
+    )
+
+
+def _invoke(**kwargs: Any) -> SageMakerInvokeEndpointAsyncOperator:
+    params: dict[str, Any] = {
+        "task_id": "invoke",
+        "endpoint_name": "{{ params.endpoint_name }}",
+        "input_location": "{{ params.inputs }}",
+        "content_type": "{{ params.content_type }}",
+        "concurrency": 4,
+    }
+    params.update(kwargs)
+    return SageMakerInvokeEndpointAsyncOperator(**params)
+
+
+class FailAfterSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
+    """Submits, then fails its first try: the retry must not submit again."""
+
+    def execute(self, context: Any) -> list[dict[str, Any]]:
+        result = super().execute(context)
+        if context["ti"].try_number == 1:
+            raise RuntimeError("simulated worker failure after the requests were submitted")
+        return result
+
+
+# One DAG per sensor mode; the same DAGs serve success, failure and TTL cases (inputs decide).
+for _mode in ("poke", "reschedule", "deferrable"):
+    with _dag(f"t_async_sensor_{_mode}"):
+        _invoke() >> SageMakerAsyncInferenceSensor(
+            task_id="wait",
+            invocations="{{ ti.xcom_pull(task_ids='invoke') }}",
+            mode="reschedule" if _mode == "reschedule" else "poke",
+            deferrable=_mode == "deferrable",
+            poke_interval=1,
+        )
+
+with _dag("t_async_tolerant"):
+    _invoke() >> SageMakerAsyncInferenceSensor(
+        task_id="wait", invocations="{{ ti.xcom_pull(task_ids='invoke') }}", poke_interval=1, max_failures=1
+    )
+
+with _dag("t_async_large"):
+    # The output of the invoke task (an XComArg) feeds the sensor directly.
+    invoke = _invoke(request_ttl_seconds=600, invocation_timeout_seconds=600)
+    invoke >> SageMakerAsyncInferenceSensor(task_id="wait", invocations=invoke.output, poke_interval=1)
+
+with _dag("t_async_operator_waits"):
+    _invoke(wait_for_completion=True, poke_interval=1)
+
+with _dag("t_async_operator_defers"):
+    _invoke(deferrable=True, poke_interval=1)
+
+with _dag("t_async_sensor_timeout_deferrable"):
+    _invoke() >> SageMakerAsyncInferenceSensor(
+        task_id="wait", invocations="{{ ti.xcom_pull(task_ids='invoke') }}", deferrable=True, poke_interval=1, timeout=3
+    )
+
+for _mode in ("poke", "deferrable"):
+    with _dag(f"t_async_ttl_{_mode}"):
+        # RequestTTLSeconds=60 is the service minimum; the endpoint's async_limits_scale shrinks it in tests.
+        _invoke(request_ttl_seconds=60, invocation_timeout_seconds=600) >> SageMakerAsyncInferenceSensor(
+            task_id="wait",
+            invocations="{{ ti.xcom_pull(task_ids='invoke') }}",
+            poke_interval=1,
+            deferrable=_mode == "deferrable",
+        )
+
+with _dag("t_async_retry"):
+    FailAfterSubmitOperator(
+        task_id="invoke",
+        endpoint_name="{{ params.endpoint_name }}",
+        input_location="{{ params.inputs }}",
+        content_type="{{ params.content_type }}",
+        concurrency=4,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )

@@ -1,0 +1,88 @@
+"""Helpers for the local stack's control API (``/_local/``), shared by the tests and the benchmarks.
+
+Every function takes the runtime endpoint URL (``SMRT_RUNTIME_ENDPOINT_URL``) first.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+
+class ControlError(RuntimeError):
+    """The control API answered with an error."""
+
+
+def control_request(runtime_url: str, method: str, path: str, body: Any = None, *, timeout: float = 30.0) -> Any:
+    """Call ``/_local/{path}`` with a JSON body; return the decoded JSON answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{runtime_url.rstrip('/')}/_local/{path.lstrip('/')}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as err:
+        raise ControlError(f"{method} /_local/{path}: {err.code} {err.read().decode(errors='replace')}") from err
+
+
+def new_endpoint_name(prefix: str = "t") -> str:
+    """A unique endpoint name such as ``t-1a2b3c4d``."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def put_endpoint(
+    runtime_url: str,
+    name: str | None = None,
+    *,
+    model: str = "sum",
+    faults: dict[str, Any] | None = None,
+    outputs: list[str] | None = None,
+    variants: dict[str, float] | None = None,
+    max_payload_bytes: int | None = None,
+    **extra: Any,
+) -> str:
+    """Create (or replace, with fresh stats) an endpoint; return its name (a new unique one if none given)."""
+    name = name or new_endpoint_name()
+    spec: dict[str, Any] = {"model": model, **extra}
+    for key, value in (
+        ("faults", faults),
+        ("outputs", outputs),
+        ("variants", variants),
+        ("max_payload_bytes", max_payload_bytes),
+    ):
+        if value is not None:
+            spec[key] = value
+    control_request(runtime_url, "PUT", f"endpoints/{name}", spec)
+    return name
+
+
+def patch_faults(runtime_url: str, name: str, faults: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``faults`` into the endpoint's fault settings; return all of them."""
+    return control_request(runtime_url, "PATCH", f"endpoints/{name}/faults", faults)
+
+
+def endpoint_stats(runtime_url: str, name: str) -> dict[str, Any]:
+    """The endpoint's counters."""
+    return control_request(runtime_url, "GET", f"endpoints/{name}/stats")
+
+
+def reset_stats(runtime_url: str, name: str) -> dict[str, Any]:
+    """Zero the endpoint's counters."""
+    return control_request(runtime_url, "DELETE", f"endpoints/{name}/stats")
+
+
+def delete_endpoint(runtime_url: str, name: str) -> None:
+    """Remove an endpoint."""
+    control_request(runtime_url, "DELETE", f"endpoints/{name}")
+
+
+def health(runtime_url: str) -> dict[str, Any]:
+    """``GET /_local/health``."""
+    return control_request(runtime_url, "GET", "health")

@@ -1,0 +1,159 @@
+"""SageMakerAsyncInferenceTrigger: serialisation, and exactly one event per run on the local S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from airflow_provider_smrt.async_inference import S3Location
+from airflow_provider_smrt.exceptions import CredentialsError, ServiceError
+from airflow_provider_smrt.triggers import async_inference as trigger_module
+from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
+
+CLASS_PATH = "airflow_provider_smrt.triggers.async_inference.SageMakerAsyncInferenceTrigger"
+
+
+def _events(trigger: SageMakerAsyncInferenceTrigger) -> list[Any]:
+    async def collect() -> list[Any]:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(collect())
+
+
+def _records(prefix: str, n: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "inference_id": f"id-{i}",
+            "input": f"{prefix}in/{i}.csv",
+            "output_location": f"{prefix}out/id-{i}.out",
+            "failure_location": f"{prefix}fail/id-{i}-error.out",
+            "submitted_at": "2026-01-01T00:00:00+00:00",
+            "request_ttl_seconds": 60,
+            "invocation_timeout_seconds": None,
+        }
+        for i in range(n)
+    ]
+
+
+def _put(s3_client: Any, uri: str, data: bytes) -> None:
+    loc = S3Location.parse(uri)
+    s3_client.put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+
+
+def test_serialize_round_trip() -> None:
+    from tests.compat import import_string, serde
+
+    serialize, deserialize = serde()
+
+    trigger = SageMakerAsyncInferenceTrigger(
+        invocations=_records("s3://b/p/", 2),
+        aws_conn_id="my_aws",
+        region_name="eu-west-1",
+        verify="/etc/ca.pem",
+        botocore_config={"read_timeout": 30},
+        poke_interval=7.5,
+        timeout=120,
+        max_failures=1,
+    )
+    path, kwargs = trigger.serialize()
+    assert path == CLASS_PATH
+    assert set(kwargs) == {
+        "invocations",
+        "aws_conn_id",
+        "region_name",
+        "verify",
+        "botocore_config",
+        "poke_interval",
+        "timeout",
+        "deadline",
+        "max_failures",
+    }
+    assert abs(kwargs["deadline"] - (time.time() + 120)) < 5
+    # As the worker hands it to the triggerer: serde-encoded, then rebuilt from the class path.
+    rebuilt = import_string(path)(**deserialize(serialize(kwargs)))
+    assert rebuilt.serialize() == (path, kwargs)  # the deadline does not move on rebuild
+    assert rebuilt.invocations == trigger.invocations and rebuilt.botocore_config == {"read_timeout": 30}
+
+
+def test_success_failure_and_timeout_events(local_stack: Any, s3_client: Any, s3_prefix: str) -> None:
+    records = _records(s3_prefix, 4)
+    for record in records:
+        _put(s3_client, record["output_location"], b"42\n")
+    (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.1, timeout=30))
+    assert event.payload["status"] == "success"
+    assert [s["output_size"] for s in event.payload["invocations"]] == [3] * 4
+    assert event.payload["requests"] == 2  # one listing per directory (outputs, failures) for all four
+
+    failing = _records(s3_prefix + "f/", 3)
+    _put(s3_client, failing[0]["output_location"], b"1")
+    _put(s3_client, failing[2]["failure_location"], b"ModelError: bad input " + b"!" * 9000)
+    (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=failing, poke_interval=0.1, timeout=30))
+    assert event.payload["status"] == "failure"
+    assert "id-2" in event.payload["message"] and "bad input" in event.payload["message"]
+    (failure,) = event.payload["failures"]
+    assert len(failure["failure_message"]) == 4096 and failure["input"].endswith("in/2.csv")
+
+    pending = _records(s3_prefix + "never/", 2)
+    started = time.monotonic()
+    (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=pending, poke_interval=0.2, timeout=1))
+    assert event.payload["status"] == "timeout" and "2 invocation(s) still pending" in event.payload["message"]
+    assert 0.9 < time.monotonic() - started < 5
+    assert event.payload["polls"] >= 3
+
+
+def test_completion_while_waiting(local_stack: Any, s3_client: Any, s3_prefix: str) -> None:
+    records = _records(s3_prefix, 2)
+
+    async def scenario() -> list[Any]:
+        trigger = SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.1, timeout=20)
+        events: list[Any] = []
+
+        async def consume() -> None:
+            events.extend([event async for event in trigger.run()])
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.5)
+        _put(s3_client, records[0]["output_location"], b"1")
+        await asyncio.sleep(0.3)
+        _put(s3_client, records[1]["output_location"], b"2")
+        await task
+        return events
+
+    (event,) = asyncio.run(scenario())
+    assert event.payload["status"] == "success" and event.payload["polls"] >= 4
+
+
+def test_transient_errors_back_off_and_permanent_errors_end_with_one_event(
+    monkeypatch: pytest.MonkeyPatch, local_stack: Any, s3_client: Any, s3_prefix: str
+) -> None:
+    records = _records(s3_prefix, 1)
+    _put(s3_client, records[0]["output_location"], b"1")
+    real_poll = trigger_module.poll_async
+    calls = {"n": 0}
+
+    async def flaky(tracker: Any, client: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ServiceError("S3 said 503", code="ServiceUnavailable")
+        await real_poll(tracker, client, **kwargs)
+
+    monkeypatch.setattr(trigger_module, "poll_async", flaky)
+    (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.05, timeout=30))
+    assert event.payload["status"] == "success" and calls["n"] == 3
+
+    async def denied(tracker: Any, client: Any, **kwargs: Any) -> None:
+        raise CredentialsError("AccessDenied", code="AccessDenied")
+
+    monkeypatch.setattr(trigger_module, "poll_async", denied)
+    (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.05, timeout=30))
+    assert event.payload["status"] == "error" and "AccessDenied" in event.payload["message"]
+
+    async def broken(tracker: Any, client: Any, **kwargs: Any) -> None:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(trigger_module, "poll_async", broken)
+    (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.05, timeout=30))
+    assert event.payload["status"] == "error" and "RuntimeError" in event.payload["message"]
