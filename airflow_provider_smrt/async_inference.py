@@ -134,9 +134,7 @@ class AsyncInvocation:
     @property
     def deadline_seconds(self) -> int:
         """RequestTTLSeconds + InvocationTimeoutSeconds: the longest the service may take to answer."""
-        return (self.request_ttl_seconds or DEFAULT_REQUEST_TTL_SECONDS) + (
-            self.invocation_timeout_seconds or DEFAULT_INVOCATION_TIMEOUT_SECONDS
-        )
+        return service_deadline_seconds(self.request_ttl_seconds, self.invocation_timeout_seconds)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -520,6 +518,13 @@ async def poll_async(tracker: AsyncInferenceTracker, client: Any, *, retry_polic
     for status in tracker.unread_failures():
         status.failure_message, requests = await _read_failure_async(client, status, policy)
         tracker.requests += requests
+
+
+def service_deadline_seconds(request_ttl_seconds: int | None, invocation_timeout_seconds: int | None) -> int:
+    """RequestTTLSeconds + InvocationTimeoutSeconds (service defaults where None)."""
+    return (request_ttl_seconds or DEFAULT_REQUEST_TTL_SECONDS) + (
+        invocation_timeout_seconds or DEFAULT_INVOCATION_TIMEOUT_SECONDS
+    )
 
 
 def default_timeout_seconds(invocations: Iterable[AsyncInvocation], *, margin: float = 60.0) -> float:

@@ -64,19 +64,26 @@ from airflow_provider_smrt.async_inference import (
     S3Location,
     default_timeout_seconds,
     poll_sync,
+    service_deadline_seconds,
 )
 from airflow_provider_smrt.exceptions import InvocationError, ModelError, ParameterValidationError, SmrtError
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES
 from airflow_provider_smrt.lineage import RunLineage, async_run_lineage, to_operator_lineage
-from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_endpoint_link
+from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
+from airflow_provider_smrt.scoring.job import IfExists, ScoringConfig, ScoringJob, manifest_name_for
+from airflow_provider_smrt.scoring.storage import Storage
 from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+#: Parquet mode: default payload size (one S3 object per request) and the async input limit (1 GB).
+DEFAULT_ASYNC_PAYLOAD_BYTES = 64 * 1024 * 1024
+MAX_ASYNC_PAYLOAD_BYTES = 1_000_000_000
 #: Default ``filename``: the output key ends with the (deterministic) inference id.
 DEFAULT_FILENAME = "{inference_id}.out"
 LEDGER_DIRNAME = "_smrt_async_ledger"
@@ -193,6 +200,20 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
     :param poke_interval: seconds between checks while waiting.
     :param max_failures: failed invocations tolerated while waiting.
     :param wait_timeout: seconds to wait at most (default: the requests' TTL + invocation timeout + 60).
+    :param input_uri: Parquet mode: a Parquet dataset (as for the batch scoring operator) cut into payloads
+        of up to ``max_payload_bytes``, staged in S3 and scored through InvokeEndpointAsync; the result is
+        written as parts, ``_errors/`` and ``_manifest.json`` under ``output_uri`` exactly as batch scoring
+        does, and the task returns the scoring summary. Waits in the worker. (templated)
+    :param output_uri: Parquet mode: where parts go. (templated)
+    :param staging_uri: Parquet mode: an ``s3://`` prefix for payloads (deleted once scored) and submission
+        markers (default ``<output_uri>/_staging/``). (templated)
+    :param feature_columns: Parquet mode: columns sent to the model.
+    :param passthrough_columns: Parquet mode: columns copied next to the predictions.
+    :param prediction_columns: Parquet mode: names of the model's outputs.
+    :param max_payload_bytes: Parquet mode: payload size (default 64 MiB; at most 1 GB).
+    :param max_rows_per_request: Parquet mode: rows per payload at most.
+    :param max_error_ratio: Parquet mode: fraction of rows allowed to fail.
+    :param if_exists: Parquet mode: ``resume``, ``overwrite`` or ``fail``.
     :param aws_conn_id: the Airflow AWS connection. (templated)
     :param region_name: the AWS region. (templated)
     :param verify: SSL certificate verification. (templated)
@@ -210,6 +231,9 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
         "s3_output_path_extension",
         "filename",
         "ledger_uri",
+        "input_uri",
+        "output_uri",
+        "staging_uri",
     )
     ui_color = "#c5e0b4"
     operator_extra_links = (SageMakerEndpointLink(), SageMakerModelLogsLink())
@@ -239,6 +263,16 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
         poke_interval: float = 10.0,
         max_failures: int = 0,
         wait_timeout: float | None = None,
+        input_uri: str | list[str] | None = None,
+        output_uri: str | None = None,
+        staging_uri: str | None = None,
+        feature_columns: Sequence[str] | None = None,
+        passthrough_columns: Sequence[str] | None = None,
+        prediction_columns: Sequence[str] | None = None,
+        max_payload_bytes: int = DEFAULT_ASYNC_PAYLOAD_BYTES,
+        max_rows_per_request: int | None = None,
+        max_error_ratio: float = 0.0,
+        if_exists: IfExists = "resume",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -268,6 +302,17 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
         self.poke_interval = poke_interval
         self.max_failures = max_failures
         self.wait_timeout = wait_timeout
+        self.input_uri = input_uri
+        self.output_uri = output_uri
+        self.staging_uri = staging_uri
+        self.feature_columns = list(feature_columns) if feature_columns is not None else None
+        self.passthrough_columns = list(passthrough_columns) if passthrough_columns is not None else None
+        self.prediction_columns = list(prediction_columns) if prediction_columns is not None else None
+        self.max_payload_bytes = max_payload_bytes
+        self.max_rows_per_request = max_rows_per_request
+        self.max_error_ratio = max_error_ratio
+        self.if_exists = if_exists
+        self._job: ScoringJob | None = None
         self._lineage: RunLineage | None = None
 
     @property
@@ -322,8 +367,10 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
 
     # -- execute ---------------------------------------------------------------------------------
 
-    def execute(self, context: Context) -> list[dict[str, Any]]:
-        persist_endpoint_link(context, self, self.endpoint_name)
+    def execute(self, context: Context) -> Any:
+        persist_links(context, self, self.endpoint_name)
+        if self.input_uri is not None:
+            return self._execute_parquet(context)
         requests = self.build_requests(context)
         self._validate(requests)
         ti = context["ti"]
@@ -372,6 +419,76 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
             result = self._wait(context, result)  # a deferrable operator resumes in execute_complete instead
         self._lineage = async_run_lineage(result)
         return result
+
+    # -- Parquet mode ----------------------------------------------------------------------------
+
+    def _execute_parquet(self, context: Context) -> dict[str, Any]:
+        """Score a Parquet dataset through InvokeEndpointAsync with the batch scoring pipeline.
+
+        Units, codecs, parts, ``_errors/``, the manifest and resume are exactly those of
+        :class:`~airflow_provider_smrt.operators.batch_score.SageMakerBatchScoreOperator`; each request
+        is staged in S3 and scored by :class:`~airflow_provider_smrt.scoring.async_invoker.AsyncInvoker`,
+        which waits in the worker (``deferrable`` does not apply to this mode). Returns the scoring summary.
+        """
+        if self.input_location is not None or self.body is not None:
+            raise ParameterValidationError("pass input_uri (Parquet mode) or input_location/body, not both")
+        if not self.output_uri:
+            raise ParameterValidationError("Parquet mode (input_uri) needs output_uri: where parts are written")
+        if self.deferrable:
+            self.log.info("Parquet mode waits for its invocations in the worker; deferrable does not apply")
+        staging = self.staging_uri or self.output_uri.rstrip("/") + "/_staging/"
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", None)
+        content_type = self.content_type or "text/csv"
+        config = ScoringConfig(
+            endpoint_name=self.endpoint_name,
+            input_uri=self.input_uri,  # type: ignore[arg-type]
+            output_uri=self.output_uri,
+            feature_columns=self.feature_columns,
+            passthrough_columns=self.passthrough_columns,
+            prediction_columns=self.prediction_columns,
+            content_type=content_type,
+            accept=self.accept,
+            max_payload_bytes=self.max_payload_bytes,
+            max_rows_per_request=self.max_rows_per_request,
+            concurrency=self.concurrency,
+            max_error_ratio=self.max_error_ratio,
+            if_exists=self.if_exists,
+            manifest_name=manifest_name_for(map_index),
+            payload_limit=MAX_ASYNC_PAYLOAD_BYTES,
+            invoke_params={"custom_attributes": self.custom_attributes or None},
+        )
+        storage = Storage(s3_client=self.s3_client)
+        submit = functools.partial(
+            self.hook.invoke_endpoint_async,
+            self.endpoint_name,
+            content_type=content_type,
+            accept=self.accept or content_type,
+            custom_attributes=self.custom_attributes or None,
+            request_ttl_seconds=self.request_ttl_seconds,
+            invocation_timeout_seconds=self.invocation_timeout_seconds,
+            s3_output_path_extension=self.s3_output_path_extension,
+        )
+        invoker = AsyncInvoker(
+            submit=submit,
+            storage=storage,
+            staging_uri=staging,
+            scope=f"{self.output_uri}|{self.endpoint_name}|{content_type}|{self.accept}",
+            poll_interval=min(self.poke_interval, 2.0),
+            timeout=self.wait_timeout
+            or service_deadline_seconds(self.request_ttl_seconds, self.invocation_timeout_seconds) + 60.0,
+        )
+        self._job = ScoringJob(config=config, invoke=invoker, storage=storage, logger=self.log)  # type: ignore[arg-type]
+        invoker.cancel = self._job.coordinator.stop
+        summary = self._job.run()
+        summary["async_submitted"] = invoker.submitted
+        summary["async_reused"] = invoker.reused
+        return summary
+
+    def on_kill(self) -> None:
+        """Parquet mode: stop new invocations; unfinished parts are never committed."""
+        if self._job is not None:
+            self._job.cancel("the task was killed or timed out")
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the S3 input objects and the output objects written; None without OpenLineage."""

@@ -142,6 +142,7 @@ class RequestPlanner:
     :param max_rows_per_request: at most this many rows per request, or None for no row limit.
     :param probe_rows: rows encoded to learn the first bytes-per-row estimate.
     :param fill_ratio: fraction of ``max_payload_bytes`` a slice is sized for (0 < ratio <= 1).
+    :param service_limit: the largest body the service takes (InvokeEndpoint: 6 MiB; more for async).
     """
 
     def __init__(
@@ -152,15 +153,16 @@ class RequestPlanner:
         max_rows_per_request: int | None = None,
         probe_rows: int = DEFAULT_PROBE_ROWS,
         fill_ratio: float = DEFAULT_FILL_RATIO,
+        service_limit: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int):
             raise ParameterValidationError(
                 f"max_payload_bytes must be an integer number of bytes, not {type(max_payload_bytes).__name__}"
             )
-        if not 1 <= max_payload_bytes <= MAX_PAYLOAD_BYTES:
+        if not 1 <= max_payload_bytes <= service_limit:
             raise ParameterValidationError(
-                f"max_payload_bytes is {max_payload_bytes:,}; it must be between 1 and {MAX_PAYLOAD_BYTES:,} "
-                "(the InvokeEndpoint body limit)"
+                f"max_payload_bytes is {max_payload_bytes:,}; it must be between 1 and {service_limit:,} "
+                + ("(the InvokeEndpoint body limit)" if service_limit == MAX_PAYLOAD_BYTES else "(the service limit)")
             )
         if max_rows_per_request is not None and (
             isinstance(max_rows_per_request, bool)
