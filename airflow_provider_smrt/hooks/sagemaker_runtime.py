@@ -169,6 +169,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
 
         validate_endpoint_name(endpoint_name)
         validate_custom_attributes(params.get("custom_attributes"))
+        _ = self.conn  # build the client now, once, rather than on the first of many worker threads
 
         def invoke(body: bytes) -> InvokeEndpointResult:
             return self.invoke_endpoint(endpoint_name, body, retry_policy=NO_RETRY, **params)

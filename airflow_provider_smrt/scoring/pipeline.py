@@ -139,6 +139,60 @@ class AdaptiveLimiter:
                 self._cond.notify()
 
 
+class ReadAhead:
+    """Iterate ``items`` on a thread of its own, ``depth`` items ahead of the consumer.
+
+    Keeps Parquet reads (S3 round trips) off the thread that submits requests. An error of the
+    source is raised to the consumer; :meth:`close` stops the source and closes it in its own thread.
+    """
+
+    _DONE = object()
+
+    def __init__(self, items: Iterable[Any], *, stop: threading.Event, depth: int = 2) -> None:
+        self._items = items
+        self._stop = stop
+        self._closed = threading.Event()
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._produce, name="smrt-reader", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._closed.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        iterator = iter(self._items)
+        try:
+            for item in iterator:
+                if self._stop.is_set() or not self._put(item):
+                    break
+            self._put(self._DONE)
+        except BaseException as err:  # noqa: BLE001 - raised again in the consumer's thread
+            self._put(err)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Any:
+        while True:
+            item = self._queue.get()
+            if item is self._DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join()
+
+
 @dataclass
 class RunStats:
     """Counters of one run (thread-safe through ``lock``)."""
@@ -256,8 +310,9 @@ class Pipeline:
         current: WorkUnit | None = None
         seq = 0
         rows_in_unit = 0
+        source = ReadAhead(batches, stop=stop)
         try:
-            for unit, batch in batches:
+            for unit, batch in source:
                 if stop.is_set():
                     break
                 if unit is not current:
@@ -268,14 +323,15 @@ class Pipeline:
                 table = pa.Table.from_batches([batch])
                 features = table.select(self.feature_columns)
                 passthrough = table.select(self.passthrough_columns)
-                try:
-                    requests = list(self.planner.split(features))
-                except InputDataError as err:
-                    offset = getattr(err, "row_offset", None)
-                    where = unit.describe(rows_in_unit + offset, 1) if offset is not None else unit.describe()
-                    raise InputDataError(f"{where}: {err}") from err
-                for request in requests:
-                    if not self._acquire(stop):
+                requests = iter(self.planner.split(features))  # encoded one at a time, submitted as encoded
+                while True:
+                    try:
+                        request = next(requests, None)
+                    except InputDataError as err:
+                        offset = getattr(err, "row_offset", None)
+                        where = unit.describe(rows_in_unit + offset, 1) if offset is not None else unit.describe()
+                        raise InputDataError(f"{where}: {err}") from err
+                    if request is None or not self._acquire(stop):
                         break
                     task = _Task(
                         unit=unit,
@@ -294,6 +350,7 @@ class Pipeline:
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
         finally:
+            source.close()
             executor.shutdown(wait=True)
             self._results.put(("stop", None))
             while writer.is_alive():
