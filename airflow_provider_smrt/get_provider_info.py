@@ -40,6 +40,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_smrt.triggers.async_inference"],
             }
         ],
+        "extra-links": [
+            "airflow_provider_smrt.links.SageMakerEndpointLink",
+            "airflow_provider_smrt.links.SageMakerModelLogsLink",
+        ],
         "integrations": [
             {
                 "integration-name": "Amazon SageMaker Runtime",

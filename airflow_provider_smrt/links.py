@@ -111,20 +111,27 @@ def parse_log_stream_arn(arn: str | None) -> LogStreamLocation | None:
     )
 
 
-def persist_endpoint_link(context: Context, operator: Any, endpoint_name: str | None) -> None:
-    """Persist :class:`SageMakerEndpointLink` for ``endpoint_name`` in the operator hook's region and partition."""
-    if not endpoint_name:
-        return
+def persist_links(context: Context, operator: Any, endpoint_name: str | None) -> None:
+    """Persist :class:`SageMakerEndpointLink` (the hook's region and partition) and an empty model-logs link.
+
+    The model-logs link is filled in by :meth:`SageMakerModelLogsLink.persist_arn` after a ModelError;
+    persisting it empty first spares Airflow a failed XCom lookup (and an error line in the task log)
+    when it renders the links of a run without one.
+    """
     try:
         hook = operator.hook
         region_name, partition = hook.conn_region_name, hook.conn_partition
     except Exception:  # a link is never worth failing the task
         log.debug("no region or partition for the endpoint link", exc_info=True)
         return
-    SageMakerEndpointLink.persist(
-        context=context,
-        operator=operator,
-        region_name=region_name,
-        aws_partition=partition,
-        endpoint_name=endpoint_name,
+    if endpoint_name:
+        SageMakerEndpointLink.persist(
+            context=context,
+            operator=operator,
+            region_name=region_name,
+            aws_partition=partition,
+            endpoint_name=endpoint_name,
+        )
+    SageMakerModelLogsLink.persist(
+        context=context, operator=operator, region_name=region_name, aws_partition=partition, log_group=None
     )

@@ -9,6 +9,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tests.compat import dagbag_class, testable
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DAGS = ROOT / "tests" / "dags"
 EXAMPLE_DAGS = ROOT / "example_dags"
@@ -23,9 +25,7 @@ def ensure_db() -> None:
 
 @cache
 def dagbag(folder: str = str(TEST_DAGS)) -> Any:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=folder)
+    bag = dagbag_class()(dag_folder=folder)
     assert not bag.import_errors, bag.import_errors
     return bag
 
@@ -35,7 +35,7 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, folder: Path = T
     ensure_db()
     dag = dagbag(str(folder)).get_dag(dag_id)
     assert dag is not None, f"no DAG {dag_id} in {folder}"
-    run = dag.test(run_conf=conf or {})
+    run = testable(dag).test(run_conf=conf or {})
     states: dict[str, str] = {}
     for ti in run.get_task_instances():
         key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"

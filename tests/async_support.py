@@ -9,6 +9,7 @@ from typing import Any
 
 from tests.airflow_support import dagbag as _dagbag
 from tests.airflow_support import ensure_db, xcom
+from tests.compat import testable
 
 DAG_FILE = Path(__file__).resolve().parent / "dags" / "async_dags.py"
 
@@ -80,7 +81,7 @@ def run_dag_test(dag_id: str, conf: dict[str, Any] | None = None) -> DagTestRun:
     level = root.level
     root.setLevel(min(level, logging.INFO) if level else logging.INFO)
     try:
-        run = dag.test(run_conf=conf or {})
+        run = testable(dag).test(run_conf=conf or {})
     finally:
         root.removeHandler(handler)
         root.setLevel(level)

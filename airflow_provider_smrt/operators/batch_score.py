@@ -12,7 +12,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow_provider_smrt.exceptions import ModelError
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
-from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_endpoint_link
+from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
@@ -21,8 +21,8 @@ from airflow_provider_smrt.scoring.job import (
     IfExists,
     ScoringConfig,
     ScoringJob,
+    manifest_name_for,
 )
-from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
 from airflow_provider_smrt.scoring.storage import Storage
 
 if TYPE_CHECKING:
@@ -207,7 +207,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
             if_exists=self.if_exists,
             allow_empty_input=self.allow_empty_input,
             variant_column=self.variant_column,
-            manifest_name=MANIFEST_NAME if map_index is None or map_index < 0 else f"_manifest-{map_index:05d}.json",
+            manifest_name=manifest_name_for(map_index),
             invoke_params={key: value for key, value in params.items() if key not in ("content_type", "accept")},
         )
         s3_client = S3Hook(
@@ -245,7 +245,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context.get("ti")
         map_index = getattr(ti, "map_index", None)
-        persist_endpoint_link(context, self, self.endpoint_name)
+        persist_links(context, self, self.endpoint_name)
         self._job = self.build_job(map_index)
         try:
             summary = self._job.run()

@@ -258,6 +258,8 @@ def get_codec(
     encoder: str | Callable[..., Any] | None = None,
     decoder: str | Callable[..., Any] | None = None,
     json_record_format: JsonRecordFormat = "list",
+    request_template: Mapping[str, Any] | None = None,
+    response_field: str | None = None,
 ) -> PayloadCodec:
     """Build the codec for a scoring run.
 
@@ -271,6 +273,10 @@ def get_codec(
     :param decoder: a user decoder ``(body: bytes, num_rows: int) -> pa.Table | Sequence`` or its dotted path.
     :param json_record_format: ``"list"`` (``[v1, v2]``) or ``"object"`` (``{"col": v}``) records for
         the JSON request types.
+    :param request_template: one JSON request per row from this template (see
+        :mod:`airflow_provider_smrt.scoring.templating`); needs a JSON ``content_type``; excludes ``encoder``.
+    :param response_field: dotted path of the field holding the prediction in a JSON response (see
+        :mod:`airflow_provider_smrt.scoring.templating`); excludes ``decoder``.
     :raises ParameterValidationError: a parameter is invalid (the message says which and how to fix it).
     """
     if not isinstance(content_type, str) or not content_type.strip():
@@ -284,7 +290,18 @@ def get_codec(
 
     encode_fn: EncoderFn
     encoder_name: str | None = None
-    if encoder is not None:
+    if request_template is not None or response_field is not None:
+        from airflow_provider_smrt.scoring import templating  # imports this module: import on use
+
+    if request_template is not None:
+        if encoder is not None:
+            raise ParameterValidationError("pass either request_template or encoder, not both")
+        if media_type(content_type) not in (JSON, JSONLINES):
+            raise ParameterValidationError(
+                f"request_template renders JSON requests: set content_type='application/json', not {content_type!r}"
+            )
+        encode_fn = templating.RequestTemplateEncoder(request_template)
+    elif encoder is not None:
         encoder_name = encoder if isinstance(encoder, str) else getattr(encoder, "__qualname__", repr(encoder))
         encode_fn = _UserEncoder(resolve_callable(encoder, parameter="encoder"), name=encoder_name)
     else:
@@ -295,7 +312,12 @@ def get_codec(
 
     user_decoder: Callable[..., Any] | None = None
     decoder_name: str | None = None
-    if decoder is not None:
+    if response_field is not None:
+        if decoder is not None:
+            raise ParameterValidationError("pass either response_field or decoder, not both")
+        user_decoder = templating.ResponseFieldDecoder(response_field, accept=accept)
+        decoder_name = f"response_field={response_field!r}"
+    elif decoder is not None:
         decoder_name = decoder if isinstance(decoder, str) else getattr(decoder, "__qualname__", repr(decoder))
         user_decoder = resolve_callable(decoder, parameter="decoder")
     else:

@@ -204,17 +204,10 @@ def check_schemas(
             f"no feature columns: {reference.uri} has columns {reference.schema.names} and all are pass-through; "
             "set feature_columns"
         )
-    overlap = sorted(set(features) & set(passthrough))
-    if overlap:
-        raise InputDataError(
-            f"columns {overlap} are in both feature_columns and passthrough_columns: list each in one only "
-            "(to keep a feature in the output, pass it through under the same name and leave it in features "
-            "by not setting feature_columns)"
-        )
     for dup_list, name in ((features, "feature_columns"), (passthrough, "passthrough_columns")):
         if len(set(dup_list)) != len(dup_list):
             raise InputDataError(f"{name} lists a column twice: {dup_list}")
-    needed = features + passthrough
+    needed = features + [name for name in passthrough if name not in features]  # a column may be both
     fields = []
     for column in needed:
         if reference.schema.get_field_index(column) < 0:

@@ -25,7 +25,7 @@ from airflow_provider_smrt.exceptions import (
     OutputError,
     ParameterValidationError,
 )
-from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes
+from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes, validate_range
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import check_features_encodable, get_codec
@@ -53,12 +53,18 @@ from airflow_provider_smrt.scoring.sink import (
     write_manifest,
 )
 from airflow_provider_smrt.scoring.storage import Storage, join_uri
+from airflow_provider_smrt.scoring.templating import RequestTemplateEncoder, template_columns
 
 log = logging.getLogger(__name__)
 
 IfExists = Literal["resume", "overwrite", "fail"]
 DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
 DEFAULT_CONCURRENCY = 8
+
+
+def manifest_name_for(map_index: int | None) -> str:
+    """``_manifest.json``, or ``_manifest-<map index>.json`` for a mapped task (mapped tasks share an output)."""
+    return MANIFEST_NAME if map_index is None or map_index < 0 else f"_manifest-{map_index:05d}.json"
 
 
 @dataclass(frozen=True)
@@ -83,11 +89,20 @@ class ScoringConfig:
     allow_empty_input: bool = False
     variant_column: str | None = None
     manifest_name: str = MANIFEST_NAME
+    #: The largest request the invoker takes: InvokeEndpoint's 6 MiB, or more for InvokeEndpointAsync.
+    payload_limit: int = MAX_PAYLOAD_BYTES
+    #: One JSON request per row from this template (see :mod:`~airflow_provider_smrt.scoring.templating`).
+    request_template: dict[str, Any] | None = None
+    #: Dotted path of the prediction in a JSON response (see :mod:`~airflow_provider_smrt.scoring.templating`).
+    response_field: str | None = None
     #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
     invoke_params: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        validate_max_payload_bytes(self.max_payload_bytes)
+        if self.payload_limit == MAX_PAYLOAD_BYTES:
+            validate_max_payload_bytes(self.max_payload_bytes)
+        else:
+            validate_range("max_payload_bytes", self.max_payload_bytes, (1, self.payload_limit))
         if self.max_rows_per_request is not None and self.max_rows_per_request < 1:
             raise ParameterValidationError("max_rows_per_request must be at least 1 (or None for no row limit)")
         if not 1 <= self.concurrency <= 512:
@@ -102,6 +117,18 @@ class ScoringConfig:
             raise ParameterValidationError("output_uri is required: an s3:// prefix or a local directory")
         if self.manifest_name and not self.manifest_name.startswith("_"):
             raise ParameterValidationError("manifest_name must start with '_' (names starting with '_' are not data)")
+        if self.request_template is not None:
+            template_columns(self.request_template)  # validates the template
+            if self.max_rows_per_request not in (None, 1):
+                raise ParameterValidationError(
+                    f"request_template makes one request per row: max_rows_per_request={self.max_rows_per_request} "
+                    "must be 1 (or None)"
+                )
+
+    @property
+    def rows_per_request(self) -> int | None:
+        """The row limit the planner applies: 1 with a request template, else ``max_rows_per_request``."""
+        return 1 if self.request_template is not None else self.max_rows_per_request
 
     def hash_input(self, features: Sequence[str], passthrough: Sequence[str]) -> dict[str, Any]:
         """The configuration that affects the content of output parts."""
@@ -116,6 +143,9 @@ class ScoringConfig:
             "decoder": self.decoder,
             "variant_column": self.variant_column,
             "invoke_params": {key: value for key, value in sorted(self.invoke_params.items()) if value is not None},
+            # Only when set, so the hash (and the resume state) of every other configuration is unchanged.
+            **({"request_template": self.request_template} if self.request_template is not None else {}),
+            **({"response_field": self.response_field} if self.response_field is not None else {}),
         }
 
 
@@ -164,6 +194,8 @@ class ScoringJob:
         self.stats = RunStats()
         self._started = 0.0
         self._cancelled = threading.Event()
+        #: The plan of the last :meth:`run` (inputs, schema, part names), for lineage; None before it.
+        self.last_plan: _Plan | None = None
 
     def cancel(self, reason: str = "the task was killed") -> None:
         """Stop sending new requests; in-flight ones finish; unfinished parts are not committed."""
@@ -193,16 +225,30 @@ class ScoringJob:
                 raise
             infos = []
         files = read_input_files(self.storage, infos)
+        feature_columns = config.feature_columns
+        if feature_columns is None and config.request_template is not None:
+            feature_columns = template_columns(config.request_template)  # send only what the template uses
         features, passthrough, schema = check_schemas(
-            files, feature_columns=config.feature_columns, passthrough_columns=config.passthrough_columns
+            files, feature_columns=feature_columns, passthrough_columns=config.passthrough_columns
         )
         if files:
             check_features_encodable(schema, config.content_type if config.encoder is None else "custom")
+        if config.request_template is not None:
+            RequestTemplateEncoder(config.request_template).check_columns(features)
         chash = config_hash(config.hash_input(features, passthrough))
         units = [unit for file in files for unit in plan_units(file)]
         names = {unit: part_name(unit, fingerprint(unit.file, chash)) for unit in units}
 
-        state = OutputState.load(self.storage, config.output_uri)
+        try:
+            state = OutputState.load(self.storage, config.output_uri)
+        except Exception as err:
+            if not type(err).__module__.startswith("botocore"):
+                raise
+            code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)
+            raise OutputError(
+                f"cannot list output_uri {config.output_uri!r} ({code}): check that the bucket exists and that the "
+                "connection's identity may s3:ListBucket on it"
+            ) from err
         if config.if_exists == "fail" and not state.is_empty:
             raise OutputError(
                 f"output_uri {config.output_uri!r} is not empty and if_exists='fail': choose an empty location, "
@@ -233,7 +279,7 @@ class ScoringJob:
     # -- running ---------------------------------------------------------------------------------
 
     def _batches(self, plan: _Plan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
-        columns = plan.features + plan.passthrough
+        columns = plan.features + [name for name in plan.passthrough if name not in plan.features]
         by_file: dict[str, list[WorkUnit]] = {}
         for unit in todo:
             by_file.setdefault(unit.file.uri, []).append(unit)
@@ -269,6 +315,7 @@ class ScoringJob:
         self._started = time.monotonic()
         config = self.config
         plan = self.plan()
+        self.last_plan = plan
         if config.if_exists == "overwrite" and plan.stale:
             self.log.info("if_exists='overwrite': removing %d previous part(s) of these inputs", len(plan.stale))
             delete_parts(self.storage, plan.stale)
@@ -309,11 +356,14 @@ class ScoringJob:
                 prediction_columns=config.prediction_columns,
                 encoder=config.encoder,
                 decoder=config.decoder,
+                request_template=config.request_template,
+                response_field=config.response_field,
             )
             planner = RequestPlanner(
                 codec=codec,
-                max_payload_bytes=min(config.max_payload_bytes, MAX_PAYLOAD_BYTES),
-                max_rows_per_request=config.max_rows_per_request,
+                max_payload_bytes=config.max_payload_bytes,
+                service_limit=config.payload_limit,
+                max_rows_per_request=config.rows_per_request,
             )
 
             def open_part(unit: WorkUnit) -> PartWriter:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_smrt.exceptions import OutputError
+
 #: smart-open's multipart part size for our writes (S3's minimum is 5 MiB).
 _PART_SIZE = 8 * 1024 * 1024
 _DELETE_BATCH = 1000
@@ -178,8 +180,22 @@ class Storage:
                     "S3.Client.abort_multipart_upload": dict(self._owner),
                 }
             # Inside `with`: an exception aborts the multipart upload, so nothing partial is committed.
-            with smart_open.open(uri, "wb", compression="disable", transport_params=params) as fh:
-                yield fh
+            body_failed = False
+            try:
+                with smart_open.open(uri, "wb", compression="disable", transport_params=params) as fh:
+                    try:
+                        yield fh
+                    except BaseException:
+                        body_failed = True
+                        raise
+            except Exception as err:
+                if body_failed and not _is_s3_error(err):
+                    raise
+                raise OutputError(
+                    f"could not write {uri} ({_describe_s3_error(err)}): check that the bucket exists and that the "
+                    "connection's identity may s3:PutObject there (and use the KMS key of s3_write_args, if any); "
+                    "objects committed before this one are kept, and a rerun resumes from them"
+                ) from err
             return
         target = Path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -220,3 +236,20 @@ class Storage:
                     raise OSError(
                         f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
                     )
+
+
+def _is_s3_error(err: BaseException) -> bool:
+    """A botocore error (the S3 call itself failed), as opposed to an error of the caller's block."""
+    return type(err).__module__.startswith("botocore")
+
+
+def _describe_s3_error(err: BaseException) -> str:
+    """The S3 error code and message (never a payload or a credential), or the exception's type."""
+    response = getattr(err, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        return f"{error.get('Code', 'Unknown')}: {error.get('Message', '')}".strip()
+    cause = err.__cause__ or err.__context__
+    if cause is not None and cause is not err and _is_s3_error(cause):
+        return _describe_s3_error(cause)
+    return f"{type(err).__name__}: {err}"

@@ -83,7 +83,9 @@ class SageMakerAsyncInferenceSensor(AwsBaseSensor[S3Hook]):
         s3_retry_policy: RetryPolicy | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(timeout=timeout, poke_interval=poke_interval, **kwargs)
+        if timeout is not None:  # Airflow 3.0's BaseSensorOperator rejects None (3.1+ reads the default)
+            kwargs["timeout"] = timeout
+        super().__init__(poke_interval=poke_interval, **kwargs)
         if (invocations is None) == (output_location is None):
             raise ParameterValidationError("pass exactly one of invocations or output_location")
         if max_failures < 0:

@@ -32,7 +32,6 @@ def test_parquet_mode_matches_batch_scoring(
     assert state == "success", tasks
     stats = endpoint_stats(endpoint)
     assert stats["async_submitted"] == 2 and stats["rows_ok"] == 7_500  # one payload per file
-    bucket, key = (s3_prefix + "in/w0.parquet")[5:].split("/", 1)
 
     out = read_parts(s3_client, s3_prefix + "async/").sort_by("id")
     data = pa.concat_tables(tables)

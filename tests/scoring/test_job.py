@@ -51,7 +51,7 @@ def run(root: Path, endpoint: FakeEndpoint, **overrides: object) -> dict:
         endpoint_name="fake",
         input_uri=overrides.pop("input_uri", str(root / "in")),  # type: ignore[arg-type]
         output_uri=overrides.pop("output_uri", str(root / "out")),  # type: ignore[arg-type]
-        passthrough_columns=["id"],
+        passthrough_columns=overrides.pop("passthrough_columns", ["id"]),  # type: ignore[arg-type]
         max_rows_per_request=overrides.pop("max_rows_per_request", 100),  # type: ignore[arg-type]
         concurrency=overrides.pop("concurrency", 4),  # type: ignore[arg-type]
         **overrides,  # type: ignore[arg-type]
@@ -256,3 +256,13 @@ def test_non_parquet_object_is_named(tmp_path: Path) -> None:
     (tmp_path / "in" / "notes.csv").write_text("a,b\n1,2\n")
     with pytest.raises(InputDataError, match=r"notes\.csv is not a Parquet file"):
         run(tmp_path, FakeEndpoint())
+
+
+def test_a_column_can_be_both_feature_and_passthrough(tmp_path: Path) -> None:
+    write(tmp_path / "in" / "a.parquet", numeric_table(250), 100)
+    summary = run(tmp_path, FakeEndpoint(), feature_columns=["f0", "f1", "f2"], passthrough_columns=["id", "f0"])
+    out = read_output(tmp_path / "out")
+    assert out.column_names == ["id", "f0", "prediction"]
+    assert out["f0"].to_pylist() == [float(i % 97) for i in range(250)]
+    assert out["prediction"].to_pylist() == expected_sum(list(range(250)))
+    assert summary["rows_scored"] == 250

@@ -1,0 +1,145 @@
+"""Every example DAG imports into a DagBag and runs with ``dag.test()`` on the local stack."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow_provider_smrt.local.demo_data import write_demo_dataset
+from airflow_provider_smrt.local.models import generate_text
+from tests.airflow_support import EXAMPLE_DAGS, ensure_db
+from tests.ecosystem_support import example_module, get_dag, list_keys, read_parts, run_dag
+
+EXAMPLE_DAG_IDS = {
+    "smrt_example_batch_score",
+    "smrt_example_backfill",
+    "smrt_example_mapped_fanout",
+    "example_async_large_payload",
+    "smrt_example_llm",
+    "smrt_example_assets_features",
+    "smrt_example_assets_score",
+    "smrt_example_assets_notify",
+}
+OUTPUT_COLUMNS = ["patient_id", "visit_date", "disease_progression"]
+
+
+def test_example_dags_import_into_a_dagbag() -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    ensure_db()
+    bag = DagBag(dag_folder=str(EXAMPLE_DAGS))
+    assert not bag.import_errors, bag.import_errors
+    assert set(bag.dag_ids) == EXAMPLE_DAG_IDS
+    for dag_id in EXAMPLE_DAG_IDS:
+        dag = bag.dags[dag_id]
+        assert dag.tags, f"{dag_id} has no tags"
+        assert get_dag(dag_id).dag_id == dag_id  # also runnable through tests/dags/example_dags.py
+
+
+def test_daily_batch_score(s3_client: Any, s3_prefix: str) -> None:
+    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/", rows=300, files=2)
+    conf = {"input_uri": s3_prefix + "in/", "output_root": s3_prefix + "out"}
+    run = run_dag("smrt_example_batch_score", conf, logical_date=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    assert run.state == "success", run.states
+    out = read_parts(s3_client, s3_prefix + "out/ds=2026-01-05/")
+    assert out.column_names == OUTPUT_COLUMNS and out.num_rows == 300
+    assert run.xcom("score")["rows_scored"] == 300
+
+
+def test_backfill_three_dates_then_rerun_sends_nothing(
+    s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    endpoint = make_endpoint("diabetes")
+    dates = [datetime(2026, 1, day, tzinfo=timezone.utc) for day in (1, 2, 3)]
+    rows = {date: 100 * (i + 1) for i, date in enumerate(dates)}
+    for i, date in enumerate(dates):
+        uri = f"{s3_prefix}features/ds={date:%Y-%m-%d}/"
+        write_demo_dataset(s3_client=s3_client, uri=uri, rows=rows[date], files=1, seed=i)
+    conf = {
+        "endpoint_name": endpoint,
+        "features_root": s3_prefix + "features",
+        "predictions_root": s3_prefix + "predictions",
+    }
+    for date in dates:
+        run = run_dag("smrt_example_backfill", conf, logical_date=date)
+        assert run.state == "success", (date, run.states)
+    for date in dates:
+        out = read_parts(s3_client, f"{s3_prefix}predictions/ds={date:%Y-%m-%d}/")
+        assert out.column_names == OUTPUT_COLUMNS
+        assert out.num_rows == rows[date]
+        assert "_manifest.json" in list_keys(s3_client, f"{s3_prefix}predictions/ds={date:%Y-%m-%d}/")
+    sent = endpoint_stats(endpoint)["rows_ok"]
+    assert sent == sum(rows.values())
+
+    rerun = run_dag("smrt_example_backfill", conf, logical_date=dates[1])
+    assert rerun.state == "success", rerun.states
+    assert endpoint_stats(endpoint)["rows_ok"] == sent  # the rerun re-sent nothing
+    summary = rerun.xcom("score_partition")
+    assert summary["units_skipped"] == summary["units_total"] > 0 and summary["requests"] == 0
+
+
+def test_mapped_fan_out_with_a_pool(s3_client: Any, s3_prefix: str) -> None:
+    from airflow.models.pool import Pool
+
+    pool = example_module("example_mapped_fanout").POOL
+    ensure_db()
+    Pool.create_or_update_pool(name=pool, slots=2, description="tests", include_deferred=False)
+    regions = ["ap", "eu", "us"]
+    for i, region in enumerate(regions):
+        write_demo_dataset(s3_client=s3_client, uri=f"{s3_prefix}features/region={region}/", rows=150, files=1, seed=i)
+    conf = {"features_root": s3_prefix + "features/", "output_uri": s3_prefix + "predictions/"}
+    run = run_dag("smrt_example_mapped_fanout", conf)
+    assert run.state == "success", run.states
+    assert {key for key in run.states if key.startswith("score[")} == {"score[0]", "score[1]", "score[2]"}
+    assert get_dag("smrt_example_mapped_fanout").get_task("score").pool == pool
+    keys = list_keys(s3_client, s3_prefix + "predictions/")
+    assert [k for k in keys if k.startswith("_manifest")] == [f"_manifest-0000{i}.json" for i in range(3)]
+    out = read_parts(s3_client, s3_prefix + "predictions/")
+    assert out.num_rows == 450 and out.column_names == OUTPUT_COLUMNS
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(str(record.msg))
+
+
+def test_async_large_payload_with_a_deferrable_sensor(s3_prefix: str) -> None:
+    dag = get_dag("example_async_large_payload")
+    assert dag.get_task("wait").deferrable is True
+    conf = {"prefix": s3_prefix[len("s3://smrt-local/") :] + "async/", "payloads": 1}
+    handler, root = _Messages(), logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        run = run_dag("example_async_large_payload", conf)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert run.state == "success", run.states
+    assert run.xcom("check") == {"payloads": 1, "rows": 100_000}
+    # dag.test() runs a deferred task's trigger in line, then resumes the task
+    assert any("running trigger in line" in message for message in handler.messages), "the sensor did not defer"
+
+
+def test_llm_one_request_per_row(s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any) -> None:
+    questions = example_module("example_llm").QUESTIONS
+    endpoint = make_endpoint("llm")
+    conf = {
+        "endpoint_name": endpoint,
+        "input_uri": s3_prefix + "prompts/",
+        "output_uri": s3_prefix + "answers/",
+        "max_new_tokens": 3,
+    }
+    run = run_dag("smrt_example_llm", conf)
+    assert run.state == "success", run.states
+    out = read_parts(s3_client, s3_prefix + "answers/").sort_by("id")
+    assert out.column_names == ["id", "answer"]
+    assert out["answer"].to_pylist() == [generate_text(f"Answer briefly: {q}", max_new_tokens=3) for q in questions]
+    stats = endpoint_stats(endpoint)
+    assert stats["invocations_ok"] == len(questions) == stats["rows_ok"]
