@@ -15,6 +15,7 @@ This module imports neither Airflow nor boto3.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -183,6 +184,7 @@ class RequestPlanner:
         self.fill_ratio = fill_ratio
         self.stats = PlannerStats()
         self._bytes_per_row: float | None = None
+        self._lock = threading.Lock()  # split() runs on several worker threads at once
 
     def __repr__(self) -> str:
         return (
@@ -194,6 +196,23 @@ class RequestPlanner:
     def bytes_per_row(self) -> float | None:
         """The current estimate of encoded bytes per row, or None before the first encode."""
         return self._bytes_per_row
+
+    def slice_rows(self, features: pa.Table, offset: int) -> int:
+        """How many rows from ``offset`` to put in the next request, without encoding them.
+
+        Sized from the running bytes-per-row estimate (the first call encodes a small probe to get
+        one). The request is encoded later, off the submitting thread, by :meth:`split` on the slice,
+        which splits it further in the rare case the estimate was short.
+        """
+        remaining = features.num_rows - offset
+        cap = min(remaining, self.max_rows_per_request or remaining)
+        if self._bytes_per_row is None:
+            probe = min(self.probe_rows, cap)
+            body = self._encode(features, offset, probe)
+            if len(body) > self.max_payload_bytes and probe == 1:
+                raise self._too_large(offset, len(body))
+            self.stats.probes += 1
+        return self._target_rows(cap)
 
     def split(self, features: pa.Table | pa.RecordBatch) -> Iterator[Request]:
         """Yield requests covering every row of ``features`` exactly once, in order.
@@ -227,7 +246,8 @@ class RequestPlanner:
                 body = self._encode(table, offset, size)
                 if len(body) <= self.max_payload_bytes:
                     break
-                self.stats.re_encodes += 1
+                with self._lock:
+                    self.stats.re_encodes += 1
                 if size == 1:
                     raise self._too_large(offset, len(body))
                 size = max(1, min(size // 2, self._target_rows(cap)))
@@ -244,9 +264,10 @@ class RequestPlanner:
 
     def _encode(self, table: pa.Table, offset: int, num_rows: int) -> bytes:
         body = self.codec.encode(table.slice(offset, num_rows))
-        self.stats.encodes += 1
-        self.stats.encoded_rows += num_rows
-        self._update_estimate(len(body) / num_rows)
+        with self._lock:
+            self.stats.encodes += 1
+            self.stats.encoded_rows += num_rows
+            self._update_estimate(len(body) / num_rows)
         return body
 
     def _update_estimate(self, measured: float) -> None:
@@ -262,9 +283,10 @@ class RequestPlanner:
             self._bytes_per_row = previous + ESTIMATE_DECAY * (measured - previous)
 
     def _emit(self, offset: int, num_rows: int, body: bytes) -> Request:
-        self.stats.requests += 1
-        self.stats.rows += num_rows
-        self.stats.body_bytes += len(body)
+        with self._lock:
+            self.stats.requests += 1
+            self.stats.rows += num_rows
+            self.stats.body_bytes += len(body)
         return Request(offset=offset, num_rows=num_rows, body=body)
 
     def _too_large(self, row_offset: int, row_bytes: int) -> RowTooLargeError:

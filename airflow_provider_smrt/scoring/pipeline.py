@@ -233,7 +233,6 @@ class _Task:
     offset: int  # first row of this request within the unit
     features: pa.Table
     passthrough: pa.Table
-    body: bytes
 
 
 @dataclass
@@ -323,25 +322,24 @@ class Pipeline:
                 table = pa.Table.from_batches([batch])
                 features = table.select(self.feature_columns)
                 passthrough = table.select(self.passthrough_columns)
-                requests = iter(self.planner.split(features))  # encoded one at a time, submitted as encoded
-                while True:
+                offset = 0
+                while offset < features.num_rows:
+                    # Only the row range is decided here; the worker encodes it (off this thread).
                     try:
-                        request = next(requests, None)
+                        count = self.planner.slice_rows(features, offset)
                     except InputDataError as err:
-                        offset = getattr(err, "row_offset", None)
-                        where = unit.describe(rows_in_unit + offset, 1) if offset is not None else unit.describe()
-                        raise InputDataError(f"{where}: {err}") from err
-                    if request is None or not self._acquire(stop):
+                        raise self._locate(err, unit, rows_in_unit) from err
+                    if not self._acquire(stop):
                         break
                     task = _Task(
                         unit=unit,
                         seq=seq,
-                        offset=rows_in_unit + request.offset,
-                        features=features.slice(request.offset, request.num_rows),
-                        passthrough=passthrough.slice(request.offset, request.num_rows),
-                        body=request.body,
+                        offset=rows_in_unit + offset,
+                        features=features.slice(offset, count),
+                        passthrough=passthrough.slice(offset, count),
                     )
                     seq += 1
+                    offset += count
                     executor.submit(self._work, task)
                     self._maybe_progress()
                 rows_in_unit += batch.num_rows
@@ -358,6 +356,13 @@ class Pipeline:
                 self._maybe_progress()
         self.coordinator.raise_if_failed()
         return self.stats
+
+    @staticmethod
+    def _locate(err: InputDataError, unit: WorkUnit, base: int) -> InputDataError:
+        """Name the file and row of a planner error; ``base`` is where the planned rows start in the unit."""
+        offset = getattr(err, "row_offset", None)
+        where = unit.describe(base + offset, 1) if offset is not None else unit.describe()
+        return InputDataError(f"{where}: {err}")
 
     def _acquire(self, stop: threading.Event) -> bool:
         while not self._buffer.acquire(timeout=0.1):
@@ -381,7 +386,16 @@ class Pipeline:
         try:
             if self.coordinator.stop.is_set():
                 return
-            pieces, errors = self._score(task, 0, task.features.num_rows, task.body)
+            try:
+                requests = list(self.planner.split(task.features))
+            except InputDataError as err:
+                raise self._locate(err, task.unit, task.offset) from err
+            pieces: list[_Piece] = []
+            errors: list[tuple[int, int, InvocationError]] = []
+            for request in requests:
+                more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
+                pieces += more_pieces
+                errors += more_errors
             self._results.put(("result", (task, pieces, errors)))
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)

@@ -29,6 +29,8 @@ from airflow_provider_smrt.scoring.dataset import InputFile, WorkUnit
 from airflow_provider_smrt.scoring.storage import ObjectInfo, Storage, join_uri
 
 ERRORS_DIR = "_errors"
+#: Rows per row group of an output part (rows of many requests are buffered into one).
+ROW_GROUP_ROWS = 65_536
 MANIFEST_NAME = "_manifest.json"
 ERROR_CLASS_COLUMN = "error_class"
 ERROR_MESSAGE_COLUMN = "error_message"
@@ -149,6 +151,8 @@ class PartWriter:
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self._errors: list[pa.Table] = []
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self.rows = 0
         self.error_rows = 0
 
@@ -168,8 +172,17 @@ class PartWriter:
                     "model return one type per output, or set prediction_columns and a decoder"
                 ) from err
         if table.num_rows:
-            self._writer.write_table(table)
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
+            if self._pending_rows >= ROW_GROUP_ROWS:
+                self._flush()
         self.rows += table.num_rows
+
+    def _flush(self) -> None:
+        """Write the buffered requests' rows as one row group (requests are far smaller than a good row group)."""
+        if self._pending and self._writer is not None:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=max(self._pending_rows, 1))
+        self._pending, self._pending_rows = [], 0
 
     def write_errors(self, table: pa.Table) -> None:
         """Keep error rows (pass-through columns, input row, error class and message) for the error part."""
@@ -186,12 +199,13 @@ class PartWriter:
         if self._writer is None:  # every row failed: still mark the unit done
             handle = self._stack.enter_context(self.storage.open_write(self.uri))
             self._writer = pq.ParquetWriter(handle, empty_schema, compression=self._compression)
+        self._flush()
         self._writer.close()
         self._stack.close()  # completes the upload / renames the staged file
 
     def abort(self, err: BaseException) -> None:
         """Drop everything of this part: nothing partial becomes visible."""
-        self._errors = []
+        self._errors, self._pending = [], []
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()

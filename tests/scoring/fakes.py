@@ -19,6 +19,14 @@ import pyarrow.csv as pacsv
 from airflow_provider_smrt.exceptions import ModelInputError, ServiceError, ThrottlingError
 
 
+def _number(value: object) -> float:
+    """A CSV field as a number; text counts as 0 (the fake model only adds numbers)."""
+    try:
+        return float(value or 0)  # type: ignore[arg-type]
+    except ValueError:
+        return 0.0
+
+
 @dataclass
 class Result:
     body: bytes
@@ -60,7 +68,7 @@ class FakeEndpoint:
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
         matrix = [table.column(i).to_pylist() for i in range(table.num_columns)]
-        sums = [sum(float(v or 0) for v in row) for row in zip(*matrix, strict=True)]
+        sums = [sum(_number(v) for v in row) for row in zip(*matrix, strict=True)]
         if self.poison is not None and any(self.poison in row for row in zip(*matrix, strict=True)):
             raise ModelInputError(
                 "poison", code="ModelError", http_status=424, original_status_code=400, original_message="bad row"

@@ -83,6 +83,7 @@ def test_scores_every_row_once_in_order(tmp_path: Path) -> None:
     for part in (tmp_path / "out").glob("part-*"):
         part_ids = pq.read_table(part)["id"].to_pylist()
         assert part_ids == sorted(part_ids)
+        assert pq.ParquetFile(part).num_row_groups == 1  # requests of 100 rows are buffered into one row group
     assert summary["rows_in"] == summary["rows_scored"] == 4_300
     assert summary["rows_failed"] == 0
     assert summary["requests"] == endpoint.requests == 43
@@ -266,3 +267,14 @@ def test_a_column_can_be_both_feature_and_passthrough(tmp_path: Path) -> None:
     assert out["f0"].to_pylist() == [float(i % 97) for i in range(250)]
     assert out["prediction"].to_pylist() == expected_sum(list(range(250)))
     assert summary["rows_scored"] == 250
+
+
+def test_a_row_over_the_payload_limit_is_named(tmp_path: Path) -> None:
+    table = numeric_table(300)
+    text = ["short"] * 300
+    text[157] = "x" * 5_000
+    write(tmp_path / "in" / "a.parquet", table.append_column("text", pa.array(text)), 100)
+    endpoint = FakeEndpoint()
+    with pytest.raises(InputDataError, match=r"a\.parquet row 157: .*SageMakerInvokeEndpointAsyncOperator"):
+        run(tmp_path, endpoint, feature_columns=["text"], max_payload_bytes=3_000, concurrency=1)
+    assert not list((tmp_path / "out").glob("part-*0300-*"))  # the unit holding the row is not committed
