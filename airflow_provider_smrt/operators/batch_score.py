@@ -75,10 +75,10 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
     :param expected_bucket_owner: account id sent as ``ExpectedBucketOwner`` on every S3 call.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
-    :param aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
-    :param region_name: AWS region (default: the connection's).
-    :param verify: TLS verification for boto3.
-    :param botocore_config: botocore ``Config`` keyword arguments (its retries are replaced by ours).
+    :param str|None aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
+    :param str|None region_name: AWS region (default: the connection's).
+    :param bool|str|None verify: TLS verification for boto3.
+    :param dict|None botocore_config: botocore ``Config`` keyword arguments (its retries are replaced by ours).
     """
 
     aws_hook_class = SageMakerRuntimeHook

@@ -214,10 +214,10 @@ class SageMakerInvokeEndpointAsyncOperator(MaskSensitiveFieldsMixin, AwsBaseOper
     :param max_rows_per_request: Parquet mode: rows per payload at most.
     :param max_error_ratio: Parquet mode: fraction of rows allowed to fail.
     :param if_exists: Parquet mode: ``resume``, ``overwrite`` or ``fail``.
-    :param aws_conn_id: the Airflow AWS connection. (templated)
-    :param region_name: the AWS region. (templated)
-    :param verify: SSL certificate verification. (templated)
-    :param botocore_config: botocore client configuration (dict).
+    :param str|None aws_conn_id: the Airflow AWS connection. (templated)
+    :param str|None region_name: the AWS region. (templated)
+    :param bool|str|None verify: SSL certificate verification. (templated)
+    :param dict|None botocore_config: botocore client configuration (dict).
     """
 
     aws_hook_class = SageMakerRuntimeHook

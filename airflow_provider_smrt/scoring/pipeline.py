@@ -225,6 +225,8 @@ class Codec(Protocol):
 class Planner(Protocol):
     def split(self, features: pa.Table | pa.RecordBatch) -> Iterable[Any]: ...
 
+    def slice_rows(self, features: pa.Table, offset: int) -> int: ...
+
 
 @dataclass
 class _Task:

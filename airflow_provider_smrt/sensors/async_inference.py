@@ -60,10 +60,10 @@ class SageMakerAsyncInferenceSensor(AwsBaseSensor[S3Hook]):
         InvocationTimeoutSeconds (service defaults 21600 + 900) plus 60 s.
     :param s3_retry_policy: retries of each S3 request on transient errors (not ``retry_policy``: that is
         Airflow's task retry policy).
-    :param aws_conn_id: the Airflow AWS connection. (templated)
-    :param region_name: the AWS region. (templated)
-    :param verify: SSL certificate verification. (templated)
-    :param botocore_config: botocore client configuration (dict).
+    :param str|None aws_conn_id: the Airflow AWS connection. (templated)
+    :param str|None region_name: the AWS region. (templated)
+    :param bool|str|None verify: SSL certificate verification. (templated)
+    :param dict|None botocore_config: botocore client configuration (dict).
     """
 
     aws_hook_class = S3Hook
