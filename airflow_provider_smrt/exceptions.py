@@ -306,7 +306,7 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
             )
         klass = _class_for(code, http_status, message)
         # Service messages for these codes never echo the body or CustomAttributes.
-        shown = message if message and message != "None" else "no message"
+        shown = message.rstrip(". ") if message and message != "None" else "no message"
         text = (
             f"{code} from {where} (HTTP {http_status}): {shown}. {_fix(klass)}"
             + (f" (request id {request_id})" if request_id else "")

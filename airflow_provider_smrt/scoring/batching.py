@@ -54,7 +54,8 @@ class Request:
 class RowTooLargeError(InputDataError):
     """A single row encodes to more than the request limit, so no InvokeEndpoint request can carry it.
 
-    The message is composable; the caller prefixes the file and absolute row number.
+    The message is composable: it does not say where the row is; the caller prefixes the file and
+    the absolute row number (``row_offset`` is the row's position in the batch planned).
 
     :param row_offset: the row's offset within the batch given to :meth:`RequestPlanner.split`.
     :param row_bytes: the row's encoded size.
@@ -66,7 +67,7 @@ class RowTooLargeError(InputDataError):
         fits_service = limit < MAX_PAYLOAD_BYTES and row_bytes <= MAX_PAYLOAD_BYTES
         hint = f"; or raise max_payload_bytes (up to {MAX_PAYLOAD_BYTES:,})" if fits_service else ""
         super().__init__(
-            f"row {row_offset} of the batch encodes to {row_bytes:,} bytes as {content_type}, over the "
+            f"the row encodes to {row_bytes:,} bytes as {content_type}, over the "
             f"{limit:,}-byte request limit, so no InvokeEndpoint request can carry it: score such rows with "
             f"SageMakerInvokeEndpointAsyncOperator (request bodies read from S3), or drop or shrink its "
             f"features{hint}"

@@ -52,7 +52,7 @@ from airflow_provider_smrt.scoring.sink import (
     read_part_counts,
     write_manifest,
 )
-from airflow_provider_smrt.scoring.storage import Storage, join_uri
+from airflow_provider_smrt.scoring.storage import Storage, basename, join_uri
 from airflow_provider_smrt.scoring.templating import RequestTemplateEncoder, template_columns
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ class _Plan:
     names: dict[WorkUnit, str]
     done: dict[WorkUnit, ExistingPart]
     stale: list[ExistingPart]
+    replaced: int
+    error_rewrites: set[str]
     stale_errors: list[str]
 
 
@@ -260,8 +262,17 @@ class ScoringJob:
         if config.if_exists == "resume":
             by_name = {part.name: part for part in mine}
             done = {unit: by_name[names[unit]] for unit in units if names[unit] in by_name}
-        keep = {part.name for part in done.values()}
-        stale = [part for part in mine if part.name not in keep]
+        # Parts of these inputs that this plan does not write again (another input version, configuration
+        # or unit plan) are stale: deleted once the run has committed its own. A part of the same name is
+        # replaced in place by the new commit (S3 and rename are atomic), so a failed run keeps the old one.
+        current = set(names.values())
+        stale = [part for part in mine if part.name not in current]
+        replaced = [part for part in mine if part.name in current and config.if_exists == "overwrite"]
+        orphans = state.orphan_errors_of(slugs)  # error parts whose data part was never committed
+        orphan_names = {basename(uri) for uri in orphans}
+        # Units about to be written whose name already has an error part: removed if they now have no errors.
+        error_rewrites = {name for name in current if name in orphan_names}
+        error_rewrites |= {part.name for part in replaced if part.error_uri}
         passthrough_schema = pa.schema([schema.field(name) for name in passthrough]) if files else pa.schema([])
         return _Plan(
             files=files,
@@ -273,7 +284,9 @@ class ScoringJob:
             names=names,
             done=done,
             stale=stale,
-            stale_errors=state.orphan_errors_of(slugs),
+            replaced=len(replaced),
+            error_rewrites=error_rewrites,
+            stale_errors=[uri for uri in orphans if basename(uri) not in current],
         )
 
     # -- running ---------------------------------------------------------------------------------
@@ -316,10 +329,13 @@ class ScoringJob:
         config = self.config
         plan = self.plan()
         self.last_plan = plan
-        if config.if_exists == "overwrite" and plan.stale:
-            self.log.info("if_exists='overwrite': removing %d previous part(s) of these inputs", len(plan.stale))
-            delete_parts(self.storage, plan.stale)
-            plan.stale = []
+        if config.if_exists == "overwrite" and (plan.stale or plan.replaced):
+            self.log.info(
+                "if_exists='overwrite': re-scoring every unit; %d previous part(s) of these inputs are replaced "
+                "as new ones are committed, %d removed after the run",
+                plan.replaced,
+                len(plan.stale),
+            )
         todo = [unit for unit in plan.units if unit not in plan.done]
         rows_total = sum(file.num_rows for file in plan.files)
         resumed_rows = resumed_failed = 0
@@ -372,6 +388,7 @@ class ScoringJob:
                     output_uri=config.output_uri,
                     name=plan.names[unit],
                     error_passthrough_schema=plan.passthrough_schema,
+                    stale_error_part=plan.names[unit] in plan.error_rewrites,
                 )
 
             pipeline = Pipeline(

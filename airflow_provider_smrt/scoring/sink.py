@@ -141,8 +141,11 @@ class PartWriter:
         name: str,
         error_passthrough_schema: pa.Schema,
         compression: str = "snappy",
+        stale_error_part: bool = False,
     ) -> None:
         self.storage = storage
+        #: An error part of an earlier run sits at ``error_uri`` (this part replaces one of the same name).
+        self._stale_error_part = stale_error_part
         self.uri = join_uri(output_uri, name)
         self.error_uri = join_uri(join_uri(output_uri, ERRORS_DIR), name)
         self._error_schema = error_schema(error_passthrough_schema)
@@ -202,6 +205,8 @@ class PartWriter:
         self._flush()
         self._writer.close()
         self._stack.close()  # completes the upload / renames the staged file
+        if self._stale_error_part and not self.error_rows:
+            self.storage.delete([self.error_uri])  # the rows that failed before were scored this time
 
     def abort(self, err: BaseException) -> None:
         """Drop everything of this part: nothing partial becomes visible."""

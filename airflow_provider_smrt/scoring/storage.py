@@ -181,14 +181,21 @@ class Storage:
                 }
             # Inside `with`: an exception aborts the multipart upload, so nothing partial is committed.
             body_failed = False
+            handle: Any = None
             try:
                 with smart_open.open(uri, "wb", compression="disable", transport_params=params) as fh:
+                    handle = fh
                     try:
                         yield fh
                     except BaseException:
                         body_failed = True
                         raise
             except Exception as err:
+                if not body_failed and handle is not None:
+                    # The commit itself failed (e.g. CompleteMultipartUpload denied): smart-open leaves the
+                    # multipart upload open then; abort it so no orphaned upload stays behind.
+                    with contextlib.suppress(Exception):
+                        handle.terminate()
                 if body_failed and not _is_s3_error(err):
                     raise
                 raise OutputError(

@@ -278,3 +278,41 @@ def test_a_row_over_the_payload_limit_is_named(tmp_path: Path) -> None:
     with pytest.raises(InputDataError, match=r"a\.parquet row 157: .*SageMakerInvokeEndpointAsyncOperator"):
         run(tmp_path, endpoint, feature_columns=["text"], max_payload_bytes=3_000, concurrency=1)
     assert not list((tmp_path / "out").glob("part-*0300-*"))  # the unit holding the row is not committed
+
+
+def test_failed_overwrite_keeps_the_previous_parts(tmp_path: Path) -> None:
+    make_inputs(tmp_path)
+    run(tmp_path, FakeEndpoint())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*")}
+    with pytest.raises(ConfigurationError):
+        run(tmp_path, FailAfter(12), if_exists="overwrite", concurrency=1)
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").glob("part-*")}
+    assert set(after) == set(before)  # nothing lost; replaced parts hold the same rows
+    assert len(read_output(tmp_path / "out")) == 4_300
+
+
+def test_error_part_of_a_crashed_unit_goes_when_the_rows_now_score(tmp_path: Path) -> None:
+    table = numeric_table(300)
+    f0 = table["f0"].to_pylist()
+    f0[7] = -1.0
+    write(tmp_path / "in" / "p.parquet", table.set_column(1, "f0", pa.array(f0)), 300)
+    run(tmp_path, FakeEndpoint(poison=-1.0), max_error_ratio=0.5)
+    (data_part,) = (tmp_path / "out").glob("part-*")
+    assert (tmp_path / "out" / "_errors" / data_part.name).exists()
+    data_part.unlink()  # as if the worker died between the error part and the data part
+    run(tmp_path, FakeEndpoint())  # the model now accepts the row
+    assert not list((tmp_path / "out" / "_errors").glob("part-*"))
+    assert sorted(read_output(tmp_path / "out")["id"].to_pylist()) == list(range(300))
+
+
+def test_error_part_of_a_crashed_unit_is_rewritten_when_rows_fail_again(tmp_path: Path) -> None:
+    table = numeric_table(300)
+    f0 = table["f0"].to_pylist()
+    f0[7] = -1.0
+    write(tmp_path / "in" / "p.parquet", table.set_column(1, "f0", pa.array(f0)), 300)
+    run(tmp_path, FakeEndpoint(poison=-1.0), max_error_ratio=0.5)
+    (data_part,) = (tmp_path / "out").glob("part-*")
+    data_part.unlink()  # as if the worker died between the error part and the data part
+    summary = run(tmp_path, FakeEndpoint(poison=-1.0), max_error_ratio=0.5)
+    errors = pq.read_table(tmp_path / "out" / "_errors" / data_part.name)
+    assert errors["id"].to_pylist() == [7] and summary["rows_failed"] == 1

@@ -1,0 +1,109 @@
+"""DAGs run by ``tests/reliability`` through ``dag.test()`` on the local stack.
+
+Everything that differs between test cases comes from ``run_conf``: templated fields from params, and the
+remaining constructor arguments from ``params.op`` (applied by :class:`ReliabilityBatchScoreOperator` before
+``execute``). A failing task writes its exception text to ``<params.report_dir>/<task_id>.txt``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param
+
+from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
+
+PARAMS = {
+    "endpoint_name": Param("smrt-sum", type="string"),
+    "input_uri": Param("s3://smrt-local/none/", type=["string", "array"]),
+    "output_uri": Param("s3://smrt-local/none-out/", type="string"),
+    "content_type": Param("text/csv", type="string"),
+    "custom_attributes": Param("", type="string"),
+    "aws_conn_id": Param("aws_default", type="string"),
+    "report_dir": Param("", type="string"),
+    "op": Param({}, type="object"),
+}
+
+#: Constructor arguments a test may set through ``params.op`` (no templating needed for them).
+OVERRIDABLE = frozenset(
+    {
+        "feature_columns",
+        "passthrough_columns",
+        "prediction_columns",
+        "decoder",
+        "encoder",
+        "max_payload_bytes",
+        "max_rows_per_request",
+        "concurrency",
+        "max_error_ratio",
+        "if_exists",
+        "allow_empty_input",
+        "max_attempts",
+        "progress_interval",
+        "s3_write_args",
+        "expected_bucket_owner",
+        "botocore_config",
+    }
+)
+
+
+class ReliabilityBatchScoreOperator(SageMakerBatchScoreOperator):
+    """The batch-scoring operator with per-run constructor arguments from ``params.op``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._defaults = {key: getattr(self, key) for key in OVERRIDABLE}
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        # dag.test() reuses this task object across runs in one process: start from the DAG's arguments and a
+        # fresh hook (AwsBaseOperator caches it), so one run's connection or overrides never leak into the next.
+        self.__dict__.pop("hook", None)
+        for key, value in self._defaults.items():
+            setattr(self, key, value)
+        for key, value in (context["params"].get("op") or {}).items():
+            if key not in OVERRIDABLE:
+                raise ValueError(f"params.op may not set {key!r}")
+            setattr(self, key, value)
+        return super().execute(context)
+
+
+def _report_failure(context: Any) -> None:
+    report_dir = context["params"].get("report_dir")
+    if report_dir:
+        exc = context.get("exception")
+        Path(report_dir, f"{context['ti'].task_id}.txt").write_text(f"{type(exc).__name__}: {exc}")
+
+
+def _dag(dag_id: str, **task_args: Any) -> DAG:
+    with DAG(
+        dag_id=dag_id,
+        schedule=None,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        params=PARAMS,
+        default_args={"on_failure_callback": _report_failure},
+    ) as dag:
+        ReliabilityBatchScoreOperator(
+            task_id="score",
+            endpoint_name="{{ params.endpoint_name }}",
+            input_uri="{{ params.input_uri }}",
+            output_uri="{{ params.output_uri }}",
+            content_type="{{ params.content_type }}",
+            custom_attributes="{{ params.custom_attributes }}",
+            aws_conn_id="{{ params.aws_conn_id }}",
+            passthrough_columns=["id"],
+            feature_columns=["f0", "f1", "f2"],
+            max_rows_per_request=50,
+            concurrency=4,
+            max_attempts=12,
+            progress_interval=0.5,
+            **task_args,
+        )
+    return dag
+
+
+r_score = _dag("r_score")
+# For the task-timeout test: Airflow's execution_timeout fires (SIGALRM), then calls on_kill.
+r_score_timeout = _dag("r_score_timeout", execution_timeout=timedelta(seconds=4))

@@ -1,0 +1,219 @@
+"""Worker deaths through Airflow (``dag.test()``): SIGKILL at 25/50/90 %, SIGTERM and the task timeout.
+
+The dataset is 20 files of 200 rows (20 work units, 4 requests each) against an endpoint answering in
+150 ms with 2 requests in flight (about 6 s of scoring). After each death, the rerun must complete the
+output with no duplicate and send again only the requests of unfinished units (counted at the endpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.airflow_support import ROOT, ensure_db
+from tests.reliability.support import (
+    Figures,
+    check_parts_complete,
+    data_parts,
+    expected_sum,
+    incomplete_uploads,
+    list_keys,
+    put_files,
+    read_output,
+    run_score,
+)
+
+pytestmark = pytest.mark.slow
+
+FILES, ROWS, ROWS_PER_REQUEST = 20, 200, 50
+REQUESTS_PER_UNIT = ROWS // ROWS_PER_REQUEST
+TOTAL = FILES * ROWS
+OP = {"max_rows_per_request": ROWS_PER_REQUEST, "concurrency": 2}
+
+_CHILD = """
+import json, sys
+from tests.airflow_support import dagbag
+conf = json.loads(sys.argv[1])
+run = dagbag().get_dag(conf.pop("dag_id")).test(run_conf=conf)
+states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}), flush=True)
+"""
+
+
+def _start(conf: dict[str, Any], report_dir: Path) -> subprocess.Popen[str]:
+    ensure_db()  # the child reuses this session's metadata database
+    report_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({**conf, "dag_id": "r_score", "report_dir": str(report_dir)})
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, payload],
+        cwd=ROOT,
+        env=dict(os.environ),
+        start_new_session=True,
+        stdout=(report_dir / "child.log").open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _setup(s3: Any, make_endpoint: Any, prefix: str) -> tuple[str, dict[str, Any], Any]:
+    data = put_files(s3, prefix + "in/", files=FILES, rows=ROWS)
+    endpoint = make_endpoint("sum", faults={"latency_ms": 150})
+    conf = {"endpoint_name": endpoint, "input_uri": prefix + "in/", "output_uri": prefix + "out/", "op": OP}
+    return endpoint, conf, data
+
+
+def _wait_for_parts(s3: Any, prefix: str, proc: subprocess.Popen[str], count: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(data_parts(s3, prefix + "out/")) < count:
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        assert time.monotonic() < deadline, "the run made no progress"
+        time.sleep(0.02)
+
+
+def _requests_settled(endpoint_stats: Any, endpoint: str) -> dict[str, Any]:
+    """The endpoint's counters once nothing is in flight any more (no new request for 0.6 s)."""
+    last = endpoint_stats(endpoint)
+    while True:
+        time.sleep(0.6)
+        now = endpoint_stats(endpoint)
+        if now["requests"] == last["requests"] and now["rows_ok"] == last["rows_ok"]:
+            return now
+        last = now
+
+
+def _rerun_and_check(
+    s3: Any, endpoint_stats: Any, endpoint: str, conf: dict[str, Any], data: Any, prefix: str, tmp_path: Path
+) -> dict[str, int]:
+    done = check_parts_complete(s3, prefix + "out/", ROWS)
+    before = _requests_settled(endpoint_stats, endpoint)
+    run = run_score(conf, tmp_path / "rerun")
+    assert run.succeeded, run.error
+    after = endpoint_stats(endpoint)
+    resent_requests = after["requests"] - before["requests"]
+    resent_rows = after["rows_ok"] - before["rows_ok"]
+    unfinished = FILES - len(done)
+    assert resent_rows == unfinished * ROWS, "rows of finished units were sent again"
+    assert resent_requests == unfinished * REQUESTS_PER_UNIT, "requests of finished units were sent again"
+    out = read_output(s3, prefix + "out/")
+    ids = out["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == TOTAL
+    assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected_sum(data))
+    summary = run.xcom()
+    assert summary["units_skipped"] == len(done) and summary["rows_scored"] == TOTAL
+    assert "_manifest.json" in list_keys(s3, prefix + "out/")
+    return {
+        "units_done_before_rerun": len(done),
+        "requests_first_run": before["requests"],
+        "requests_lost_in_first_run": before["requests"] - len(done) * REQUESTS_PER_UNIT,
+        "requests_resent": resent_requests,
+        "requests_resent_expected": unfinished * REQUESTS_PER_UNIT,
+        "rows_resent": resent_rows,
+        "rows_lost": TOTAL - len(set(ids)),
+        "rows_duplicated": len(ids) - len(set(ids)),
+    }
+
+
+@pytest.mark.parametrize("percent", [25, 50, 90])
+def test_sigkill_then_rerun(
+    percent: int,
+    s3_client: Any,
+    make_endpoint: Any,
+    endpoint_stats: Any,
+    s3_prefix: str,
+    tmp_path: Path,
+    figures: Figures,
+) -> None:
+    endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
+    proc = _start(conf, tmp_path / "first")
+    try:
+        _wait_for_parts(s3_client, s3_prefix, proc, FILES * percent // 100)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    keys = list_keys(s3_client, s3_prefix + "out/")
+    assert "_manifest.json" not in keys
+    killed_at = len(data_parts(s3_client, s3_prefix + "out/"))
+    assert killed_at < FILES
+    dangling = incomplete_uploads(s3_client, s3_prefix + "out/")
+    numbers = _rerun_and_check(s3_client, endpoint_stats, endpoint, conf, data, s3_prefix, tmp_path)
+    figures.record(
+        f"kill_sigkill_{percent}pct",
+        result="killed; rerun success",
+        units=FILES,
+        killed_at_units_done=killed_at,
+        incomplete_multipart_uploads_left=len(dangling),
+        **numbers,
+    )
+
+
+def test_sigterm_on_kill_stops_cleanly(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
+) -> None:
+    """SIGTERM makes Airflow's task runner call ``on_kill``: no new request, no partial object, the task fails."""
+    endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
+    proc = _start(conf, tmp_path / "first")
+    try:
+        _wait_for_parts(s3_client, s3_prefix, proc, FILES // 2)
+        os.kill(proc.pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    output = (tmp_path / "first" / "child.log").read_text()
+    result = json.loads(output.rsplit("RESULT ", 1)[1].splitlines()[0])
+    assert result["tasks"]["score"] == "failed", result
+    stopped_after = time.monotonic() - signalled
+    error = (tmp_path / "first" / "score.txt").read_text()
+    assert "ScoringCancelledError" in error and "killed" in error, error
+    settled = _requests_settled(endpoint_stats, endpoint)
+    keys = list_keys(s3_client, s3_prefix + "out/")
+    assert "_manifest.json" not in keys
+    assert not incomplete_uploads(s3_client, s3_prefix + "out/"), "an aborted part left a multipart upload"
+    assert not [k for k in keys if k.startswith("_errors/")]
+    numbers = _rerun_and_check(s3_client, endpoint_stats, endpoint, conf, data, s3_prefix, tmp_path)
+    assert settled["requests"] < FILES * REQUESTS_PER_UNIT
+    figures.record(
+        "kill_sigterm_50pct",
+        result="task failed (on_kill); rerun success",
+        units=FILES,
+        seconds_from_sigterm_to_exit=round(stopped_after, 2),
+        incomplete_multipart_uploads_left=0,
+        **numbers,
+    )
+
+
+def test_execution_timeout_on_kill_stops_cleanly(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
+) -> None:
+    """``execution_timeout`` (4 s) interrupts the run: Airflow calls ``on_kill``; nothing partial is visible."""
+    endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
+    run = run_score(conf, tmp_path / "first", dag_id="r_score_timeout")
+    assert run.task_state == "failed"
+    assert "Timeout" in run.error, run.error
+    ended = endpoint_stats(endpoint)["requests"]
+    settled = _requests_settled(endpoint_stats, endpoint)
+    assert settled["requests"] - ended <= 2  # at most the requests in flight when on_kill ran
+    keys = list_keys(s3_client, s3_prefix + "out/")
+    assert "_manifest.json" not in keys
+    assert not incomplete_uploads(s3_client, s3_prefix + "out/"), "an aborted part left a multipart upload"
+    numbers = _rerun_and_check(s3_client, endpoint_stats, endpoint, conf, data, s3_prefix, tmp_path)
+    assert 0 < numbers["units_done_before_rerun"] < FILES
+    figures.record(
+        "kill_execution_timeout_4s",
+        result="task failed (timeout, on_kill); rerun success",
+        units=FILES,
+        requests_after_task_ended=settled["requests"] - ended,
+        incomplete_multipart_uploads_left=0,
+        **numbers,
+    )
