@@ -108,10 +108,12 @@ class _Messages(logging.Handler):
         self.messages.append(str(record.msg))
 
 
-def test_async_large_payload_with_a_deferrable_sensor(s3_prefix: str) -> None:
+def test_async_large_payload_with_a_deferrable_sensor(s3_prefix: str, make_endpoint: Any) -> None:
     dag = get_dag("example_async_large_payload")
     assert dag.get_task("wait").deferrable is True
-    conf = {"prefix": s3_prefix[len("s3://smrt-local/") :] + "async/", "payloads": 1}
+    # The outputs take 3 s, so the sensor's first check (before it defers) cannot find them already there.
+    endpoint = make_endpoint("sum", faults={"async_delay_seconds": 3})
+    conf = {"prefix": s3_prefix[len("s3://smrt-local/") :] + "async/", "payloads": 1, "endpoint_name": endpoint}
     handler, root = _Messages(), logging.getLogger()
     root.addHandler(handler)
     level = root.level

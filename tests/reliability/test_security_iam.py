@@ -96,8 +96,11 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
         with env(**aws_conn("r_secret", login=LOGIN, password=PASSWORD, service_config=service_config)):
             runs.append(run_score(conf, tmp_path / "fresh"))  # score, with errors
             runs.append(run_score(conf, tmp_path / "resume"))  # everything done: reads the parts' footers
+            # b.parquet is rewritten (same rows, new bytes): its old parts are stale. The overwrite run replaces
+            # a's parts in place and deletes b's old ones once the new ones are committed (s3:DeleteObject).
+            put_parquet(s3_client, f"{s3_prefix}in/b.parquet", _dataset().slice(150, 150), row_group_size=50)
             overwrite = {**conf, "op": {**op, "if_exists": "overwrite"}}
-            runs.append(run_score(overwrite, tmp_path / "overwrite"))  # deletes and rewrites
+            runs.append(run_score(overwrite, tmp_path / "overwrite"))
             proxy.state.writes = 0
             proxy.state.fail_writes_after = 2  # upload created, part uploaded, completion denied: aborted
             denied = {**conf, "output_uri": s3_prefix + "out-denied/"}
