@@ -43,14 +43,14 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, folder: Path = T
     return str(run.state), states
 
 
-def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> Any:
+def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, key: str = "return_value") -> Any:
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
 
     with create_session() as session:
         row = (
             session.query(XComModel)
-            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key="return_value")
+            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, map_index=map_index, key=key)
             .one_or_none()
         )
         return None if row is None else XComModel.deserialize_value(row)

@@ -5,15 +5,14 @@ The example DAGs are exposed to ``dag.test()`` by ``tests/dags/example_dags.py``
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from tests.airflow_support import TEST_DAGS, dagbag, ensure_db, xcom
+from tests.s3_support import list_keys, read_parts
 
-from tests.airflow_support import TEST_DAGS, dagbag, ensure_db
+__all__ = ["DagRunResult", "delete_prefix", "example_module", "get_dag", "list_keys", "read_parts", "run_dag"]
 
 
 @dataclass
@@ -27,16 +26,7 @@ class DagRunResult:
 
     def xcom(self, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
         """The XCom value ``key`` of a task instance of this run (None if absent)."""
-        from airflow.models.xcom import XComModel
-        from airflow.utils.session import create_session
-
-        with create_session() as session:
-            row = (
-                session.query(XComModel)
-                .filter_by(dag_id=self.dag_id, run_id=self.run_id, task_id=task_id, map_index=map_index, key=key)
-                .one_or_none()
-            )
-            return None if row is None else XComModel.deserialize_value(row)
+        return xcom(self.dag_id, self.run_id, task_id, map_index, key=key)
 
 
 def get_dag(dag_id: str) -> Any:
@@ -65,24 +55,6 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None, *, logical_date: da
     for ti in run.get_task_instances():
         states[ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"] = str(ti.state)
     return DagRunResult(dag_id=dag_id, run_id=run.run_id, state=str(run.state), states=states)
-
-
-def list_keys(s3: Any, uri: str) -> list[str]:
-    """Keys under an ``s3://`` prefix, relative to it, sorted."""
-    bucket, prefix = uri[5:].split("/", 1)
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"][len(prefix) :] for page in pages for item in page.get("Contents", []))
-
-
-def read_parts(s3: Any, uri: str) -> pa.Table:
-    """The data parts (``part-*``) under an ``s3://`` output prefix, concatenated."""
-    bucket, prefix = uri[5:].split("/", 1)
-    tables = [
-        pq.read_table(io.BytesIO(s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()))
-        for name in list_keys(s3, uri)
-        if name.startswith("part-")
-    ]
-    return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def delete_prefix(s3: Any, uri: str) -> None:

@@ -68,7 +68,6 @@ class SageMakerRuntimeHook(AwsBaseHook):
         self.retry_policy = retry_policy or RetryPolicy()
         self.max_pool_connections = max_pool_connections
         self.read_timeout = read_timeout
-        self._local = threading.local()
 
     # -- clients ---------------------------------------------------------------------------------
 

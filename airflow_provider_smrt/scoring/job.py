@@ -8,7 +8,6 @@ This is the Airflow-free entry point of the scoring core; the operator is a thin
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -195,13 +194,11 @@ class ScoringJob:
         self.coordinator = Coordinator()
         self.stats = RunStats()
         self._started = 0.0
-        self._cancelled = threading.Event()
         #: The plan of the last :meth:`run` (inputs, schema, part names), for lineage; None before it.
         self.last_plan: _Plan | None = None
 
     def cancel(self, reason: str = "the task was killed") -> None:
         """Stop sending new requests; in-flight ones finish; unfinished parts are not committed."""
-        self._cancelled.set()
         self.coordinator.cancel(reason)
 
     # -- planning --------------------------------------------------------------------------------

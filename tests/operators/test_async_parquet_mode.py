@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from tests.airflow_support import run_dag
-from tests.operators.test_batch_score import list_keys, put_parquet, read_parts
+from tests.s3_support import list_keys, put_parquet, read_parts
 
 
 def wide_table(ids: range, width: int = 200) -> pa.Table:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -13,35 +12,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tests.airflow_support import ROOT, run_dag
+from tests.s3_support import list_keys, put_parquet, read_parts
 
 BUCKET = "smrt-local"
-
-
-def put_parquet(s3: Any, uri: str, table: pa.Table, row_group_size: int) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=row_group_size)
-    bucket, key = uri[5:].split("/", 1)
-    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
-
-
-def list_keys(s3: Any, uri: str) -> list[str]:
-    bucket, prefix = uri[5:].split("/", 1)
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"][len(prefix) :] for page in pages for item in page.get("Contents", []))
-
-
-def read_parts(s3: Any, uri: str, folder: str = "") -> pa.Table:
-    bucket, prefix = uri[5:].split("/", 1)
-    tables = []
-    for name in list_keys(s3, uri):
-        if name.startswith(folder + "part-") if folder else name.startswith("part-"):
-            body = s3.get_object(Bucket=bucket, Key=prefix + name)["Body"].read()
-            tables.append(pq.read_table(io.BytesIO(body)))
-    return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def features_table(ids: range, *, with_nulls: bool = False, poison: set[int] | None = None) -> pa.Table:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.airflow_support import dagbag, ensure_db
+from tests.s3_support import list_keys, put_parquet, split
 
 DAG_ID = "r_score"
 #: Every param a test may change, at its default: dag.test(run_conf=...) updates the DAG's params in place, so
@@ -53,13 +54,6 @@ def expected_sum(table: pa.Table) -> dict[int, float]:
     return {r["id"]: float(r["f0"]) + float(r["f1"]) + float(r["f2"]) for r in rows}
 
 
-def put_parquet(s3: Any, uri: str, table: pa.Table, row_group_size: int | None = None) -> None:
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=row_group_size or max(table.num_rows, 1))
-    bucket, key = split(uri)
-    s3.put_object(Bucket=bucket, Key=key, Body=buf.getvalue())
-
-
 def put_files(s3: Any, prefix: str, *, files: int, rows: int, poison: set[int] | None = None) -> pa.Table:
     """``files`` Parquet files of ``rows`` rows each (one work unit each) under ``prefix``."""
     tables = []
@@ -71,17 +65,6 @@ def put_files(s3: Any, prefix: str, *, files: int, rows: int, poison: set[int] |
 
 
 # -- S3 --------------------------------------------------------------------------------------------
-
-
-def split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri[len("s3://") :].partition("/")
-    return bucket, key
-
-
-def list_keys(s3: Any, uri: str) -> list[str]:
-    bucket, prefix = split(uri)
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sorted(item["Key"][len(prefix) :] for page in pages for item in page.get("Contents", []))
 
 
 def data_parts(s3: Any, uri: str) -> list[str]:
