@@ -8,7 +8,9 @@ from them, which makes reruns and mapped tasks collide-free and resumable. Airfl
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import itertools
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,9 @@ from airflow_provider_smrt.scoring.storage import ObjectInfo, Storage, basename,
 UNIT_ROWS = 131_072
 #: Rows per Arrow batch read from Parquet (less for a unit smaller than that).
 READ_BATCH_ROWS = 65_536
+#: Compressed bytes of consecutive row groups read together: with ``pre_buffer`` pyarrow coalesces
+#: their column chunks into one read (one ranged GET on S3). A larger row group is read alone.
+READ_WINDOW_BYTES = 32 * 1024 * 1024
 _PARQUET_MAGIC = b"PAR1"
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -36,6 +41,9 @@ class InputFile:
     num_rows: int
     row_group_rows: tuple[int, ...]
     schema: pa.Schema
+    #: the footer read at planning (so scoring does not read it again); compressed bytes per row group
+    metadata: pq.FileMetaData | None = dataclasses.field(default=None, compare=False, repr=False)
+    row_group_bytes: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
     @property
     def uri(self) -> str:
@@ -158,8 +166,17 @@ def read_input_file(storage: Storage, info: ObjectInfo) -> InputFile:
         raise
     except (pa.ArrowInvalid, OSError, ValueError) as err:
         raise InputDataError(f"{info.uri} is not a readable Parquet file ({err}): replace or remove it") from err
-    rows = tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
-    return InputFile(info=info, num_rows=meta.num_rows, row_group_rows=rows, schema=schema)
+    groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    return InputFile(
+        info=info,
+        num_rows=meta.num_rows,
+        row_group_rows=tuple(group.num_rows for group in groups),
+        schema=schema,
+        metadata=meta,
+        row_group_bytes=tuple(
+            sum(group.column(c).total_compressed_size for c in range(group.num_columns)) for group in groups
+        ),
+    )
 
 
 def read_input_files(storage: Storage, infos: Sequence[ObjectInfo], *, threads: int = 8) -> list[InputFile]:
@@ -233,6 +250,25 @@ def check_schemas(
     return features, passthrough, pa.schema(fields)
 
 
+def read_windows(file: InputFile, groups: Sequence[int], budget: int | None = None) -> list[list[int]]:
+    """Split consecutive row groups into windows of at most ``budget`` compressed bytes (one group at least).
+
+    ``budget`` defaults to :data:`READ_WINDOW_BYTES`.
+    """
+    budget = budget or READ_WINDOW_BYTES
+    windows: list[list[int]] = []
+    size = 0
+    for group in groups:
+        group_bytes = file.row_group_bytes[group] if group < len(file.row_group_bytes) else budget
+        if windows and size + group_bytes <= budget:
+            windows[-1].append(group)
+            size += group_bytes
+        else:
+            windows.append([group])
+            size = group_bytes
+    return windows
+
+
 def iter_units(
     parquet: pq.ParquetFile,
     units: Sequence[WorkUnit],
@@ -243,7 +279,8 @@ def iter_units(
     """Yield ``(unit, rows)`` for the given units of one open file, in order, a bounded batch at a time.
 
     Consecutive units are read in one pass (a unit inside a large row group does not re-read the
-    row group from its start); row groups of units not asked for are not read at all.
+    row group from its start); row groups of units not asked for are not read at all. Row groups are
+    read a window of :data:`READ_WINDOW_BYTES` at a time (see :func:`read_windows`).
     """
     ordered = sorted(units, key=lambda unit: unit.start)
     runs: list[list[WorkUnit]] = []
@@ -265,9 +302,11 @@ def iter_units(
         if cursor is None:
             continue
         position = 0  # index into run
-        for batch in parquet.iter_batches(
-            batch_size=batch_rows, row_groups=groups, columns=list(columns), use_threads=False
-        ):
+        batches = itertools.chain.from_iterable(
+            parquet.iter_batches(batch_size=batch_rows, row_groups=window, columns=list(columns), use_threads=False)
+            for window in read_windows(run[0].file, groups)
+        )
+        for batch in batches:
             batch_start, batch_end = cursor, cursor + batch.num_rows
             cursor = batch_end
             while position < len(run) and batch_end > run[position].start:

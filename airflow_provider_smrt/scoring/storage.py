@@ -2,13 +2,20 @@
 
 Writes are atomic: :meth:`Storage.open_write` commits only when its ``with`` block exits cleanly
 (S3: the multipart upload completes; local: a staged file is renamed into place) and leaves nothing
-behind when the block raises. Airflow-free.
+behind when the block raises.
+
+Reads of S3 objects go through :class:`S3RangeReader`: one bounded, ranged GetObject per read, pinned
+to the object's ETag or version. A Parquet reader seeks (footer, then each coalesced range of column
+chunks); smart-open's reader opens an open-ended GET at every seek, which cost three GETs per file plus
+streams cut short, and three times moto's CPU (docs/performance.md). Airflow-free.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -16,10 +23,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_smrt.exceptions import OutputError
+from airflow_provider_smrt.exceptions import InputDataError, OutputError
 
-#: smart-open's multipart part size for our writes (S3's minimum is 5 MiB).
-_PART_SIZE = 8 * 1024 * 1024
 _DELETE_BATCH = 1000
 
 
@@ -139,17 +144,21 @@ class Storage:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def open_read(self, info: ObjectInfo) -> IO[bytes]:
-        """Open an object for streaming, ranged reads (seekable)."""
-        if is_s3(info.uri):
-            import smart_open
+    def open_read(self, info: ObjectInfo) -> IO[bytes] | S3RangeReader:
+        """Open an object for random access: on S3, each read is one ranged GET (see :class:`S3RangeReader`).
 
-            params: dict[str, Any] = {"client": self.s3, "defer_seek": True}
-            if self._owner:
-                params["client_kwargs"] = {"S3.Client.get_object": dict(self._owner)}
-            if info.version_id:
-                params["version_id"] = info.version_id
-            return smart_open.open(info.uri, "rb", compression="disable", transport_params=params)
+        ``info.size`` of 0 means unknown (one HeadObject finds it); an ETag or version in ``info`` pins
+        the reads to that content.
+        """
+        if is_s3(info.uri):
+            bucket, key = split_s3(info.uri)
+            size: int | None = info.size
+            if not size:
+                head = self.s3.head_object(Bucket=bucket, Key=key, **self._owner)
+                size = int(head.get("ContentLength", 0))
+            return S3RangeReader(
+                self.s3, bucket, key, size=size, etag=info.etag, version_id=info.version_id, extra=self._owner
+            )
         return open(info.uri, "rb")
 
     def read_bytes(self, uri: str, *, max_bytes: int | None = None) -> bytes:
@@ -170,32 +179,23 @@ class Storage:
         if is_s3(uri):
             import smart_open
 
-            params: dict[str, Any] = {"client": self.s3, "min_part_size": _PART_SIZE}
+            # One PutObject per object (a part is at most one work unit): a third of the requests of a
+            # multipart upload, and a killed run leaves no incomplete upload behind. The body is
+            # buffered in an anonymous temporary file, so memory stays flat whatever the part's size.
+            spool = tempfile.TemporaryFile(prefix="smrt-put-")
+            params: dict[str, Any] = {"client": self.s3, "multipart_upload": False, "writebuffer": spool}
             if self._write_args:
-                params["client_kwargs"] = {
-                    "S3.Client.create_multipart_upload": dict(self._write_args),
-                    "S3.Client.put_object": dict(self._write_args),
-                    "S3.Client.upload_part": dict(self._owner),
-                    "S3.Client.complete_multipart_upload": dict(self._owner),
-                    "S3.Client.abort_multipart_upload": dict(self._owner),
-                }
-            # Inside `with`: an exception aborts the multipart upload, so nothing partial is committed.
+                params["client_kwargs"] = {"S3.Client.put_object": dict(self._write_args)}
+            # Inside `with`: an exception discards the buffered body, so nothing partial is committed.
             body_failed = False
-            handle: Any = None
             try:
                 with smart_open.open(uri, "wb", compression="disable", transport_params=params) as fh:
-                    handle = fh
                     try:
                         yield fh
                     except BaseException:
                         body_failed = True
                         raise
             except Exception as err:
-                if not body_failed and handle is not None:
-                    # The commit itself failed (e.g. CompleteMultipartUpload denied): smart-open leaves the
-                    # multipart upload open then; abort it so no orphaned upload stays behind.
-                    with contextlib.suppress(Exception):
-                        handle.terminate()
                 if body_failed and not _is_s3_error(err):
                     raise
                 raise OutputError(
@@ -203,6 +203,8 @@ class Storage:
                     "connection's identity may s3:PutObject there (and use the KMS key of s3_write_args, if any); "
                     "objects committed before this one are kept, and a rerun resumes from them"
                 ) from err
+            finally:
+                spool.close()
             return
         target = Path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -260,3 +262,98 @@ def _describe_s3_error(err: BaseException) -> str:
     if cause is not None and cause is not err and _is_s3_error(cause):
         return _describe_s3_error(cause)
     return f"{type(err).__name__}: {err}"
+
+
+class S3RangeReader(io.RawIOBase):
+    """A read-only, seekable view of one S3 object in which every read is one bounded, ranged GetObject.
+
+    Seeking costs nothing; ``read(n)`` fetches exactly the bytes asked for. Given to
+    ``pyarrow.parquet.ParquetFile(..., pre_buffer=True)``, whose reads are the footer and then one
+    coalesced range of column chunks per row-group window, that is one request per range. Reads carry
+    ``IfMatch`` (the ETag seen at planning) or ``VersionId``, so an object replaced during the run fails
+    with a clear :class:`InputDataError` instead of mixing two versions' bytes.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        size: int,
+        etag: str | None = None,
+        version_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._size = size
+        self._position = 0
+        self._params: dict[str, Any] = dict(extra or {})
+        if version_id:
+            self._params["VersionId"] = version_id
+        elif etag:
+            self._params["IfMatch"] = etag if etag.startswith('"') else f'"{etag}"'
+        self.requests = 0
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self._bucket}/{self._key}"
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}.get(whence)
+        if base is None:
+            raise ValueError(f"invalid whence {whence!r}")
+        self._position = max(0, base + offset)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on a closed S3 object reader")
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        if end <= self._position:
+            return b""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self._client.get_object(
+                Bucket=self._bucket, Key=self._key, Range=f"bytes={self._position}-{end - 1}", **self._params
+            )
+            data = bytes(response["Body"].read())
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code in ("PreconditionFailed", "412"):
+                raise InputDataError(
+                    f"{self.uri} changed while it was being read (its ETag is no longer the one seen when the run "
+                    "was planned): rerun the task once the input is final; parts already written are kept, and "
+                    "the changed file is scored again"
+                ) from err
+            raise
+        self.requests += 1
+        if len(data) != end - self._position:
+            raise OSError(
+                f"{self.uri}: asked for bytes {self._position}-{end - 1} and got {len(data)} bytes: the object "
+                "changed or the connection broke; rerun the task"
+            )
+        self._position = end
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)

@@ -102,7 +102,7 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
             overwrite = {**conf, "op": {**op, "if_exists": "overwrite"}}
             runs.append(run_score(overwrite, tmp_path / "overwrite"))
             proxy.state.writes = 0
-            proxy.state.fail_writes_after = 2  # upload created, part uploaded, completion denied: aborted
+            proxy.state.fail_writes_after = 2  # two objects written, the third PutObject denied: discarded
             denied = {**conf, "output_uri": s3_prefix + "out-denied/"}
             runs.append(run_score(denied, tmp_path / "denied"))
     assert [r.state for r in runs] == ["success", "success", "success", "failed"], [r.error for r in runs]

@@ -39,7 +39,7 @@ def test_failing_output_write_fails_clearly_and_rerun_completes(
     tmp_path: Path,
     figures: Figures,
 ) -> None:
-    """Between the operator and S3, a proxy denies every write after the 9th (3 parts of 3 writes each)."""
+    """Between the operator and S3, a proxy denies every write after the 3rd (3 parts, one PutObject each)."""
     data = put_files(s3_client, s3_prefix + "in/", files=FILES, rows=ROWS)
     endpoint = make_endpoint("sum")
     conf = {
@@ -50,7 +50,7 @@ def test_failing_output_write_fails_clearly_and_rerun_completes(
         "op": {"concurrency": 1},
     }
     with FaultProxy(local_stack.s3_endpoint_url) as proxy:
-        proxy.state.fail_writes_after = 9
+        proxy.state.fail_writes_after = 3
         service_config = {
             "s3": {"endpoint_url": proxy.url},
             "sagemaker-runtime": {"endpoint_url": local_stack.runtime_endpoint_url},
@@ -77,7 +77,7 @@ def test_failing_output_write_fails_clearly_and_rerun_completes(
     assert len(ids) == len(set(ids)) == FILES * ROWS
     assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected_sum(data))
     figures.record(
-        "s3_write_denied_after_9_writes",
+        "s3_write_denied_after_3_writes",
         result="task failed with OutputError; rerun success",
         units=FILES,
         units_kept=len(done),
