@@ -2,11 +2,13 @@
 
 Threads:
 
-- the *reader* (the caller's thread) reads Parquet batches, cuts them into requests and submits
-  them, acquiring a buffer slot and an in-flight slot *before* each submit (as s3transfer's
+- the *reader* (the caller's thread) takes Parquet batches from a read-ahead thread, cuts them into
+  requests and submits them, acquiring a buffer slot *before* each submit (as s3transfer's
   ``BoundedExecutor`` does), so it blocks instead of queueing without bound;
-- *workers* (a pool of ``concurrency`` threads) send requests with the retry policy, bisect a batch
-  the model rejects to isolate poison rows, and decode predictions;
+- *workers* (a pool of ``concurrency`` + :data:`ENCODE_AHEAD` threads) encode a request, take an
+  in-flight slot only for the call itself (so the next bodies are encoded while ``concurrency``
+  requests are at the endpoint), send it with the retry policy, bisect a batch the model rejects to
+  isolate poison rows, and decode predictions;
 - the *writer* joins predictions to pass-through columns and streams each unit's rows, in input
   order, into its part, which it commits atomically when the unit is complete.
 
@@ -49,6 +51,9 @@ from airflow_provider_smrt.scoring.sink import (
 from airflow_provider_smrt.scoring.storage import basename
 
 log = logging.getLogger(__name__)
+
+#: Workers beyond ``concurrency``: they encode the next requests while ``concurrency`` are in flight.
+ENCODE_AHEAD = 4
 
 
 class InvokeResult(Protocol):
@@ -307,7 +312,7 @@ class Pipeline:
         writer = threading.Thread(target=self._write_loop, name="smrt-writer", daemon=True)
         writer.start()
         stop = self.coordinator.stop
-        executor = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="smrt-invoke")
+        executor = ThreadPoolExecutor(max_workers=self.concurrency + ENCODE_AHEAD, thread_name_prefix="smrt-invoke")
         current: WorkUnit | None = None
         seq = 0
         rows_in_unit = 0
@@ -371,9 +376,6 @@ class Pipeline:
             if stop.is_set():
                 return False
             self._maybe_progress()
-        if not self.limiter.acquire(stop):
-            self._buffer.release()
-            return False
         return True
 
     def _maybe_progress(self) -> None:
@@ -401,8 +403,6 @@ class Pipeline:
             self._results.put(("result", (task, pieces, errors)))
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
-        finally:
-            self.limiter.release()
 
     def _on_retry(self, err: InvocationError, attempt: int, delay: float) -> None:
         self.stats.add(retries=1, throttles=1 if err.throttled else 0)
@@ -413,11 +413,16 @@ class Pipeline:
     def _score(
         self, task: _Task, offset: int, count: int, body: bytes
     ) -> tuple[list[_Piece], list[tuple[int, int, InvocationError]]]:
-        """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them."""
-        if self.coordinator.stop.is_set():
+        """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them.
+
+        The in-flight slot is held for the call (with its retries) only: encoding and decoding happen
+        outside it.
+        """
+        if not self.limiter.acquire(self.coordinator.stop):
             raise ScoringCancelledError("scoring stopped")
-        self.stats.add(requests=1)
+        rejected: ModelInputError | None = None
         try:
+            self.stats.add(requests=1)
             result = self.retry_policy.call(
                 lambda: self.invoke(body),
                 endpoint_name=self.endpoint_name,
@@ -425,8 +430,12 @@ class Pipeline:
                 cancel=self.coordinator.stop,
             )
         except ModelInputError as err:
+            rejected = err
+        finally:
+            self.limiter.release()
+        if rejected is not None:
             if count == 1:
-                return [], [(offset, 1, err)]
+                return [], [(offset, 1, rejected)]
             self.stats.add(bisections=1)
             half = count // 2
             left = self._score(task, offset, half, self.codec.encode(task.features.slice(offset, half)))
