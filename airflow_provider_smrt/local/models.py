@@ -1,4 +1,4 @@
-"""The models a local endpoint can host: ``diabetes`` (the demo), ``sum``, ``llm`` and ``forward``.
+"""The models a local endpoint can host: ``diabetes`` (the demo), ``sum``, ``constant``, ``llm`` and ``forward``.
 
 Every model has ``predict(body, content_type, accept, ...) -> Prediction`` and raises
 :class:`ModelFailure` (the status and message a model container would answer) when it cannot.
@@ -174,6 +174,53 @@ class SumModel(TabularModel):
         return np.column_stack([columns[name]() for name in self.output_names])
 
 
+class ConstantModel:
+    """One constant prediction per row, without parsing the features: for benchmarks of the client.
+
+    A real endpoint's CPU is not on the client's machine; on the local stack it is. This model counts
+    the rows of a ``text/csv`` or ``application/jsonlines`` body by its lines (``application/json``:
+    the length of ``instances``) and answers ``value`` for each, so the server's CPU per request is
+    little more than its HTTP handling. Nothing is validated: use ``sum`` to check what is sent.
+    """
+
+    def __init__(self, *, value: float = 0.0) -> None:
+        self.value = value
+        self._line = orjson.dumps(value) + b"\n"
+
+    def predict(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        *,
+        headers: dict[str, str] | None = None,
+        inspect: Inspector | None = None,
+    ) -> Prediction:
+        """Count the rows and answer the constant for each (``inspect`` does not apply: nothing is parsed)."""
+        ctype = tabular.media_type(content_type, default=tabular.CSV)
+        out_type = tabular.media_type(accept, default=ctype)
+        if ctype not in tabular.SUPPORTED:
+            raise ModelFailure(415, f"unsupported content type {ctype!r}")
+        if out_type not in tabular.SUPPORTED:
+            raise ModelFailure(406, f"unsupported accept {out_type!r}")
+        if ctype == tabular.JSON:
+            try:
+                doc = orjson.loads(body)
+            except orjson.JSONDecodeError as err:
+                raise ModelFailure(400, f"invalid JSON: {err}") from err
+            rows = len(doc.get("instances", ()) if isinstance(doc, dict) else doc)
+        else:
+            rows = body.count(b"\n") + (0 if not body or body.endswith(b"\n") else 1)
+        if rows == 0:
+            raise ModelFailure(400, "the payload holds no rows")
+        if out_type == tabular.JSON:
+            encoded = orjson.dumps({"predictions": [self.value] * rows})
+        else:
+            encoded = self._line * rows
+        custom = (headers or {}).get("X-Amzn-SageMaker-Custom-Attributes")
+        return Prediction(body=encoded, content_type=out_type, rows=rows, custom_attributes=custom)
+
+
 class LlmModel:
     """A stand-in for a text-generation container (Hugging Face TGI style), deterministic and cheap.
 
@@ -323,15 +370,17 @@ class ForwardModel:
 
 
 def build_model(*, model: str, outputs: Sequence[str] | None = None, model_url: str | None = None) -> Model:
-    """Build the model named ``model`` (``diabetes``, ``sum``, ``llm`` or ``forward``)."""
+    """Build the model named ``model`` (``diabetes``, ``sum``, ``constant``, ``llm`` or ``forward``)."""
     if model == "diabetes":
         return DiabetesModel()
     if model == "llm":
         return LlmModel()
     if model == "sum":
         return SumModel(outputs=tuple(outputs) if outputs else ("sum",))
+    if model == "constant":
+        return ConstantModel()
     if model == "forward":
         if not model_url:
             raise ValueError("model 'forward' needs model_url")
         return ForwardModel(model_url=model_url)
-    raise ValueError(f"unknown model {model!r}; use diabetes, sum, llm or forward")
+    raise ValueError(f"unknown model {model!r}; use diabetes, sum, constant, llm or forward")

@@ -88,6 +88,34 @@ def test_sum_rejects_non_numeric(runtime_client: Any, make_endpoint: Any) -> Non
     assert "not numeric" in info.value.response["OriginalMessage"]
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "accept", "rows", "expected"),
+    [
+        (b"1,2\n3,4\n5,6\n", "text/csv", "text/csv", 3, b"0.0\n0.0\n0.0\n"),
+        (b"1,2\n3,4", "text/csv", None, 2, b"0.0\n0.0\n"),  # no final newline
+        (b'[1,"x"]\n[3,4]\n', "application/jsonlines", "application/json", 2, b'{"predictions":[0.0,0.0]}'),
+        (b'{"instances": [[1], [2], [3], [4]]}', "application/json", None, 4, b'{"predictions":[0.0,0.0,0.0,0.0]}'),
+    ],
+)
+def test_constant_answers_one_value_per_row_without_parsing(
+    runtime_client: Any,
+    make_endpoint: Any,
+    endpoint_stats: Any,
+    body: bytes,
+    content_type: str,
+    accept: str | None,
+    rows: int,
+    expected: bytes,
+) -> None:
+    name = make_endpoint("constant")
+    out, _ = _call(runtime_client, name, body, content_type, accept)
+    assert out == expected
+    assert endpoint_stats(name)["rows_ok"] == rows
+    with pytest.raises(ClientError) as caught:
+        _call(runtime_client, name, b"", "text/csv")
+    assert caught.value.response["OriginalStatusCode"] == 400
+
+
 def test_large_csv_request_is_exact(runtime_client: Any) -> None:
     rng = np.random.default_rng(7)
     values = rng.normal(size=(500, 20))
