@@ -99,6 +99,10 @@ class Stats:
                 **self.counters,
                 "max_concurrent": self.max_concurrent,
                 "busy_seconds": round(busy, 6),
+                # time.monotonic() of the busy window's ends (CLOCK_MONOTONIC: comparable between processes
+                # of one machine, e.g. to measure a client's CPU inside the window); None before any request
+                "first_arrival_monotonic": self.first_arrival,
+                "last_response_monotonic": self.last_response,
                 "last_request_headers": dict(self.last_request_headers),
             }
 

@@ -45,6 +45,11 @@ class InputFile:
     metadata: pq.FileMetaData | None = dataclasses.field(default=None, compare=False, repr=False)
     row_group_bytes: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
 
+    def __hash__(self) -> int:
+        # Cheap and consistent with equality (the generated hash would hash the schema on every call;
+        # units are dictionary keys in the pipeline's hot path).
+        return hash((self.info.uri, self.info.etag, self.num_rows))
+
     @property
     def uri(self) -> str:
         return self.info.uri
@@ -72,6 +77,9 @@ class WorkUnit:
     file: InputFile
     start: int
     end: int
+
+    def __hash__(self) -> int:
+        return hash((self.file.info.uri, self.start, self.end))
 
     @property
     def num_rows(self) -> int:
