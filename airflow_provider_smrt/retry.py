@@ -95,9 +95,8 @@ class RetryPolicy:
         *,
         endpoint_name: str | None = None,
         on_retry: OnRetry | None = None,
-        cancel: threading.Event | None = None,
     ) -> T:
-        """The asyncio twin of :meth:`call` (``cancel`` is checked at least every 50 ms of a backoff)."""
+        """The asyncio twin of :meth:`call`."""
         started = time.monotonic()
         attempt = 0
         while True:
@@ -107,20 +106,13 @@ class RetryPolicy:
             except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
                 delay = self.delay(attempt, err)
-                if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
+                if not self.should_retry(err, attempt, started, delay):
                     if err is raw:
                         raise
                     raise err from raw
                 if on_retry is not None:
                     on_retry(err, attempt, delay)
-                if cancel is None:
-                    await asyncio.sleep(delay)
-                    continue
-                wake = time.monotonic() + delay
-                while (left := wake - time.monotonic()) > 0:
-                    if cancel.is_set():
-                        raise err from raw
-                    await asyncio.sleep(min(left, 0.05))
+                await asyncio.sleep(delay)
 
 
 #: A single attempt: for callers (the scoring pipeline) that apply the policy themselves.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Iterator
 from copy import deepcopy
@@ -112,51 +111,10 @@ class SageMakerRuntimeHook(AwsBaseHook):
         :param cancel: an event that, once set, stops further retries.
         :raises InvocationError: a classified error, raised from the botocore error.
         """
-        params = self._invoke_endpoint_request(
-            endpoint_name,
-            body,
-            content_type=content_type,
-            accept=accept,
-            custom_attributes=custom_attributes,
-            target_model=target_model,
-            target_variant=target_variant,
-            target_container_hostname=target_container_hostname,
-            inference_id=inference_id,
-            enable_explanations=enable_explanations,
-            inference_component_name=inference_component_name,
-            session_id=session_id,
-        )
-        client = self.conn
-
-        def attempt() -> InvokeEndpointResult:
-            response = client.invoke_endpoint(**params)
-            return _invoke_endpoint_result(response, response["Body"].read())
-
-        policy = retry_policy or self.retry_policy
-        return policy.call(attempt, endpoint_name=endpoint_name, on_retry=on_retry, cancel=cancel)
-
-    @classmethod
-    def _invoke_endpoint_request(
-        cls,
-        endpoint_name: str,
-        body: bytes,
-        *,
-        content_type: str | None = None,
-        accept: str | None = None,
-        custom_attributes: str | None = None,
-        target_model: str | None = None,
-        target_variant: str | None = None,
-        target_container_hostname: str | None = None,
-        inference_id: str | None = None,
-        enable_explanations: str | None = None,
-        inference_component_name: str | None = None,
-        session_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Validated InvokeEndpoint parameters (API names) from this hook's keyword names."""
-        cls.validate_invoke_endpoint(
+        self.validate_invoke_endpoint(
             endpoint_name, body, custom_attributes=custom_attributes, inference_id=inference_id
         )
-        return _drop_none(
+        params = _drop_none(
             EndpointName=endpoint_name,
             Body=body,
             ContentType=content_type,
@@ -170,6 +128,21 @@ class SageMakerRuntimeHook(AwsBaseHook):
             InferenceComponentName=inference_component_name,
             SessionId=session_id,
         )
+        client = self.conn
+
+        def attempt() -> InvokeEndpointResult:
+            response = client.invoke_endpoint(**params)
+            return InvokeEndpointResult(
+                body=response["Body"].read(),
+                content_type=response.get("ContentType"),
+                invoked_production_variant=response.get("InvokedProductionVariant"),
+                custom_attributes=response.get("CustomAttributes"),
+                new_session_id=response.get("NewSessionId"),
+                closed_session_id=response.get("ClosedSessionId"),
+            )
+
+        policy = retry_policy or self.retry_policy
+        return policy.call(attempt, endpoint_name=endpoint_name, on_retry=on_retry, cancel=cancel)
 
     @staticmethod
     def validate_invoke_endpoint(
@@ -201,21 +174,6 @@ class SageMakerRuntimeHook(AwsBaseHook):
             return self.invoke_endpoint(endpoint_name, body, retry_policy=NO_RETRY, **params)
 
         return invoke
-
-    def make_async_invoker(self, endpoint_name: str, **params: Any) -> AsyncInvoker:
-        """The asyncio twin of :meth:`make_invoker`: ``await invoke(body)``, one attempt per call.
-
-        Calls go through one aiobotocore client (the connection's credentials, region and endpoint
-        URL, as :meth:`get_async_conn`), created on the first call in the caller's event loop; close
-        it with ``await invoke.aclose()`` in that loop. Errors come back classified, exactly as
-        :meth:`make_invoker`'s. The scoring core uses it to keep every request in flight on one
-        event loop instead of one thread each. Needs aiobotocore (``pip install
-        'airflow-provider-smrt[async]'``).
-        """
-        validate_endpoint_name(endpoint_name)
-        validate_custom_attributes(params.get("custom_attributes"))
-        self._invoke_endpoint_request(endpoint_name, b"-", **params)  # unknown parameters fail now
-        return AsyncInvoker(self, endpoint_name, params)
 
     # -- InvokeEndpointAsync ---------------------------------------------------------------------
 
@@ -383,60 +341,3 @@ class SageMakerRuntimeHook(AwsBaseHook):
     async def get_async_conn(self) -> Any:
         """An aiobotocore ``sagemaker-runtime`` client (use as ``async with``), for triggers."""
         return await super().get_async_conn()
-
-
-def _invoke_endpoint_result(response: dict[str, Any], body: bytes) -> InvokeEndpointResult:
-    return InvokeEndpointResult(
-        body=body,
-        content_type=response.get("ContentType"),
-        invoked_production_variant=response.get("InvokedProductionVariant"),
-        custom_attributes=response.get("CustomAttributes"),
-        new_session_id=response.get("NewSessionId"),
-        closed_session_id=response.get("ClosedSessionId"),
-    )
-
-
-class AsyncInvoker:
-    """``await invoker(body)``: one InvokeEndpoint through aiobotocore.
-
-    Made by :meth:`SageMakerRuntimeHook.make_async_invoker`.
-    """
-
-    def __init__(self, hook: SageMakerRuntimeHook, endpoint_name: str, params: dict[str, Any]) -> None:
-        self._hook = hook
-        self.endpoint_name = endpoint_name
-        self._params = params
-        self._client: Any = None
-        self._context: Any = None
-        self._opening: asyncio.Lock | None = None
-
-    async def _connect(self) -> Any:
-        if self._client is None:
-            if self._opening is None:
-                self._opening = asyncio.Lock()
-            async with self._opening:
-                if self._client is None:
-                    context = await self._hook.get_async_conn()
-                    self._client = await context.__aenter__()
-                    self._context = context
-        return self._client
-
-    async def __call__(self, body: bytes) -> InvokeEndpointResult:
-        request = self._hook._invoke_endpoint_request(self.endpoint_name, body, **self._params)
-        try:
-            client = await self._connect()
-            response = await client.invoke_endpoint(**request)
-            async with response["Body"] as stream:
-                data = await stream.read()
-        except Exception as raw:
-            err = classify_error(raw, endpoint_name=self.endpoint_name)
-            if err is raw:
-                raise
-            raise err from raw
-        return _invoke_endpoint_result(response, bytes(data))
-
-    async def aclose(self) -> None:
-        """Close the aiobotocore client (its connection pool); the invoker can be used again after."""
-        context, self._context, self._client = self._context, None, None
-        if context is not None:
-            await context.__aexit__(None, None, None)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +10,7 @@ from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_provider_smrt.exceptions import ModelError
-from airflow_provider_smrt.hooks.sagemaker_runtime import AsyncInvoker, SageMakerRuntimeHook
+from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
@@ -219,7 +218,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
         ).get_conn()
         return ScoringJob(
             config=config,
-            invoke=self._invoker(params),
+            invoke=self._recording_model_errors(self.hook.make_invoker(self.endpoint_name, **params)),
             storage=Storage(
                 s3_client=s3_client,
                 write_extra_args=self.s3_write_args,
@@ -229,13 +228,6 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
             progress_interval=self.progress_interval,
             logger=self.log,  # type: ignore[arg-type]
         )
-
-    def _invoker(self, params: dict[str, Any]) -> Any:
-        """The hook's aiobotocore invoker when aiobotocore is installed (every request in flight on one
-        event loop), else its boto3 invoker (one thread per request in flight)."""
-        if importlib.util.find_spec("aiobotocore") is not None:
-            return _RecordingAsyncInvoker(self, self.hook.make_async_invoker(self.endpoint_name, **params))
-        return self._recording_model_errors(self.hook.make_invoker(self.endpoint_name, **params))
 
     def _recording_model_errors(self, invoke: Callable[[bytes], InvokeResult]) -> Callable[[bytes], InvokeResult]:
         """Wrap the invoker to remember the ``LogStreamArn`` of the last ModelError (for the logs link)."""
@@ -296,22 +288,3 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
         """Stop new requests; in-flight requests finish; unfinished parts are never committed."""
         if self._job is not None:
             self._job.cancel("the task was killed or timed out")
-
-
-class _RecordingAsyncInvoker:
-    """An async invoker that remembers the ``LogStreamArn`` of the last ModelError (for the logs link)."""
-
-    def __init__(self, operator: SageMakerBatchScoreOperator, invoke: AsyncInvoker) -> None:
-        self._operator = operator
-        self._invoke = invoke
-
-    async def __call__(self, body: bytes) -> InvokeResult:
-        try:
-            return await self._invoke(body)
-        except ModelError as err:
-            if err.log_stream_arn:
-                self._operator._model_log_stream_arn = err.log_stream_arn
-            raise
-
-    async def aclose(self) -> None:
-        await self._invoke.aclose()

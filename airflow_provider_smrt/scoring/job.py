@@ -37,7 +37,7 @@ from airflow_provider_smrt.scoring.dataset import (
     read_input_files,
     resolve_inputs,
 )
-from airflow_provider_smrt.scoring.pipeline import AsyncInvoker, Coordinator, Invoker, Pipeline, RunStats
+from airflow_provider_smrt.scoring.pipeline import Coordinator, Invoker, Pipeline, RunStats
 from airflow_provider_smrt.scoring.sink import (
     ERRORS_DIR,
     MANIFEST_NAME,
@@ -166,9 +166,7 @@ class ScoringJob:
     """One scoring run over a dataset.
 
     :param config: what to score.
-    :param invoke: ``invoke(body) -> result`` that makes exactly one InvokeEndpoint request, or an
-        ``async`` one (e.g. :meth:`SageMakerRuntimeHook.make_async_invoker`), awaited on the
-        pipeline's event loop.
+    :param invoke: ``invoke(body) -> result`` that makes exactly one InvokeEndpoint request.
     :param storage: S3/local storage (see :class:`~airflow_provider_smrt.scoring.storage.Storage`).
     :param retry_policy: applied to every request.
     :param progress_interval: seconds between progress lines in the log.
@@ -178,7 +176,7 @@ class ScoringJob:
         self,
         *,
         config: ScoringConfig,
-        invoke: Invoker | AsyncInvoker,
+        invoke: Invoker,
         storage: Storage,
         retry_policy: RetryPolicy | None = None,
         progress_interval: float = 10.0,
@@ -515,7 +513,7 @@ class ScoringJob:
 def score_dataset(
     *,
     config: ScoringConfig,
-    invoke: Invoker | AsyncInvoker,
+    invoke: Invoker,
     s3_client: Any = None,
     retry_policy: RetryPolicy | None = None,
     progress_interval: float = 10.0,

@@ -5,32 +5,26 @@ Threads:
 - the *reader* (the caller's thread) takes Parquet batches from a read-ahead thread, cuts them into
   requests and submits them, acquiring a buffer slot *before* each submit (as s3transfer's
   ``BoundedExecutor`` does), so it blocks instead of queueing without bound;
-- one *event loop* thread (``smrt-invoke-loop``) runs a coroutine per request: the body is encoded
-  in a small thread pool (Arrow's encoders release the GIL) before an in-flight slot is taken (so
-  the next bodies are ready while ``concurrency`` requests are at the endpoint), the call is
-  retried with the retry policy, a batch the model rejects is bisected to isolate poison rows, and
-  the predictions are decoded in the pool. An *async* invoker (aiobotocore, see
-  :meth:`SageMakerRuntimeHook.make_async_invoker`) makes every call from the loop itself: no thread
-  per request in flight. A plain ``invoke(body)`` callable runs in ``concurrency`` pool threads;
+- *workers* (a pool of ``concurrency`` + :data:`ENCODE_AHEAD` threads) encode a request, take an
+  in-flight slot only for the call itself (so the next bodies are encoded while ``concurrency``
+  requests are at the endpoint), send it with the retry policy, bisect a batch the model rejects to
+  isolate poison rows, and decode predictions;
 - the *writer* joins predictions to pass-through columns and streams each unit's rows, in input
   order, into its part, which it commits atomically when the unit is complete.
 
 One :class:`Coordinator` holds the first fatal error; every thread checks it before new work.
 Throttling lowers the in-flight target multiplicatively; successes raise it back additively.
-Airflow-free: the caller passes ``invoke(body) -> result`` or ``async invoke(body) -> result``.
+Airflow-free: the caller passes an ``invoke(body) -> result`` callable.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import inspect
 import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,8 +52,8 @@ from airflow_provider_smrt.scoring.storage import basename
 
 log = logging.getLogger(__name__)
 
-#: Threads that encode request bodies and decode responses (beside those of a synchronous invoker).
-CODEC_THREADS = 4
+#: Workers beyond ``concurrency``: they encode the next requests while ``concurrency`` are in flight.
+ENCODE_AHEAD = 4
 
 
 class InvokeResult(Protocol):
@@ -73,13 +67,6 @@ class InvokeResult(Protocol):
 
 
 Invoker = Callable[[bytes], InvokeResult]
-AsyncInvoker = Callable[[bytes], Awaitable[InvokeResult]]
-
-
-def is_async_invoker(invoke: object) -> bool:
-    """True for ``async def invoke(body)`` (or an object whose ``__call__`` is a coroutine function)."""
-    call = type(invoke).__call__ if not inspect.isfunction(invoke) and callable(invoke) else None
-    return inspect.iscoroutinefunction(invoke) or inspect.iscoroutinefunction(call)
 
 
 class Coordinator:
@@ -107,8 +94,6 @@ class Coordinator:
 class AdaptiveLimiter:
     """In-flight request limit that shrinks on throttling and grows back on success (AIMD).
 
-    Used from the pipeline's event loop only (so it needs no lock): :meth:`acquire` waits for a slot.
-
     :param limit: the upper bound (the user's ``concurrency``).
     :param decrease: factor applied on throttling, at most once per ``cooldown`` seconds.
     """
@@ -120,48 +105,43 @@ class AdaptiveLimiter:
         self._cooldown = cooldown
         self._last_decrease = 0.0
         self._in_flight = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._cond = threading.Condition()
         self.min_seen = limit
 
     @property
     def limit(self) -> int:
         return max(1, int(self._limit))
 
-    async def acquire(self, stop: threading.Event) -> bool:
-        """Wait for a slot; False once ``stop`` is set (a waiter sees it when the next slot frees)."""
-        while self._in_flight >= self.limit and not stop.is_set():
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            await waiter
-        if stop.is_set():
-            self._wake(everyone=True)  # pass it on: every waiter must see the stop
-            return False
-        self._in_flight += 1
-        return True
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait for a slot; False if ``stop`` was set first."""
+        with self._cond:
+            while self._in_flight >= self.limit:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.05)
+            if stop.is_set():
+                return False
+            self._in_flight += 1
+            return True
 
     def release(self) -> None:
-        self._in_flight -= 1
-        self._wake()
-
-    def _wake(self, *, everyone: bool = False) -> None:
-        free = len(self._waiters) if everyone else self.limit - self._in_flight
-        while free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify()
 
     def on_throttle(self) -> None:
-        now = time.monotonic()
-        if now - self._last_decrease >= self._cooldown:
-            self._limit = max(1.0, self._limit * self._decrease)
-            self._last_decrease = now
-            self.min_seen = min(self.min_seen, self.limit)
+        with self._cond:
+            now = time.monotonic()
+            if now - self._last_decrease >= self._cooldown:
+                self._limit = max(1.0, self._limit * self._decrease)
+                self._last_decrease = now
+                self.min_seen = min(self.min_seen, self.limit)
 
     def on_success(self) -> None:
-        if self._limit < self.max_limit:
-            self._limit = min(float(self.max_limit), self._limit + 1.0 / self._limit)
-            self._wake()
+        with self._cond:
+            if self._limit < self.max_limit:
+                self._limit = min(float(self.max_limit), self._limit + 1.0 / self._limit)
+                self._cond.notify()
 
 
 class ReadAhead:
@@ -272,9 +252,7 @@ class _Piece:
 class Pipeline:
     """Runs work units through the endpoint into parts. One instance per run.
 
-    :param invoke: ``invoke(body) -> result`` or ``async invoke(body) -> result`` making exactly one
-        request (errors classified). An async invoker is called from the pipeline's event loop (and
-        closed with its ``aclose()``, if it has one, at the end of the run).
+    :param invoke: ``invoke(body) -> result`` making exactly one request (errors classified).
     :param codec: encodes feature rows and decodes predictions.
     :param planner: cuts feature batches into requests under the payload and row limits.
     :param open_part: ``open_part(unit) -> PartWriter`` for a unit about to be scored.
@@ -287,7 +265,7 @@ class Pipeline:
     def __init__(
         self,
         *,
-        invoke: Invoker | AsyncInvoker,
+        invoke: Invoker,
         codec: Codec,
         planner: Planner,
         open_part: Callable[[WorkUnit], PartWriter],
@@ -326,11 +304,6 @@ class Pipeline:
         self.prediction_schema: pa.Schema | None = None
         self._schema_lock = threading.Lock()
         self.concurrency = concurrency
-        self._async_invoke = is_async_invoker(invoke)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
-        self._pending: set[concurrent.futures.Future[None]] = set()
-        self._pending_lock = threading.Lock()
 
     # -- reader (caller's thread) ----------------------------------------------------------------
 
@@ -339,11 +312,7 @@ class Pipeline:
         writer = threading.Thread(target=self._write_loop, name="smrt-writer", daemon=True)
         writer.start()
         stop = self.coordinator.stop
-        threads = CODEC_THREADS + (0 if self._async_invoke else self.concurrency)
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="smrt-invoke")
-        self._loop = asyncio.new_event_loop()
-        loop_thread = threading.Thread(target=self._loop.run_forever, name="smrt-invoke-loop", daemon=True)
-        loop_thread.start()
+        executor = ThreadPoolExecutor(max_workers=self.concurrency + ENCODE_AHEAD, thread_name_prefix="smrt-invoke")
         current: WorkUnit | None = None
         seq = 0
         rows_in_unit = 0
@@ -362,7 +331,7 @@ class Pipeline:
                 passthrough = table.select(self.passthrough_columns)
                 offset = 0
                 while offset < features.num_rows:
-                    # Only the row range is decided here; the body is encoded off this thread.
+                    # Only the row range is decided here; the worker encodes it (off this thread).
                     try:
                         count = self.planner.slice_rows(features, offset)
                     except InputDataError as err:
@@ -378,7 +347,7 @@ class Pipeline:
                     )
                     seq += 1
                     offset += count
-                    self._submit(task)
+                    executor.submit(self._work, task)
                     self._maybe_progress()
                 rows_in_unit += batch.num_rows
             if current is not None and not stop.is_set():
@@ -387,50 +356,13 @@ class Pipeline:
             self.coordinator.fail(err)
         finally:
             source.close()
-            self._drain()
-            self._close_loop(loop_thread)
-            self._executor.shutdown(wait=True)
+            executor.shutdown(wait=True)
             self._results.put(("stop", None))
             while writer.is_alive():
                 writer.join(timeout=self._progress_interval)
                 self._maybe_progress()
         self.coordinator.raise_if_failed()
         return self.stats
-
-    def _submit(self, task: _Task) -> None:
-        assert self._loop is not None
-        future = asyncio.run_coroutine_threadsafe(self._work(task), self._loop)
-        with self._pending_lock:
-            self._pending.add(future)
-        future.add_done_callback(self._forget)
-
-    def _forget(self, future: concurrent.futures.Future[None]) -> None:
-        with self._pending_lock:
-            self._pending.discard(future)
-
-    def _drain(self) -> None:
-        """Wait for every submitted request (they stop early once the coordinator is stopped)."""
-        while True:
-            with self._pending_lock:
-                pending = list(self._pending)
-            if not pending:
-                return
-            concurrent.futures.wait(pending, timeout=self._progress_interval)
-            self._maybe_progress()
-
-    def _close_loop(self, loop_thread: threading.Thread) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        close = getattr(self.invoke, "aclose", None)
-        if self._async_invoke and close is not None:
-            try:
-                asyncio.run_coroutine_threadsafe(close(), loop).result(timeout=30)
-            except Exception as err:  # noqa: BLE001 - closing the client must not hide the run's outcome
-                log.debug("closing the async invoker failed: %s", type(err).__name__)
-        loop.call_soon_threadsafe(loop.stop)
-        loop_thread.join()
-        loop.close()
 
     @staticmethod
     def _locate(err: InputDataError, unit: WorkUnit, base: int) -> InputDataError:
@@ -452,24 +384,20 @@ class Pipeline:
             self._last_progress = now
             self._on_progress(self.stats)
 
-    # -- requests (coroutines on the event loop) -----------------------------------------------------
+    # -- workers ---------------------------------------------------------------------------------
 
-    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
-        assert self._loop is not None and self._executor is not None
-        return await self._loop.run_in_executor(self._executor, fn, *args)
-
-    async def _work(self, task: _Task) -> None:
+    def _work(self, task: _Task) -> None:
         try:
             if self.coordinator.stop.is_set():
                 return
             try:
-                requests = await self._in_pool(lambda: list(self.planner.split(task.features)))
+                requests = list(self.planner.split(task.features))
             except InputDataError as err:
                 raise self._locate(err, task.unit, task.offset) from err
             pieces: list[_Piece] = []
             errors: list[tuple[int, int, InvocationError]] = []
             for request in requests:
-                more_pieces, more_errors = await self._score(task, request.offset, request.num_rows, request.body)
+                more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
                 pieces += more_pieces
                 errors += more_errors
             self._results.put(("result", (task, pieces, errors)))
@@ -482,32 +410,25 @@ class Pipeline:
             self.limiter.on_throttle()
         log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
 
-    async def _send(self, body: bytes) -> InvokeResult:
-        if self._async_invoke:
-            return await self.invoke(body)  # type: ignore[no-any-return,misc]
-        return await self._in_pool(self.invoke, body)  # type: ignore[no-any-return]
-
-    async def _score(
+    def _score(
         self, task: _Task, offset: int, count: int, body: bytes
     ) -> tuple[list[_Piece], list[tuple[int, int, InvocationError]]]:
         """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them.
 
-        The in-flight slot is taken once the body is encoded and held for the call (with its retries)
-        and the decoding, so that ``concurrency=1`` stays strictly sequential: no request is sent
-        before the previous one's predictions are decoded.
+        The in-flight slot is held for the call (with its retries) only: encoding and decoding happen
+        outside it.
         """
-        if not await self.limiter.acquire(self.coordinator.stop):
+        if not self.limiter.acquire(self.coordinator.stop):
             raise ScoringCancelledError("scoring stopped")
         rejected: ModelInputError | None = None
         try:
             self.stats.add(requests=1)
-            result = await self.retry_policy.call_async(
-                lambda: self._send(body),
+            result = self.retry_policy.call(
+                lambda: self.invoke(body),
                 endpoint_name=self.endpoint_name,
                 on_retry=self._on_retry,
                 cancel=self.coordinator.stop,
             )
-            predictions = await self._in_pool(self._decode, task, offset, count, result.body)
         except ModelInputError as err:
             rejected = err
         finally:
@@ -517,17 +438,13 @@ class Pipeline:
                 return [], [(offset, 1, rejected)]
             self.stats.add(bisections=1)
             half = count // 2
-            left_body = await self._in_pool(self.codec.encode, task.features.slice(offset, half))
-            left = await self._score(task, offset, half, left_body)
-            right_body = await self._in_pool(self.codec.encode, task.features.slice(offset + half, count - half))
-            right = await self._score(task, offset + half, count - half, right_body)
+            left = self._score(task, offset, half, self.codec.encode(task.features.slice(offset, half)))
+            right_body = self.codec.encode(task.features.slice(offset + half, count - half))
+            right = self._score(task, offset + half, count - half, right_body)
             return left[0] + right[0], left[1] + right[1]
         self.limiter.on_success()
-        return [_Piece(offset, predictions, result.invoked_production_variant)], []
-
-    def _decode(self, task: _Task, offset: int, count: int, body: bytes) -> pa.Table:
         try:
-            predictions = self.codec.decode(body, num_rows=count, content_type=None)
+            predictions = self.codec.decode(result.body, num_rows=count, content_type=None)
         except PredictionCountMismatchError as err:
             raise PredictionCountMismatchError(
                 f"{task.unit.describe(task.offset + offset, count)}: {err} (endpoint {self.endpoint_name!r}); "
@@ -539,7 +456,7 @@ class Pipeline:
                 f"{task.unit.describe(task.offset + offset, count)}: the endpoint returned {predictions.num_rows} "
                 f"predictions for {count} rows: the model must return one prediction per input row"
             )
-        return predictions
+        return [_Piece(offset, predictions, result.invoked_production_variant)], []
 
     # -- writer ----------------------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -278,67 +277,3 @@ def test_async_invocation_end_to_end(
             assert time.monotonic() < deadline, "the async output never appeared"
             time.sleep(0.1)
     assert [float(x) for x in body.split()] == [3.0, 7.0]
-
-
-# -- the aiobotocore invoker (what the scoring core uses when aiobotocore is installed) ------------------
-
-
-def _async_invoke(hook: SageMakerRuntimeHook, endpoint: str, bodies: list[bytes], **params: Any) -> list[Any]:
-    """Call the async invoker once per body, concurrently, on a fresh event loop; errors are returned."""
-
-    async def scenario() -> list[Any]:
-        invoke = hook.make_async_invoker(endpoint, content_type="text/csv", **params)
-        try:
-            return list(await asyncio.gather(*(invoke(body) for body in bodies), return_exceptions=True))
-        finally:
-            await invoke.aclose()
-
-    return asyncio.run(scenario())
-
-
-def test_async_invoker_answers_like_the_sync_one(hook: SageMakerRuntimeHook, make_endpoint: Any) -> None:
-    endpoint = make_endpoint("sum", variants={"blue": 1})
-    bodies = [f"{i},{i}\n{i},1\n".encode() for i in range(20)]
-    results = _async_invoke(hook, endpoint, bodies, accept="text/csv")
-    assert [r.body for r in results] == [f"{2.0 * i}\n{i + 1.0}\n".encode() for i in range(20)]
-    assert {r.invoked_production_variant for r in results} == {"blue"}
-    assert results[0].content_type == "text/csv"
-    sync = hook.make_invoker(endpoint, content_type="text/csv", accept="text/csv")(bodies[3])
-    assert sync.body == results[3].body
-
-
-@pytest.mark.parametrize(
-    ("faults", "cls", "code"),
-    [
-        ({"throttle_rate": 1.0}, ThrottlingError, "ThrottlingException"),
-        ({"error_5xx_rate": 1.0, "error_5xx_code": "ServiceUnavailable"}, ServiceError, "ServiceUnavailable"),
-        ({"model_not_ready_seconds": 600}, ModelNotReadyError, "ModelNotReadyException"),
-        ({"poison_value": 2}, ModelInputError, "ModelError"),
-        ({"reset_rate": 1.0}, TransportError, None),
-    ],
-)
-def test_async_invoker_classifies_errors_as_the_sync_one_does(
-    hook: SageMakerRuntimeHook, make_endpoint: Any, faults: dict, cls: type, code: str | None
-) -> None:
-    endpoint = make_endpoint("sum", faults=faults)
-    [err] = _async_invoke(hook, endpoint, [b"1,2\n"])
-    assert type(err) is cls, repr(err)
-    assert err.retryable is (cls is not ModelInputError)
-    if code is not None:
-        assert err.code == code
-        assert type(error_of(hook, endpoint)) is cls  # the sync invoker agrees
-    if cls is ModelInputError:
-        assert err.original_status_code == 400 and endpoint in err.log_stream_arn
-
-
-def test_async_invoker_validates_before_sending(
-    hook: SageMakerRuntimeHook, make_endpoint: Any, endpoint_stats: Any
-) -> None:
-    endpoint = make_endpoint("sum")
-    with pytest.raises(ParameterValidationError):
-        hook.make_async_invoker("bad name!")
-    with pytest.raises(TypeError):
-        hook.make_async_invoker(endpoint, no_such_parameter=1)
-    [err] = _async_invoke(hook, endpoint, [b"x" * (MAX_PAYLOAD_BYTES + 1)])
-    assert isinstance(err, ParameterValidationError) and "6,291,456" in str(err)
-    assert endpoint_stats(endpoint)["requests"] == 0

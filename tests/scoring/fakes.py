@@ -6,7 +6,6 @@ the pipeline's error paths deterministically.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
 import threading
@@ -80,33 +79,6 @@ class FakeEndpoint:
             self.ok_requests += 1
             self.rows_ok += len(sums)
         return Result("\n".join(repr(s) for s in sums).encode() + b"\n")
-
-
-class AsyncAdapter:
-    """A fake endpoint behind ``async def __call__``: how an aiobotocore invoker looks to the core.
-
-    Each call yields to the event loop (``await asyncio.sleep(delay)``) before answering, so calls
-    overlap as real ones do; the most calls awaiting at once and whether ``aclose`` ran are recorded.
-    """
-
-    def __init__(self, endpoint: FakeEndpoint, *, delay: float = 0.0) -> None:
-        self.endpoint = endpoint
-        self.delay = delay
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.closed = False
-
-    async def __call__(self, body: bytes) -> Result:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            await asyncio.sleep(self.delay)
-            return self.endpoint(body)
-        finally:
-            self.in_flight -= 1
-
-    async def aclose(self) -> None:
-        self.closed = True
 
 
 def numeric_table(rows: int, cols: int = 3, *, start: int = 0) -> pa.Table:

@@ -21,7 +21,7 @@ from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring import dataset
 from airflow_provider_smrt.scoring.job import ScoringConfig, ScoringJob
 from airflow_provider_smrt.scoring.storage import Storage
-from tests.scoring.fakes import AsyncAdapter, FakeEndpoint, numeric_table
+from tests.scoring.fakes import FakeEndpoint, numeric_table
 
 FAST_RETRY = RetryPolicy(max_attempts=12, base_delay=0.001, max_delay=0.01, throttle_base_delay=0.001)
 
@@ -29,17 +29,6 @@ FAST_RETRY = RetryPolicy(max_attempts=12, base_delay=0.001, max_delay=0.01, thro
 @pytest.fixture(autouse=True)
 def small_units(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dataset, "UNIT_ROWS", 1_000)
-
-
-#: How run() hands the fake endpoint to the job: a plain callable (called in pool threads) or an
-#: async one (awaited on the pipeline's event loop, as the hook's aiobotocore invoker is).
-_INVOKER = {"kind": "sync"}
-
-
-@pytest.fixture(autouse=True, params=["sync", "async"])
-def invoker_kind(request: pytest.FixtureRequest) -> str:
-    _INVOKER["kind"] = request.param
-    return str(request.param)
 
 
 def write(path: Path, table: pa.Table, row_group_size: int) -> Path:
@@ -68,8 +57,7 @@ def run(root: Path, endpoint: FakeEndpoint, **overrides: object) -> dict:
         concurrency=overrides.pop("concurrency", 4),  # type: ignore[arg-type]
         **overrides,  # type: ignore[arg-type]
     )
-    invoke = endpoint if _INVOKER["kind"] == "sync" else AsyncAdapter(endpoint, delay=0.001)
-    job = ScoringJob(config=config, invoke=invoke, storage=Storage(), retry_policy=FAST_RETRY)  # type: ignore[arg-type]
+    job = ScoringJob(config=config, invoke=endpoint, storage=Storage(), retry_policy=FAST_RETRY)
     return job.run()
 
 
@@ -196,8 +184,8 @@ def test_prediction_count_mismatch_names_file_and_rows(tmp_path: Path) -> None:
     write(tmp_path / "in" / "a.parquet", numeric_table(300), 300)
     with pytest.raises(PredictionCountMismatchError) as info:
         run(tmp_path, FakeEndpoint(drop_last_prediction=True), concurrency=1)
-    # Every request comes back one short; the first to be decoded is named (bodies are encoded in a
-    # pool, so with concurrency=1 the requests are sent one at a time, not necessarily in row order).
+    # Every request comes back one short; the first to be decoded is named (bodies are encoded by
+    # several workers, so with concurrency=1 requests go one at a time, not necessarily in row order).
     named = re.search(r"a\.parquet rows (\d+)-(\d+): expected 100 predictions, got 99", str(info.value))
     assert named is not None, str(info.value)
     first, last = int(named.group(1)), int(named.group(2))
@@ -334,23 +322,3 @@ def test_error_part_of_a_crashed_unit_is_rewritten_when_rows_fail_again(tmp_path
     summary = run(tmp_path, FakeEndpoint(poison=-1.0), max_error_ratio=0.5)
     errors = pq.read_table(tmp_path / "out" / "_errors" / data_part.name)
     assert errors["id"].to_pylist() == [7] and summary["rows_failed"] == 1
-
-
-def test_async_invoker_is_bounded_by_concurrency_and_closed(tmp_path: Path) -> None:
-    make_inputs(tmp_path)
-    endpoint = FakeEndpoint()
-    invoke = AsyncAdapter(endpoint, delay=0.02)
-    config = ScoringConfig(
-        endpoint_name="fake",
-        input_uri=str(tmp_path / "in"),
-        output_uri=str(tmp_path / "out"),
-        passthrough_columns=["id"],
-        max_rows_per_request=100,
-        concurrency=3,
-    )
-    summary = ScoringJob(config=config, invoke=invoke, storage=Storage(), retry_policy=FAST_RETRY).run()
-    assert summary["rows_scored"] == 4_300
-    assert invoke.max_in_flight == 3  # the limit was reached, never passed
-    assert invoke.closed
-    out = read_output(tmp_path / "out").sort_by("id")
-    assert out.column("prediction").to_pylist() == expected_sum(out.column("id").to_pylist())

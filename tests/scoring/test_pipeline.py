@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
+import time
 
 import pytest
 
@@ -29,44 +29,19 @@ def test_limiter_throttle_burst_counts_once_per_cooldown() -> None:
 
 
 def test_limiter_blocks_at_the_limit_and_stops_on_event() -> None:
-    async def scenario() -> None:
-        limiter = AdaptiveLimiter(limit=2)
-        stop = threading.Event()
-        assert await limiter.acquire(stop) and await limiter.acquire(stop)
-        waiter = asyncio.ensure_future(limiter.acquire(stop))
-        await asyncio.sleep(0.2)
-        assert not waiter.done()  # blocked: two in flight
-        limiter.release()
-        assert await asyncio.wait_for(waiter, 1) is True
-        # Two more wait; the run stops; the next freed slot wakes both, and neither takes a slot.
-        first, second = asyncio.ensure_future(limiter.acquire(stop)), asyncio.ensure_future(limiter.acquire(stop))
-        await asyncio.sleep(0.05)
-        assert not first.done() and not second.done()
-        stop.set()
-        limiter.release()
-        assert await asyncio.wait_for(asyncio.gather(first, second), 1) == [False, False]
-        assert await limiter.acquire(stop) is False
-
-    asyncio.run(scenario())
-
-
-def test_limiter_wakes_waiters_when_the_limit_grows_back() -> None:
-    async def scenario() -> None:
-        limiter = AdaptiveLimiter(limit=4, cooldown=0.0)
-        stop = threading.Event()
-        limiter.on_throttle()
-        limiter.on_throttle()  # 4 → 2.8 → 1.96: one slot
-        assert limiter.limit == 1
-        assert await limiter.acquire(stop)
-        waiter = asyncio.ensure_future(limiter.acquire(stop))
-        await asyncio.sleep(0.01)
-        assert not waiter.done()
-        for _ in range(3):
-            limiter.on_success()  # 1.96 → 2.47 → ...: a second slot
-        assert limiter.limit >= 2
-        assert await asyncio.wait_for(waiter, 1) is True
-
-    asyncio.run(scenario())
+    limiter = AdaptiveLimiter(limit=2)
+    stop = threading.Event()
+    assert limiter.acquire(stop) and limiter.acquire(stop)
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(limiter.acquire(stop)))
+    waiter.start()
+    time.sleep(0.2)
+    assert not got  # blocked: two in flight
+    limiter.release()
+    waiter.join(timeout=5)
+    assert got == [True]
+    stop.set()
+    assert limiter.acquire(stop) is False
 
 
 def test_read_ahead_yields_in_order_and_raises_source_errors() -> None:
