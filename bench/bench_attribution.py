@@ -1,0 +1,105 @@
+"""Where the operator's extra client CPU goes, next to the hand-written loop of bench_scoring.py (a).
+
+One interleaved batch (``--rounds`` rounds, default 4) at latency 50 ms, capacity 16, 500 rows per
+request, concurrency 16, model ``constant``, 400k rows; per variant the median rows/s over the busy
+window and the client's and moto's CPU inside it:
+
+- the operator as in section (a): Parquet from S3, parts to S3;
+- the operator on local Parquet in and out (no S3 traffic at all);
+- the operator on S3 with a raw boto3 invoker instead of the hook's (no validation, classification
+  or Airflow user-agent suffix): ``SageMakerRuntimeHook.make_invoker`` is replaced in this process;
+- the hand-written loop.
+
+Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N]`` (about 2 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_scoring as b
+from _stack import LocalStackProcess, local_control, runtime_client, s3_client
+
+VARIANTS = ("operator, S3", "operator, local files", "operator, S3, raw boto3 invoker", "hand-written loop")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+
+    from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
+    from airflow_provider_smrt.invocation import InvokeEndpointResult
+
+    hook_invoker = SageMakerRuntimeHook.make_invoker
+    work = Path(tempfile.mkdtemp(prefix="smrt-bench-attribution-"))
+    with LocalStackProcess(cpus=b.STACK_CPU) as stack:
+        url = stack.runtime_endpoint_url
+        stack_pid = stack.process.pid if stack.process is not None else 0
+        s3 = s3_client(stack.s3_endpoint_url, max_pool_connections=20)
+        b.quiet_logs()
+
+        def raw_invoker(self: Any, endpoint_name: str, **params: Any) -> Any:
+            client = runtime_client(url, max_pool_connections=18)
+
+            def invoke(body: bytes) -> InvokeEndpointResult:
+                response = client.invoke_endpoint(EndpointName=endpoint_name, Body=body, ContentType="text/csv")
+                return InvokeEndpointResult(
+                    body=response["Body"].read(),
+                    content_type=response.get("ContentType"),
+                    invoked_production_variant=response.get("InvokedProductionVariant"),
+                )
+
+            return invoke
+
+        prefix = f"s3://{b.BUCKET}/bench/in-{uuid.uuid4().hex[:6]}/"
+        b.run_generator(work / "s3", files=16, rows_per_file=25_000, row_group=12_500, s3_prefix=prefix)
+        s3_inputs = [f"{prefix}part-{i:04d}.parquet" for i in range(16)]
+        local_inputs = [
+            str(p) for p in b.generate(directory=work / "local", files=16, rows_per_file=25_000, row_group=12_500)
+        ]
+        endpoint = local_control.put_endpoint(url, model="constant", faults={"latency_ms": 50, "capacity": 16})
+        b.measure_operator(url, endpoint, s3_inputs[:2], rows_per_request=500, concurrency=16)  # warm-up
+
+        results: dict[str, list[tuple[float, float, float]]] = {variant: [] for variant in VARIANTS}
+        for _ in range(args.rounds):
+            for variant in VARIANTS:
+                SageMakerRuntimeHook.make_invoker = raw_invoker if "raw" in variant else hook_invoker  # type: ignore[method-assign]
+                with b.WindowCpu(stack_pid) as cpu:
+                    if variant == "hand-written loop":
+                        run = b.measure_hand_loop(url, endpoint, s3_inputs, s3, rows_per_request=500, concurrency=16)
+                    elif variant == "operator, local files":
+                        with b.settled_gc():
+                            local_control.reset_stats(url, endpoint)
+                            output = str(work / f"out-{uuid.uuid4().hex[:6]}")
+                            b.run_operator(endpoint, local_inputs, output, rows_per_request=500, concurrency=16)
+                            rate, stats = b.busy_rate(url, endpoint)
+                            run = {"busy_rate": rate, "stats": stats}
+                    else:
+                        run = b.measure_operator(url, endpoint, s3_inputs, rows_per_request=500, concurrency=16)
+                stats = run["stats"]
+                used = cpu.between(stats["first_arrival_monotonic"], stats["last_response_monotonic"])
+                results[variant].append((run["busy_rate"], used["client"], used["moto"]))
+        SageMakerRuntimeHook.make_invoker = hook_invoker  # type: ignore[method-assign]
+
+    print(f"\n{args.rounds} interleaved rounds, model `constant`, medians; {b.load()}")
+    print("| variant | rows/s | client CPU s in the window | moto CPU s | runs (k rows/s) |")
+    print("|---|---|---|---|---|")
+    for variant, runs in results.items():
+        rates = [r[0] for r in runs]
+        print(
+            f"| {variant} | {statistics.median(rates):,.0f} | {statistics.median(r[1] for r in runs):.2f} | "
+            f"{statistics.median(r[2] for r in runs):.2f} | {', '.join(f'{r / 1000:.0f}' for r in rates)} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
