@@ -160,15 +160,18 @@ def proc_tree(pid: int) -> list[int]:
     return found
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one live process (0 if it is gone)."""
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return 0.0
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process tree (live processes only)."""
-    total = 0
-    for member in proc_tree(pid):
-        with contextlib.suppress(OSError):
-            with open(f"/proc/{member}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+    return sum(proc_cpu_seconds(member) for member in proc_tree(pid))
 
 
 def tree_rss_bytes(pid: int) -> int:
@@ -204,13 +207,10 @@ class WindowCpu:
             with contextlib.suppress(OSError):
                 with open(f"/proc/{member}/cmdline", "rb") as fh:
                     is_moto = b"moto" in fh.read()
-                with open(f"/proc/{member}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-                cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
                 if is_moto:
-                    moto += cpu
+                    moto += proc_cpu_seconds(member)
                 else:
-                    endpoint += cpu
+                    endpoint += proc_cpu_seconds(member)
         return endpoint, moto
 
     def _take(self) -> None:
