@@ -66,6 +66,18 @@ class Model(Protocol):
         ...
 
 
+def _tabular_types(content_type: str | None, accept: str | None) -> tuple[str, str]:
+    """The request's and the response's media types for the tabular models (the response's defaults to
+    the request's); an unsupported one is a PayloadError with the container's 415 or 406."""
+    ctype = tabular.media_type(content_type, default=tabular.CSV)
+    out_type = tabular.media_type(accept, default=ctype)
+    if ctype not in tabular.SUPPORTED:
+        raise tabular.PayloadError(f"unsupported content type {ctype!r}", status=415)
+    if out_type not in tabular.SUPPORTED:
+        raise tabular.PayloadError(f"unsupported accept {out_type!r}", status=406)
+    return ctype, out_type
+
+
 class TabularModel:
     """Base of the built-in models: decode rows, compute a rows x outputs matrix, encode per Accept."""
 
@@ -85,13 +97,8 @@ class TabularModel:
         inspect: Inspector | None = None,
     ) -> Prediction:
         """Decode, inspect, compute and encode; payload problems become 4xx model failures."""
-        ctype = tabular.media_type(content_type, default=tabular.CSV)
-        out_type = tabular.media_type(accept, default=ctype)
         try:
-            if ctype not in tabular.SUPPORTED:
-                raise tabular.PayloadError(f"unsupported content type {ctype!r}", status=415)
-            if out_type not in tabular.SUPPORTED:
-                raise tabular.PayloadError(f"unsupported accept {out_type!r}", status=406)
+            ctype, out_type = _tabular_types(content_type, accept)
             features = tabular.decode(body, ctype)
             if inspect is not None:
                 inspect(features)
@@ -185,7 +192,6 @@ class ConstantModel:
 
     def __init__(self, *, value: float = 0.0) -> None:
         self.value = value
-        self._line = orjson.dumps(value) + b"\n"
 
     def predict(
         self,
@@ -197,26 +203,18 @@ class ConstantModel:
         inspect: Inspector | None = None,
     ) -> Prediction:
         """Count the rows and answer the constant for each (``inspect`` does not apply: nothing is parsed)."""
-        ctype = tabular.media_type(content_type, default=tabular.CSV)
-        out_type = tabular.media_type(accept, default=ctype)
-        if ctype not in tabular.SUPPORTED:
-            raise ModelFailure(415, f"unsupported content type {ctype!r}")
-        if out_type not in tabular.SUPPORTED:
-            raise ModelFailure(406, f"unsupported accept {out_type!r}")
-        if ctype == tabular.JSON:
-            try:
-                doc = orjson.loads(body)
-            except orjson.JSONDecodeError as err:
-                raise ModelFailure(400, f"invalid JSON: {err}") from err
-            rows = len(doc.get("instances", ()) if isinstance(doc, dict) else doc)
-        else:
-            rows = body.count(b"\n") + (0 if not body or body.endswith(b"\n") else 1)
-        if rows == 0:
-            raise ModelFailure(400, "the payload holds no rows")
-        if out_type == tabular.JSON:
-            encoded = orjson.dumps({"predictions": [self.value] * rows})
-        else:
-            encoded = self._line * rows
+        try:
+            ctype, out_type = _tabular_types(content_type, accept)
+            if ctype == tabular.JSON:
+                doc = tabular._loads(body)
+                rows = len(doc.get("instances", ()) if isinstance(doc, dict) else doc)
+            else:
+                rows = body.count(b"\n") + (0 if not body or body.endswith(b"\n") else 1)
+            if rows == 0:
+                raise tabular.PayloadError("the payload holds no rows")
+            encoded = tabular.encode(np.full((rows, 1), self.value), ("prediction",), out_type)
+        except tabular.PayloadError as err:
+            raise ModelFailure(err.status, str(err)) from err
         custom = (headers or {}).get("X-Amzn-SageMaker-Custom-Attributes")
         return Prediction(body=encoded, content_type=out_type, rows=rows, custom_attributes=custom)
 
