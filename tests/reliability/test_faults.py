@@ -37,6 +37,29 @@ def _check_exactly_once(s3: Any, prefix: str, data: Any, missing: set[int] | Non
     return len(ids)
 
 
+def _record(
+    figures: Figures,
+    name: str,
+    *,
+    rows_written: int,
+    stats: dict[str, Any],
+    result: str = "success",
+    scorable: int = TOTAL,
+    **extra: Any,
+) -> None:
+    """Record a fault run's figures: the rows written against the ``scorable`` ones, and the requests."""
+    figures.record(
+        name,
+        result=result,
+        rows=TOTAL,
+        rows_written=rows_written,
+        rows_lost=scorable - rows_written,
+        rows_duplicated=0,
+        requests=stats["requests"],
+        **extra,
+    )
+
+
 @pytest.mark.parametrize("rate", [0.10, 0.30])
 def test_throttling(
     rate: float,
@@ -56,14 +79,11 @@ def test_throttling(
     assert stats["throttled"] > 0
     assert stats["rows_ok"] == TOTAL  # a throttled request is not scored: no row predicted twice
     assert summary["throttles"] == stats["throttled"]
-    figures.record(
+    _record(
+        figures,
         f"fault_throttle_{int(rate * 100)}pct",
-        result="success",
-        rows=TOTAL,
         rows_written=rows,
-        rows_lost=TOTAL - rows,
-        rows_duplicated=0,
-        requests=stats["requests"],
+        stats=stats,
         throttled=stats["throttled"],
         retries=summary["retries"],
     )
@@ -102,14 +122,11 @@ def test_5xx_burst(
     stats = endpoint_stats(endpoint)
     assert stats["errors_5xx"] >= 12
     assert stats["rows_ok"] == TOTAL
-    figures.record(
+    _record(
+        figures,
         "fault_5xx_burst",
-        result="success",
-        rows=TOTAL,
         rows_written=rows,
-        rows_lost=TOTAL - rows,
-        rows_duplicated=0,
-        requests=stats["requests"],
+        stats=stats,
         errors_5xx=stats["errors_5xx"],
         retries=run.xcom()["retries"],
     )
@@ -126,14 +143,11 @@ def test_model_not_ready_while_warming_up(
     stats = endpoint_stats(endpoint)
     assert stats["not_ready"] > 0
     assert stats["rows_ok"] == TOTAL
-    figures.record(
+    _record(
+        figures,
         "fault_model_not_ready_3s",
-        result="success",
-        rows=TOTAL,
         rows_written=rows,
-        rows_lost=TOTAL - rows,
-        rows_duplicated=0,
-        requests=stats["requests"],
+        stats=stats,
         not_ready=stats["not_ready"],
         retries=run.xcom()["retries"],
     )
@@ -156,14 +170,11 @@ def test_connection_resets_and_read_timeouts(
     # A stalled request is still scored by the server after the client gave up: the output has each row once,
     # the endpoint saw the rows of the timed-out requests twice (at-least-once delivery, exactly-once output).
     assert stats["rows_ok"] >= TOTAL
-    figures.record(
+    _record(
+        figures,
         "fault_resets_and_read_timeouts",
-        result="success",
-        rows=TOTAL,
         rows_written=rows,
-        rows_lost=TOTAL - rows,
-        rows_duplicated=0,
-        requests=stats["requests"],
+        stats=stats,
         resets=stats["resets"],
         stalls=stats["stalls"],
         rows_scored_by_endpoint_twice=stats["rows_ok"] - TOTAL,
@@ -187,15 +198,14 @@ def test_model_error_on_marked_rows(
     assert stats["rows_ok"] == TOTAL - len(poison)
     summary = run.xcom()
     assert summary["rows_failed"] == len(poison) and summary["rows_scored"] == TOTAL - len(poison)
-    figures.record(
+    _record(
+        figures,
         "fault_model_error_marked_rows",
-        result="success (poison rows in _errors/)",
-        rows=TOTAL,
-        poison_rows=len(poison),
         rows_written=rows,
-        rows_lost=TOTAL - len(poison) - rows,
-        rows_duplicated=0,
-        requests=stats["requests"],
+        stats=stats,
+        result="success (poison rows in _errors/)",
+        scorable=TOTAL - len(poison),
+        poison_rows=len(poison),
         model_errors=stats["model_errors"],
         bisections=summary["bisections"],
     )
