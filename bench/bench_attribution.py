@@ -77,12 +77,10 @@ def main() -> None:
                     if variant == "hand-written loop":
                         run = b.measure_hand_loop(url, endpoint, s3_inputs, s3, rows_per_request=500, concurrency=16)
                     elif variant == "operator, local files":
-                        with b.settled_gc():
-                            local_control.reset_stats(url, endpoint)
-                            output = str(work / f"out-{uuid.uuid4().hex[:6]}")
-                            b.run_operator(endpoint, local_inputs, output, rows_per_request=500, concurrency=16)
-                            rate, stats = b.busy_rate(url, endpoint)
-                            run = {"busy_rate": rate, "stats": stats}
+                        output = str(work / f"out-{uuid.uuid4().hex[:6]}")
+                        run = b.measure_operator(
+                            url, endpoint, local_inputs, rows_per_request=500, concurrency=16, output=output
+                        )
                     else:
                         run = b.measure_operator(url, endpoint, s3_inputs, rows_per_request=500, concurrency=16)
                 stats = run["stats"]

@@ -472,17 +472,26 @@ def settled_gc() -> Any:
 
 
 def measure_operator(
-    url: str, endpoint: str, inputs: list[str], *, rows_per_request: int | None, concurrency: int
+    url: str,
+    endpoint: str,
+    inputs: list[str],
+    *,
+    rows_per_request: int | None,
+    concurrency: int,
+    output: str | None = None,
 ) -> dict[str, Any]:
+    """One operator run into ``output`` (default: a fresh prefix on the local S3)."""
     with settled_gc():
-        return _measure_operator(url, endpoint, inputs, rows_per_request=rows_per_request, concurrency=concurrency)
+        return _measure_operator(
+            url, endpoint, inputs, rows_per_request=rows_per_request, concurrency=concurrency, output=output
+        )
 
 
 def _measure_operator(
-    url: str, endpoint: str, inputs: list[str], *, rows_per_request: int | None, concurrency: int
+    url: str, endpoint: str, inputs: list[str], *, rows_per_request: int | None, concurrency: int, output: str | None
 ) -> dict[str, Any]:
     local_control.reset_stats(url, endpoint)
-    output = f"s3://{BUCKET}/bench/out-{uuid.uuid4().hex[:8]}/"
+    output = output or f"s3://{BUCKET}/bench/out-{uuid.uuid4().hex[:8]}/"
     wall0 = time.perf_counter()
     summary = run_operator(endpoint, inputs, output, rows_per_request=rows_per_request, concurrency=concurrency)
     wall = time.perf_counter() - wall0
@@ -494,9 +503,7 @@ def measure_hand_loop(
     url: str, endpoint: str, inputs: list[str], s3: Any, *, rows_per_request: int, concurrency: int
 ) -> dict[str, Any]:
     with settled_gc():
-        return _measure_hand_loop(
-            url, endpoint, inputs, s3, rows_per_request=rows_per_request, concurrency=concurrency
-        )
+        return _measure_hand_loop(url, endpoint, inputs, s3, rows_per_request=rows_per_request, concurrency=concurrency)
 
 
 def _measure_hand_loop(
