@@ -51,6 +51,7 @@ the file and row range. This module imports neither Airflow nor boto3.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -563,18 +564,26 @@ class CsvEncoder:
     need it are quoted, and lines are joined with Arrow compute kernels: still no Python loop per row.
     """
 
+    _OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="none")
+
     def __call__(self, features: pa.Table) -> bytes:
         table = _prepare(features, CSV)
         to_quote = [
             i
-            for i, column in enumerate(table.columns)
-            if _is_string(column.type) and pc.any(pc.match_substring_regex(column, _NEEDS_QUOTING)).as_py()
+            for i in _string_columns(table.schema)
+            if pc.any(pc.match_substring_regex(table.column(i), _NEEDS_QUOTING)).as_py()
         ]
         if not to_quote:
             sink = pa.BufferOutputStream()
-            pacsv.write_csv(table, sink, pacsv.WriteOptions(include_header=False, quoting_style="none"))
+            pacsv.write_csv(table, sink, self._OPTIONS)
             return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
         return _join_csv(table, set(to_quote))
+
+
+@functools.lru_cache(maxsize=512)
+def _string_columns(schema: pa.Schema) -> tuple[int, ...]:
+    """Indices of the string columns (the only ones whose values may need CSV quoting)."""
+    return tuple(i for i, data_type in enumerate(schema.types) if _is_string(data_type))
 
 
 def _join_csv(table: pa.Table, to_quote: set[int]) -> bytes:
@@ -740,18 +749,32 @@ def decode_csv(body: bytes, *, num_rows: int, prediction_columns: Sequence[str] 
 
 
 def _one_number_per_line(body: bytes, num_rows: int) -> pa.Array | None:
-    """Fast path for the most common response, one number per line: split and let Arrow parse the floats.
+    """Fast path for the most common response, one number per line.
 
-    Returns None (the caller falls back to the CSV reader) unless every one of ``num_rows`` lines holds
-    exactly one token and every token parses as a number.
+    Plain numbers (digits, sign, point, exponent) are parsed by orjson as one JSON array, without
+    releasing the GIL: each release costs a thread switch when many threads are busy, and a worker
+    decodes once per request. Other tokens (``nan``, ``inf``, ``.5``) are split and parsed by Arrow.
+    Returns None (the caller falls back to the CSV reader) unless the body holds exactly ``num_rows``
+    lines of one number each.
     """
-    tokens = body.split()
-    if len(tokens) != num_rows or body.strip().count(b"\n") + 1 != num_rows:
+    text = body.strip()
+    if text.count(b"\n") + 1 != num_rows:
+        return None
+    if not text.translate(None, _NUMBER_BYTES):
+        # Not JSON: a blank line, two numbers on a line, "1."; beyond Arrow's int64: 2**63 and more.
+        with contextlib.suppress(orjson.JSONDecodeError, pa.ArrowInvalid, OverflowError):
+            return pa.array(orjson.loads(b"[" + text.replace(b"\n", b",") + b"]"), type=pa.float64())
+    tokens = text.split()
+    if len(tokens) != num_rows:
         return None
     try:
         return pc.cast(pa.array(tokens, pa.string()), pa.float64())
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError):
         return None
+
+
+#: The bytes a line of JSON numbers can hold (with the whitespace a line may carry).
+_NUMBER_BYTES = b"0123456789+-.eE \t\r\n"
 
 
 def _read_csv(body: bytes, *, text_width: int | None = None) -> pa.Table:

@@ -2,15 +2,22 @@
 
 Threads:
 
-- the *reader* (the caller's thread) takes Parquet batches from a read-ahead thread, cuts them into
-  requests and submits them, acquiring a buffer slot *before* each submit (as s3transfer's
-  ``BoundedExecutor`` does), so it blocks instead of queueing without bound;
-- *workers* (a pool of ``concurrency`` + :data:`ENCODE_AHEAD` threads) encode a request, take an
-  in-flight slot only for the call itself (so the next bodies are encoded while ``concurrency``
-  requests are at the endpoint), send it with the retry policy, bisect a batch the model rejects to
-  isolate poison rows, and decode predictions;
-- the *writer* joins predictions to pass-through columns and streams each unit's rows, in input
-  order, into its part, which it commits atomically when the unit is complete.
+- *workers* (``concurrency`` + :data:`ENCODE_AHEAD` threads) each loop as a hand-written scoring
+  loop does: take a buffer slot (so buffered work stays bounded), take the next request's rows
+  from the :class:`_TaskSource` (which reads Parquet batches from a read-ahead thread and cuts
+  them, in input order, under a lock), encode them, take an in-flight slot only for the call
+  itself (so the next bodies are encoded while ``concurrency`` requests are at the endpoint), send
+  it with the retry policy, bisect a batch the model rejects to isolate poison rows, decode the
+  predictions and hand them to the in-order writer;
+- the *in-order writer* (:class:`InOrderWriter`) has no thread of its own: whichever thread posts
+  an event drains the writer's inbox unless another is draining it. It joins predictions to
+  pass-through columns and streams each unit's rows, in input order, into its part;
+- *committers* (:data:`COMMIT_THREADS`) commit complete parts atomically, so an upload never holds
+  up the writing.
+
+A request therefore passes no work from thread to thread on its way: every hand-off costs a
+wake-up and a wait for the GIL, and in a process whose threads are all busy those waits, not the
+work, set the pace (``docs/performance.md``). The caller's thread only waits and reports progress.
 
 One :class:`Coordinator` holds the first fatal error; every thread checks it before new work.
 Throttling lowers the in-flight target multiplicatively; successes raise it back additively.
@@ -54,6 +61,9 @@ log = logging.getLogger(__name__)
 
 #: Workers beyond ``concurrency``: they encode the next requests while ``concurrency`` are in flight.
 ENCODE_AHEAD = 4
+
+#: Threads committing complete parts (the last row group, closing the Parquet writer, the upload).
+COMMIT_THREADS = 2
 
 
 class InvokeResult(Protocol):
@@ -198,6 +208,178 @@ class ReadAhead:
         self._thread.join()
 
 
+class InOrderWriter:
+    """Writes each unit's results into its part in input order, on whichever thread posts an event.
+
+    Events (``begin`` a unit, a worker's ``result``, ``end`` of a unit with its request count) are
+    appended to an inbox under a lock. A thread that finds nobody draining drains the inbox (events
+    posted meanwhile included) and returns when it is empty; the others return at once. So events
+    are handled one at a time, in the order posted, without a thread of their own. Complete parts
+    are committed on the committer threads.
+
+    Once the run has failed or been cancelled, results are dropped (their buffer slots released) and
+    nothing more is written; :meth:`close` aborts the parts left open.
+    """
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._lock = threading.Lock()
+        self._inbox: list[tuple[str, Any]] = []
+        self._draining = False
+        self._parts: dict[WorkUnit, PartWriter] = {}
+        self._pending: dict[WorkUnit, dict[int, Any]] = {}
+        self._next_seq: dict[WorkUnit, int] = {}
+        self._expected: dict[WorkUnit, int] = {}
+        self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="smrt-commit")
+
+    def post(self, kind: str, payload: Any, *, drain: bool = True) -> None:
+        """Add an event; with ``drain=False`` only add it (the caller holds a lock and drains later)."""
+        with self._lock:
+            self._inbox.append((kind, payload))
+        if drain:
+            self.drain()
+
+    def drain(self) -> None:
+        with self._lock:
+            if self._draining or not self._inbox:
+                return
+            self._draining = True
+        while True:
+            with self._lock:
+                if not self._inbox:
+                    self._draining = False
+                    return
+                events, self._inbox = self._inbox, []
+            for event in events:
+                self._handle(*event)
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        pipeline = self._pipeline
+        if pipeline.coordinator.stop.is_set():
+            if kind == "result":
+                pipeline._buffer.release()
+            return
+        try:
+            if kind == "begin":
+                self._parts[payload] = pipeline.open_part(payload)
+                self._pending[payload], self._next_seq[payload] = {}, 0
+                return
+            if kind == "end":
+                unit, count = payload
+                self._expected[unit] = count
+            else:
+                task, pieces, errors = payload
+                unit = task.unit
+                self._pending[unit][task.seq] = (task, pieces, errors)
+            pending = self._pending[unit]
+            while self._next_seq[unit] in pending:
+                task, pieces, errors = pending.pop(self._next_seq[unit])
+                try:
+                    pipeline._write_task(self._parts[unit], task, pieces, errors)
+                finally:
+                    pipeline._buffer.release()
+                self._next_seq[unit] += 1
+            if unit in self._expected and self._next_seq[unit] == self._expected[unit]:
+                part = self._parts.pop(unit)
+                del self._pending[unit], self._next_seq[unit], self._expected[unit]
+                self._committer.submit(self._commit, part)
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
+            pipeline.coordinator.fail(err)
+            for items in self._pending.values():  # unblock the workers: nothing more will be written
+                for _ in items:
+                    pipeline._buffer.release()
+                items.clear()
+
+    def _commit(self, part: PartWriter) -> None:
+        pipeline = self._pipeline
+        try:
+            if pipeline.coordinator.stop.is_set():
+                part.abort(pipeline.coordinator.error or ScoringCancelledError("scoring stopped"))
+                return
+            part.commit(pipeline._empty_schema())
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
+            pipeline.coordinator.fail(err)
+            return
+        pipeline.stats.add(parts_written=1)
+        with pipeline.stats.lock:
+            pipeline.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
+
+    def close(self) -> None:
+        """After the last event: wait for the commits, then abort the parts still open (a failed run)."""
+        self._committer.shutdown(wait=True)
+        reason = self._pipeline.coordinator.error or ScoringCancelledError("scoring stopped")
+        for part in self._parts.values():
+            part.abort(reason)
+        self._parts.clear()
+
+
+class _TaskSource:
+    """The next request's rows, in input order, for the worker that asks (thread-safe).
+
+    Reads ``(unit, batch)`` pairs from a :class:`ReadAhead`, cuts each batch into requests with the
+    planner, numbers each unit's requests, and tells the writer where units begin and end.
+    """
+
+    def __init__(self, pipeline: Pipeline, batches: Iterable[tuple[WorkUnit, pa.RecordBatch]]) -> None:
+        self._pipeline = pipeline
+        self._lock = threading.Lock()
+        self._reader = ReadAhead(batches, stop=pipeline.coordinator.stop)
+        self._items = iter(self._reader)
+        self._unit: WorkUnit | None = None
+        self._seq = 0
+        self._rows_in_unit = 0  # rows of the unit before the current batch
+        self._features: pa.Table | None = None
+        self._passthrough: pa.Table | None = None
+        self._offset = 0
+        self._done = False
+
+    def next(self) -> _Task | None:
+        """The next task, or None when the input is exhausted (or the run stopped)."""
+        pipeline, writer = self._pipeline, self._pipeline._writer
+        with self._lock:
+            while not self._done and not pipeline.coordinator.stop.is_set():
+                features = self._features
+                if features is not None and self._offset < features.num_rows:
+                    assert self._unit is not None and self._passthrough is not None
+                    try:
+                        count = pipeline.planner.slice_rows(features, self._offset)
+                    except InputDataError as err:
+                        raise pipeline._locate(err, self._unit, self._rows_in_unit) from err
+                    task = _Task(
+                        unit=self._unit,
+                        seq=self._seq,
+                        offset=self._rows_in_unit + self._offset,
+                        features=features.slice(self._offset, count),
+                        passthrough=self._passthrough.slice(self._offset, count),
+                    )
+                    self._seq += 1
+                    self._offset += count
+                    return task
+                if features is not None:
+                    self._rows_in_unit += features.num_rows
+                    self._features = self._passthrough = None
+                item = next(self._items, None)
+                if item is None:
+                    self._done = True
+                    if self._unit is not None:
+                        writer.post("end", (self._unit, self._seq), drain=False)
+                    return None
+                unit, batch = item
+                if unit is not self._unit:
+                    if self._unit is not None:
+                        writer.post("end", (self._unit, self._seq), drain=False)
+                    self._unit, self._seq, self._rows_in_unit = unit, 0, 0
+                    writer.post("begin", unit, drain=False)
+                table = pa.Table.from_batches([batch])
+                self._features = table.select(pipeline.feature_columns)
+                self._passthrough = table.select(pipeline.passthrough_columns)
+                self._offset = 0
+            return None
+
+    def close(self) -> None:
+        self._reader.close()
+
+
 @dataclass
 class RunStats:
     """Counters of one run (thread-safe through ``lock``)."""
@@ -297,7 +479,7 @@ class Pipeline:
         self.coordinator = coordinator or Coordinator()
         self.limiter = AdaptiveLimiter(limit=concurrency)
         self._buffer = threading.Semaphore(2 * concurrency + 2)
-        self._results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._writer = InOrderWriter(self)
         self._on_progress = on_progress
         self._progress_interval = progress_interval
         self._last_progress = time.monotonic()
@@ -305,62 +487,30 @@ class Pipeline:
         self._schema_lock = threading.Lock()
         self.concurrency = concurrency
 
-    # -- reader (caller's thread) ----------------------------------------------------------------
+    # -- the caller's thread -----------------------------------------------------------------
 
     def run(self, batches: Iterable[tuple[WorkUnit, pa.RecordBatch]]) -> RunStats:
         """Score every ``(unit, rows)`` batch (units in order, each unit's batches contiguous)."""
-        writer = threading.Thread(target=self._write_loop, name="smrt-writer", daemon=True)
-        writer.start()
-        stop = self.coordinator.stop
-        executor = ThreadPoolExecutor(max_workers=self.concurrency + ENCODE_AHEAD, thread_name_prefix="smrt-invoke")
-        current: WorkUnit | None = None
-        seq = 0
-        rows_in_unit = 0
-        source = ReadAhead(batches, stop=stop)
+        source = _TaskSource(self, batches)
+        workers = [
+            threading.Thread(target=self._work_loop, args=(source,), name=f"smrt-invoke-{i}", daemon=True)
+            for i in range(self.concurrency + ENCODE_AHEAD)
+        ]
         try:
-            for unit, batch in source:
-                if stop.is_set():
-                    break
-                if unit is not current:
-                    if current is not None:
-                        self._results.put(("end", (current, seq)))
-                    current, seq, rows_in_unit = unit, 0, 0
-                    self._results.put(("begin", unit))
-                table = pa.Table.from_batches([batch])
-                features = table.select(self.feature_columns)
-                passthrough = table.select(self.passthrough_columns)
-                offset = 0
-                while offset < features.num_rows:
-                    # Only the row range is decided here; the worker encodes it (off this thread).
-                    try:
-                        count = self.planner.slice_rows(features, offset)
-                    except InputDataError as err:
-                        raise self._locate(err, unit, rows_in_unit) from err
-                    if not self._acquire(stop):
-                        break
-                    task = _Task(
-                        unit=unit,
-                        seq=seq,
-                        offset=rows_in_unit + offset,
-                        features=features.slice(offset, count),
-                        passthrough=passthrough.slice(offset, count),
-                    )
-                    seq += 1
-                    offset += count
-                    executor.submit(self._work, task)
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                while worker.is_alive():
+                    worker.join(timeout=min(1.0, self._progress_interval))
                     self._maybe_progress()
-                rows_in_unit += batch.num_rows
-            if current is not None and not stop.is_set():
-                self._results.put(("end", (current, seq)))
-        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
+        except BaseException as err:  # noqa: BLE001 - e.g. KeyboardInterrupt: stop the workers, re-raised below
             self.coordinator.fail(err)
+            for worker in workers:
+                worker.join()
         finally:
             source.close()
-            executor.shutdown(wait=True)
-            self._results.put(("stop", None))
-            while writer.is_alive():
-                writer.join(timeout=self._progress_interval)
-                self._maybe_progress()
+            self._writer.drain()
+            self._writer.close()
         self.coordinator.raise_if_failed()
         return self.stats
 
@@ -375,7 +525,6 @@ class Pipeline:
         while not self._buffer.acquire(timeout=0.1):
             if stop.is_set():
                 return False
-            self._maybe_progress()
         return True
 
     def _maybe_progress(self) -> None:
@@ -385,6 +534,24 @@ class Pipeline:
             self._on_progress(self.stats)
 
     # -- workers ---------------------------------------------------------------------------------
+
+    def _work_loop(self, source: _TaskSource) -> None:
+        """One worker: take a buffer slot and the next task, score it, hand it to the writer; repeat."""
+        stop = self.coordinator.stop
+        try:
+            while not stop.is_set():
+                if not self._acquire(stop):
+                    return
+                try:
+                    task = source.next()
+                finally:
+                    self._writer.drain()  # the unit events the source posted
+                if task is None:
+                    self._buffer.release()
+                    return
+                self._work(task)
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
+            self.coordinator.fail(err)
 
     def _work(self, task: _Task) -> None:
         try:
@@ -400,7 +567,7 @@ class Pipeline:
                 more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
                 pieces += more_pieces
                 errors += more_errors
-            self._results.put(("result", (task, pieces, errors)))
+            self._writer.post("result", (task, pieces, errors))
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
 
@@ -458,63 +625,7 @@ class Pipeline:
             )
         return [_Piece(offset, predictions, result.invoked_production_variant)], []
 
-    # -- writer ----------------------------------------------------------------------------------
-
-    def _write_loop(self) -> None:
-        parts: dict[WorkUnit, PartWriter] = {}
-        pending: dict[WorkUnit, dict[int, Any]] = {}
-        next_seq: dict[WorkUnit, int] = {}
-        expected: dict[WorkUnit, int] = {}
-        try:
-            while True:
-                kind, payload = self._results.get()
-                if kind == "stop":
-                    break
-                if self.coordinator.stop.is_set():
-                    if kind == "result":
-                        self._buffer.release()
-                    continue
-                if kind == "begin":
-                    parts[payload] = self.open_part(payload)
-                    pending[payload], next_seq[payload] = {}, 0
-                    continue
-                if kind == "end":
-                    unit, count = payload
-                    expected[unit] = count
-                else:
-                    task, pieces, errors = payload
-                    unit = task.unit
-                    pending[unit][task.seq] = (task, pieces, errors)
-                while unit in pending and next_seq[unit] in pending[unit]:
-                    task, pieces, errors = pending[unit].pop(next_seq[unit])
-                    try:
-                        self._write_task(parts[unit], task, pieces, errors)
-                    finally:
-                        self._buffer.release()
-                    next_seq[unit] += 1
-                if unit in expected and next_seq[unit] == expected[unit]:
-                    part = parts.pop(unit)
-                    part.commit(self._empty_schema())
-                    self.stats.add(parts_written=1)
-                    with self.stats.lock:
-                        self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
-                    del pending[unit], next_seq[unit], expected[unit]
-        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
-            self.coordinator.fail(err)
-        finally:
-            while True:  # release buffered slots of anything left, so the reader can unblock
-                try:
-                    kind, _ = self._results.get_nowait()
-                except queue.Empty:
-                    break
-                if kind == "result":
-                    self._buffer.release()
-            for items in pending.values():
-                for _ in items:
-                    self._buffer.release()
-            reason = self.coordinator.error or ScoringCancelledError("scoring stopped")
-            for part in parts.values():
-                part.abort(reason)
+    # -- writing (called by the InOrderWriter) ------------------------------------------------
 
     def _empty_schema(self) -> pa.Schema:
         """The schema of a part whose rows all failed: pass-through columns and known predictions."""
@@ -543,11 +654,7 @@ class Pipeline:
                             "them with prediction_columns (or variant_column)"
                         )
                     self.prediction_schema = predictions.schema
-            table = pa.Table.from_arrays(
-                [*passthrough.columns, *predictions.columns],
-                names=[*passthrough.column_names, *predictions.column_names],
-            )
-            part.write(table)
+            part.write(passthrough, predictions)
             self.stats.add(rows_scored=rows)
             if piece.variant:
                 with self.stats.lock:

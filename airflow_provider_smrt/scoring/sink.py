@@ -152,39 +152,52 @@ class PartWriter:
         self._compression = compression
         self._stack = contextlib.ExitStack()
         self._writer: pq.ParquetWriter | None = None
-        self._schema: pa.Schema | None = None
+        self._prediction_schema: pa.Schema | None = None
         self._errors: list[pa.Table] = []
-        self._pending: list[pa.Table] = []
+        self._pending: list[tuple[pa.Table, pa.Table]] = []
         self._pending_rows = 0
         self.rows = 0
         self.error_rows = 0
 
-    def write(self, table: pa.Table) -> None:
-        """Append scored rows (pass-through then prediction columns)."""
-        if self._writer is None:
-            handle: IO[bytes] = self._stack.enter_context(self.storage.open_write(self.uri))
-            self._schema = table.schema
-            self._writer = pq.ParquetWriter(handle, table.schema, compression=self._compression)
-        elif table.schema != self._schema:
-            assert self._schema is not None
+    def write(self, passthrough: pa.Table, predictions: pa.Table) -> None:
+        """Append scored rows: their pass-through columns and their predictions (as many rows).
+
+        The two are joined once per row group, in :meth:`_flush`, not once per request: building a
+        table validates it, and every such call releases the GIL, which costs a thread switch when the
+        workers are busy.
+        """
+        if self._prediction_schema is None:
+            self._prediction_schema = predictions.schema
+        elif predictions.schema != self._prediction_schema:
             try:
-                table = table.cast(self._schema)
+                predictions = predictions.cast(self._prediction_schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
                 raise OutputError(
-                    f"predictions changed type within {self.uri}: {table.schema} vs {self._schema}; make the "
-                    "model return one type per output, or set prediction_columns and a decoder"
+                    f"predictions changed type within {self.uri}: {predictions.schema} vs "
+                    f"{self._prediction_schema}; make the model return one type per output, or set "
+                    "prediction_columns and a decoder"
                 ) from err
-        if table.num_rows:
-            self._pending.append(table)
-            self._pending_rows += table.num_rows
+        if predictions.num_rows:
+            self._pending.append((passthrough, predictions))
+            self._pending_rows += predictions.num_rows
             if self._pending_rows >= ROW_GROUP_ROWS:
                 self._flush()
-        self.rows += table.num_rows
+        self.rows += predictions.num_rows
 
     def _flush(self) -> None:
         """Write the buffered requests' rows as one row group (requests are far smaller than a good row group)."""
-        if self._pending and self._writer is not None:
-            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=max(self._pending_rows, 1))
+        if not self._pending:
+            return
+        passthrough = pa.concat_tables([pair[0] for pair in self._pending])
+        predictions = pa.concat_tables([pair[1] for pair in self._pending])
+        table = pa.Table.from_arrays(
+            [*passthrough.columns, *predictions.columns],
+            names=[*passthrough.column_names, *predictions.column_names],
+        )
+        if self._writer is None:
+            handle: IO[bytes] = self._stack.enter_context(self.storage.open_write(self.uri))
+            self._writer = pq.ParquetWriter(handle, table.schema, compression=self._compression)
+        self._writer.write_table(table, row_group_size=max(self._pending_rows, 1))
         self._pending, self._pending_rows = [], 0
 
     def write_errors(self, table: pa.Table) -> None:
@@ -199,10 +212,10 @@ class PartWriter:
             with self.storage.open_write(self.error_uri) as handle:
                 pq.write_table(pa.concat_tables(self._errors), handle, compression=self._compression)
             self._errors = []
+        self._flush()
         if self._writer is None:  # every row failed: still mark the unit done
             handle = self._stack.enter_context(self.storage.open_write(self.uri))
             self._writer = pq.ParquetWriter(handle, empty_schema, compression=self._compression)
-        self._flush()
         self._writer.close()
         self._stack.close()  # completes the upload / renames the staged file
         if self._stale_error_part and not self.error_rows:

@@ -756,3 +756,23 @@ def test_decoded_schema_is_stable_across_batches() -> None:
     second = codec.decode(b"[0.5, null]", num_rows=2, content_type=None)
     third = codec.decode(b"[null, null]", num_rows=2, content_type=None)
     assert _column_types(first) == _column_types(second) == _column_types(third) == [pa.float64()]
+
+
+def test_csv_plain_numbers_are_parsed_without_arrow_compute(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain numbers take the orjson path (no Arrow kernel, so no GIL release per request); other
+    number spellings still parse, through Arrow."""
+
+    def no_cast(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Arrow's cast was called for plain numbers")
+
+    body = b"1\r\n-2.5\r\n3e5\r\n123456789\r\n"
+    with monkeypatch.context() as patched:
+        patched.setattr(codecs.pc, "cast", no_cast)
+        out = codecs._one_number_per_line(body, 4)
+    assert out is not None and out.type == pa.float64()
+    assert out.to_pylist() == [1.0, -2.5, 3e5, 123456789.0]
+    huge = codecs._one_number_per_line(b"1\n12345678901234567890\n", 2)  # an integer past 2**53: Arrow parses it
+    assert huge is not None and huge.to_pylist() == [1.0, 12345678901234567890.0]
+    spelled = codecs._one_number_per_line(b"1.\n.5\n+2\ninf\n", 4)  # not JSON numbers: Arrow parses them
+    assert spelled is not None and spelled.to_pylist() == [1.0, 0.5, 2.0, float("inf")]
+    assert codecs._one_number_per_line(b"1\n2,3\n", 2) is None  # two outputs on a line: the CSV reader

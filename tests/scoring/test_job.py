@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -322,3 +324,30 @@ def test_error_part_of_a_crashed_unit_is_rewritten_when_rows_fail_again(tmp_path
     summary = run(tmp_path, FakeEndpoint(poison=-1.0), max_error_ratio=0.5)
     errors = pq.read_table(tmp_path / "out" / "_errors" / data_part.name)
     assert errors["id"].to_pylist() == [7] and summary["rows_failed"] == 1
+
+
+def test_a_slow_commit_does_not_hold_up_scoring(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Complete parts are committed off the writing path: while the first part's commit (its upload)
+    is stalled, the other units keep being scored, well past the buffer of 2 x concurrency + 2 requests."""
+    from airflow_provider_smrt.scoring import sink
+
+    write(tmp_path / "in" / "a.parquet", numeric_table(3_000), 1_000)  # 3 units of 10 requests
+    endpoint = FakeEndpoint()
+    original = sink.PartWriter.commit
+    seen_while_stalled: list[int] = []
+
+    first = threading.Lock()
+
+    def slow_commit(self: sink.PartWriter, empty_schema: pa.Schema) -> None:
+        if first.acquire(blocking=False):  # the first part: wait until the rest is scored (or 10 s)
+            deadline = time.monotonic() + 10
+            while endpoint.requests < 30 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_while_stalled.append(endpoint.requests)
+        original(self, empty_schema)
+
+    monkeypatch.setattr(sink.PartWriter, "commit", slow_commit)
+    summary = run(tmp_path, endpoint, concurrency=1)
+    assert seen_while_stalled == [30]  # all 30 requests went out while the first commit waited
+    assert summary["rows_scored"] == 3_000
+    assert read_output(tmp_path / "out").column("id").to_pylist() == list(range(3_000))
