@@ -550,6 +550,9 @@ class Pipeline:
                     self._buffer.release()
                     return
                 self._work(task)
+                # Drop the reference before waiting for the next slot: a task's rows are slices that
+                # keep their whole read batch (every feature column) alive.
+                del task
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
 
