@@ -761,7 +761,8 @@ def _one_number_per_line(body: bytes, num_rows: int) -> pa.Array | None:
     if text.count(b"\n") + 1 != num_rows:
         return None
     if not text.translate(None, _NUMBER_BYTES):
-        # Not JSON: a blank line, two numbers on a line, "1."; beyond Arrow's int64: 2**63 and more.
+        # Not JSON (a blank line, two numbers on a line, "1."), or an integer past 2**53, which
+        # pa.array will not turn into a float64: Arrow's cast below decides.
         with contextlib.suppress(orjson.JSONDecodeError, pa.ArrowInvalid, OverflowError):
             return pa.array(orjson.loads(b"[" + text.replace(b"\n", b",") + b"]"), type=pa.float64())
     tokens = text.split()

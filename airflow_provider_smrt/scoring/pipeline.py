@@ -443,7 +443,8 @@ class Pipeline:
     :param concurrency: requests in flight at most.
     :param retry_policy: the retry policy applied to each request.
     :param variant_column: if set, an output column holding each row's invoked production variant.
-    :param on_progress: called from the reader thread about every ``progress_interval`` seconds.
+    :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
+        ``progress_interval`` seconds.
     """
 
     def __init__(
