@@ -200,6 +200,47 @@ def test_invoke_endpoint_validation_sends_nothing(
 
 
 @pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        # botocore's validator, run once on the parameters every call shares
+        ({"content_type": 5}, ConfigurationError, "ContentType"),
+        ({"enable_explanations": True}, ConfigurationError, "EnableExplanations"),
+        # the hook's own checks
+        ({"custom_attributes": "é"}, ParameterValidationError, "visible ASCII"),
+        ({"inference_id": "i" * 65}, ParameterValidationError, "inference_id"),
+        ({"ContentType": "text/csv"}, ParameterValidationError, "unexpected parameter"),
+    ],
+)
+def test_make_invoker_checks_the_shared_parameters_once_and_sends_nothing(
+    hook: SageMakerRuntimeHook, make_endpoint: Any, endpoint_stats: Any, kwargs: dict, error: type, message: str
+) -> None:
+    endpoint = make_endpoint("sum")
+    with pytest.raises(error, match=message) as info:
+        hook.make_invoker(endpoint, **kwargs)
+    assert type(info.value) is error
+    assert endpoint_stats(endpoint)["requests"] == 0
+
+
+def test_make_invoker_still_checks_every_body(
+    hook: SageMakerRuntimeHook, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    endpoint = make_endpoint("sum")
+    invoke = hook.make_invoker(endpoint, content_type="text/csv", accept="text/csv", custom_attributes="trace=1")
+    assert float(invoke(b"1,2\n").body) == 3.0
+    headers = endpoint_stats(endpoint)["last_request_headers"]
+    assert (headers["Content-Type"], headers["Accept"]) == ("text/csv", "text/csv")
+    with pytest.raises(ParameterValidationError, match="6,291,456"):
+        invoke(b"x" * (MAX_PAYLOAD_BYTES + 1))
+    with pytest.raises(ParameterValidationError, match="must be bytes"):
+        invoke("1,2\n")  # type: ignore[arg-type]
+    assert endpoint_stats(endpoint)["requests"] == 1
+    # Only the invoker's own client skips botocore's per-call validation; the hook's keeps it.
+    with pytest.raises(ConfigurationError, match="ContentType"):
+        hook.invoke_endpoint(endpoint, b"1,2\n", content_type=5)  # type: ignore[arg-type]
+    assert endpoint_stats(endpoint)["requests"] == 1
+
+
+@pytest.mark.parametrize(
     ("kwargs", "message"),
     [
         ({}, "exactly one of input_location"),
