@@ -264,7 +264,9 @@ class RequestPlanner:
         return max(1, min(cap, rows))
 
     def _encode(self, table: pa.Table, offset: int, num_rows: int) -> bytes:
-        body = self.codec.encode(table.slice(offset, num_rows))
+        # A worker's task is already its request's rows: slicing it again costs ~7 µs for 20 columns.
+        whole = offset == 0 and num_rows == table.num_rows
+        body = self.codec.encode(table if whole else table.slice(offset, num_rows))
         with self._lock:
             self.stats.encodes += 1
             self.stats.encoded_rows += num_rows
