@@ -60,9 +60,11 @@ from airflow_provider_smrt.scoring.storage import basename
 log = logging.getLogger(__name__)
 
 #: Workers beyond ``concurrency``: they encode the next requests while ``concurrency`` are in flight.
-#: Measured at 16 in flight (two interleaved batches): 4 extra workers made ~15% more context
-#: switches and ~5% more client CPU than 2, and were slower; 0 and 2 were equal within the noise.
-ENCODE_AHEAD = 2
+#: Measured (latency 50 ms, 500 rows a request, medians of 5 interleaved runs, docs/performance.md):
+#: at concurrency 4, 0 / 1 / 2 extra workers ran at 0.97 / 1.02 / 1.05 x a hand-written loop; at 16,
+#: where the GIL is the limit, at 0.91 / 0.92 / 0.82 x (each waiting worker costs a wake-up per
+#: request). One keeps most of the gain at low concurrency and none of the loss at high.
+ENCODE_AHEAD = 1
 
 #: Threads committing complete parts (the last row group, closing the Parquet writer, the upload).
 COMMIT_THREADS = 2
