@@ -186,9 +186,9 @@ class SageMakerRuntimeHook(AwsBaseHook):
         Every parameter but the body is the same for each call, so botocore's validator checks them
         once, here (a bad one raises :class:`~airflow_provider_smrt.exceptions.ConfigurationError`),
         and the calls go through a client of their own built with ``parameter_validation=False``.
-        botocore otherwise validates every call again: 0.2 ms of the 2 ms of CPU an InvokeEndpoint
-        call costs, held under the GIL (``docs/performance.md``). The body is still checked (type and
-        size) on every call.
+        botocore otherwise validates every call again: 69 of the ~3,740 Python calls and ~4% of the
+        CPU of an InvokeEndpoint call, all of it holding the GIL (``docs/performance.md``). The body is
+        still checked (type and size) on every call.
 
         :param params: ``invoke_endpoint``'s keyword arguments other than the body and the retry ones.
         """
