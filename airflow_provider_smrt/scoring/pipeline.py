@@ -62,8 +62,9 @@ log = logging.getLogger(__name__)
 #: Workers beyond ``concurrency``: they encode the next requests while ``concurrency`` are in flight.
 #: Measured (latency 50 ms, 500 rows a request, medians of 5 interleaved runs, docs/performance.md):
 #: at concurrency 4, 0 / 1 / 2 extra workers ran at 0.97 / 1.02 / 1.05 x a hand-written loop; at 16,
-#: where the GIL is the limit, at 0.91 / 0.92 / 0.82 x (each waiting worker costs a wake-up per
-#: request). One keeps most of the gain at low concurrency and none of the loss at high.
+#: where the GIL is the limit, at 0.91 / 0.92 / 0.82 x in one batch (a waiting worker costs a
+#: wake-up per request), though other batches could not tell 1 from 2 within their noise. One keeps
+#: most of the gain at low concurrency.
 ENCODE_AHEAD = 1
 
 #: Threads committing complete parts (the last row group, closing the Parquet writer, the upload).
