@@ -51,6 +51,13 @@ _INVOKE_ENDPOINT_KWARGS = {
 }
 
 
+def _invoke_endpoint_params(endpoint_name: str, body: bytes | None, **kwargs: Any) -> dict[str, Any]:
+    """InvokeEndpoint's request parameters from ``invoke_endpoint``'s keyword arguments (None ones left out)."""
+    return _drop_none(
+        EndpointName=endpoint_name, Body=body, **{_INVOKE_ENDPOINT_KWARGS[key]: value for key, value in kwargs.items()}
+    )
+
+
 def _invoke_endpoint_once(client: Any, params: dict[str, Any]) -> InvokeEndpointResult:
     """One InvokeEndpoint call with its response body read."""
     response = client.invoke_endpoint(**params)
@@ -143,19 +150,19 @@ class SageMakerRuntimeHook(AwsBaseHook):
         self.validate_invoke_endpoint(
             endpoint_name, body, custom_attributes=custom_attributes, inference_id=inference_id
         )
-        params = _drop_none(
-            EndpointName=endpoint_name,
-            Body=body,
-            ContentType=content_type,
-            Accept=accept,
-            CustomAttributes=custom_attributes,
-            TargetModel=target_model,
-            TargetVariant=target_variant,
-            TargetContainerHostname=target_container_hostname,
-            InferenceId=inference_id,
-            EnableExplanations=enable_explanations,
-            InferenceComponentName=inference_component_name,
-            SessionId=session_id,
+        params = _invoke_endpoint_params(
+            endpoint_name,
+            body,
+            content_type=content_type,
+            accept=accept,
+            custom_attributes=custom_attributes,
+            target_model=target_model,
+            target_variant=target_variant,
+            target_container_hostname=target_container_hostname,
+            inference_id=inference_id,
+            enable_explanations=enable_explanations,
+            inference_component_name=inference_component_name,
+            session_id=session_id,
         )
         client = self.conn
         policy = retry_policy or self.retry_policy
@@ -208,7 +215,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             raise ParameterValidationError(
                 f"make_invoker() got unexpected parameter(s) {unknown}: use {sorted(_INVOKE_ENDPOINT_KWARGS)}"
             )
-        fixed = _drop_none(EndpointName=endpoint_name, **{_INVOKE_ENDPOINT_KWARGS[k]: v for k, v in params.items()})
+        fixed = _invoke_endpoint_params(endpoint_name, None, **params)
         # Built now, once, rather than on the first of many worker threads.
         client = self.get_client_type(
             region_name=self.region_name, config=deepcopy(self.config).merge(Config(parameter_validation=False))
