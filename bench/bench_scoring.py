@@ -390,6 +390,25 @@ def read_tables(uris: Sequence[str], s3: Any) -> list[Any]:
     return tables
 
 
+def request_slices(tables: list[Any], rows_per_request: int) -> list[Any]:
+    """The hand-written loops' requests: consecutive slices of ``rows_per_request`` rows of each table."""
+    return [
+        table.slice(offset, rows_per_request)
+        for table in tables
+        for offset in range(0, table.num_rows, rows_per_request)
+    ]
+
+
+def csv_body(piece: Any, options: Any) -> bytes:
+    """A slice's feature columns as a CSV body (``options``: no header, no quoting), by ``pyarrow.csv``."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(piece.select(FEATURES), sink, options)
+    return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
+
+
 def hand_loop(tables: list[Any], client: Any, endpoint: str, *, rows_per_request: int, concurrency: int) -> Any:
     """Score ``tables``: slices of ``rows_per_request`` rows, CSV by Arrow, ``concurrency`` threads, numpy parse."""
     import numpy as np
@@ -397,17 +416,11 @@ def hand_loop(tables: list[Any], client: Any, endpoint: str, *, rows_per_request
     import pyarrow.csv as pacsv
 
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
-    slices = [
-        table.slice(offset, rows_per_request)
-        for table in tables
-        for offset in range(0, table.num_rows, rows_per_request)
-    ]
+    slices = request_slices(tables, rows_per_request)
 
     def work(piece: Any) -> Any:
-        sink = pa.BufferOutputStream()
-        pacsv.write_csv(piece.select(FEATURES), sink, options)
         response = client.invoke_endpoint(
-            EndpointName=endpoint, Body=sink.getvalue().to_pybytes(), ContentType="text/csv", Accept="text/csv"
+            EndpointName=endpoint, Body=csv_body(piece, options), ContentType="text/csv", Accept="text/csv"
         )
         values = np.fromstring(response["Body"].read(), sep="\n")
         if len(values) != piece.num_rows:
@@ -426,16 +439,10 @@ def prebuilt_loop(tables: list[Any], client: Any, endpoint: str, *, rows_per_req
     ``concurrency`` threads send the pre-encoded CSV bodies and read the responses (nothing parsed).
     No scoring client can beat it: it does strictly less work per request than any of them.
     """
-    import pyarrow as pa
     import pyarrow.csv as pacsv
 
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
-    bodies = []
-    for table in tables:
-        for offset in range(0, table.num_rows, rows_per_request):
-            sink = pa.BufferOutputStream()
-            pacsv.write_csv(table.slice(offset, rows_per_request).select(FEATURES), sink, options)
-            bodies.append(sink.getvalue().to_pybytes())
+    bodies = [csv_body(piece, options) for piece in request_slices(tables, rows_per_request)]
 
     def call(body: bytes) -> int:
         response = client.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="text/csv", Accept="text/csv")
