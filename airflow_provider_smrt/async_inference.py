@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_smrt.exceptions import ParameterValidationError, SmrtError
+from airflow_provider_smrt.exceptions import AsyncInferenceFailedError, ParameterValidationError
 from airflow_provider_smrt.retry import RetryPolicy
 
 #: RequestTTLSeconds when the request did not set it (the service default).
@@ -43,18 +43,6 @@ DEFAULT_S3_RETRY_POLICY = RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=
 _PAGE_SIZE = 1000
 #: Requests issued at once by one poll (threads for boto3, tasks for aiobotocore).
 _MAX_PARALLEL_PROBES = 8
-
-
-class AsyncInferenceFailedError(SmrtError):
-    """One or more async invocations failed (their failure objects appeared in S3).
-
-    :param message: the failures: inference id, input and the head of each failure message.
-    :param failures: the status dicts of the failed invocations.
-    """
-
-    def __init__(self, message: str, *, failures: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.failures = failures
 
 
 class InvocationState(str, enum.Enum):

@@ -1,19 +1,19 @@
-"""The one error hierarchy of airflow-provider-smrt, and the one classifier of SageMaker Runtime errors.
+"""The one error hierarchy of airflow-provider-smrt: every error the package raises is defined here.
 
-Every error raised by the hook, the scoring core and the operators is a :class:`SmrtError`.
-Errors returned by SageMaker Runtime (or by the transport under it) are turned into an
-:class:`InvocationError` subclass by :func:`classify_error`, which is the only place that knows
-the service's error codes. Each carries ``code``, ``retryable``, ``http_status`` and
-``request_id``; a :class:`ModelError` also carries ``original_status_code``,
-``original_message`` and ``log_stream_arn``.
+Every error raised by the hook, the scoring core, the sensors, triggers and operators is a
+:class:`SmrtError`. Errors returned by SageMaker Runtime (or by the transport under it) are turned
+into an :class:`InvocationError` subclass by
+:func:`~airflow_provider_smrt.classify.classify_error`, the only place that knows the service's
+error codes. Each carries ``code``, ``retryable``, ``http_status`` and ``request_id``; a
+:class:`ModelError` also carries ``original_status_code``, ``original_message`` and
+``log_stream_arn``.
 
 Messages never contain request or response bodies, CustomAttributes or credentials.
-This module imports neither Airflow nor boto3 at import time.
+This module imports nothing but the standard library.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, ClassVar
 
 
@@ -167,191 +167,100 @@ class RetryableStreamError(StreamError):
 
 
 # ---------------------------------------------------------------------------------------------
-# The classifier
-
-_CREDENTIAL_CODES = frozenset(
-    {
-        "ExpiredTokenException",
-        "ExpiredToken",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "AccessDeniedException",
-        "AccessDenied",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-    }
-)
-_THROTTLING_CODES = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
-)
-_SERVICE_CODES = frozenset({"InternalFailure", "ServiceUnavailable", "InternalDependencyException"})
-
-_FIX_BY_CLASS: dict[type[InvocationError], str] = {
-    ThrottlingError: "lower `concurrency` or raise the endpoint's capacity; it was retried with backoff",
-    ModelNotReadyError: "the model is still loading (e.g. a serverless endpoint warming up); it is retried",
-    ServiceError: "a transient service failure; it is retried with backoff",
-    TransportError: "check the network path to the endpoint and `read_timeout` (>= 70 s recommended)",
-    ModelInputError: "the model rejected the input; check the content type, columns and the model's log stream",
-    ModelServerError: "the model container failed; check the endpoint's CloudWatch log stream",
-    ConfigurationError: "check the endpoint name, region and request parameters",
-    PayloadTooLargeError: "send smaller requests (`max_payload_bytes`) or use the async operator",
-    CredentialsError: "check the Airflow AWS connection's credentials, role and IAM policy",
-    StreamError: "the model's response stream failed; check the endpoint's CloudWatch log stream",
-    RetryableStreamError: "a transient stream failure; it is retried with backoff",
-}
+# Model contract and input errors of the scoring core
 
 
-def _fix(cls: type[InvocationError]) -> str:
-    for klass in cls.__mro__:
-        if klass in _FIX_BY_CLASS:
-            return _FIX_BY_CLASS[klass]
-    return "see the error code in the SageMaker Runtime API reference"
+class ResponseDecodeError(SmrtError, ValueError):
+    """A response body does not have a shape the codec understands (model contract).
 
-
-_QUOTED_VALUE = re.compile(r"(?i)(value\s*)('[^']*'|\"[^\"]*\")")
-
-
-def _redact(message: str) -> str:
-    """Drop quoted values that AWS validation messages may echo (``Value 'x' at 'customAttributes'``)."""
-    return _QUOTED_VALUE.sub(r"\1<redacted>", message)
-
-
-def _as_int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _class_for(code: str, http_status: int | None, message: str) -> type[InvocationError]:
-    if code in _THROTTLING_CODES:
-        return ThrottlingError
-    if code == "ModelNotReadyException":
-        return ModelNotReadyError
-    if code in _SERVICE_CODES:
-        return ServiceError
-    if code in _CREDENTIAL_CODES:
-        return CredentialsError
-    if code == "ModelStreamError":
-        return StreamError
-    if code == "InternalStreamFailure":
-        return RetryableStreamError
-    if code in ("ValidationError", "ValidationException"):
-        lowered = message.lower()
-        about_size = any(word in lowered for word in ("length", "exceed", "too large", "size"))
-        if about_size and any(word in lowered for word in ("body", "payload", "request entity")):
-            return PayloadTooLargeError
-        return ConfigurationError
-    if http_status == 413:
-        return PayloadTooLargeError
-    if http_status is not None and http_status >= 500:
-        return ServiceError
-    if http_status == 429:
-        return ThrottlingError
-    return ConfigurationError
-
-
-def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> InvocationError:
-    """Map any error raised by a SageMaker Runtime call to an :class:`InvocationError`.
-
-    Handles botocore ``ClientError`` (every service error code), event-stream errors, botocore
-    transport errors (connect/read timeouts, connection closed or reset), ``NoCredentialsError``
-    and friends, and aiohttp/OS-level connection errors. Already-classified errors are returned
-    unchanged. The caller raises the result ``from err``.
+    The message names the content type, the body size and the shape found, never the body itself.
     """
-    if isinstance(err, InvocationError):
-        return err
-    # Imported lazily: this module must import without boto3 for the pure core.
-    from botocore import exceptions as bce
 
-    where = f"endpoint {endpoint_name!r}" if endpoint_name else "SageMaker Runtime"
 
-    if isinstance(err, bce.ClientError):
-        response: dict[str, Any] = getattr(err, "response", {}) or {}
-        error = response.get("Error", {}) or {}
-        meta = response.get("ResponseMetadata", {}) or {}
-        code = str(error.get("Code") or "Unknown")
-        message = _redact(str(error.get("Message") or ""))
-        http_status = _as_int(meta.get("HTTPStatusCode"))
-        request_id = meta.get("RequestId")
-        # The botocore error stays the cause of ours (tracebacks print it): keep payload text out of it.
-        # A container's own message may quote the input, so a ModelError's is never shown.
-        withheld = "the container's message is withheld (it may quote the payload)"
-        shown_raw = withheld if code == "ModelError" else message
-        err.args = (f"An error occurred ({code}) when calling the {err.operation_name} operation: {shown_raw}",)
-        if code == "ModelError":
-            original = _as_int(response.get("OriginalStatusCode") or error.get("OriginalStatusCode"))
-            cls: type[ModelError] = (
-                ModelServerError if original is None or original >= 500 or original == 429 else ModelInputError
-            )
-            original_message = response.get("OriginalMessage") or error.get("OriginalMessage")
-            log_stream_arn = response.get("LogStreamArn") or error.get("LogStreamArn")
-            text = (
-                f"ModelError from {where} (HTTP {http_status}, container status {original}): "
-                f"{_fix(cls)}"
-                + (f"; log stream: {log_stream_arn}" if log_stream_arn else "")
-                + (f"; request id {request_id}" if request_id else "")
-            )
-            return cls(
-                text,
-                code=code,
-                endpoint_name=endpoint_name,
-                http_status=http_status,
-                request_id=request_id,
-                original_status_code=original,
-                original_message=original_message,
-                log_stream_arn=log_stream_arn,
-            )
-        klass = _class_for(code, http_status, message)
-        # Service messages for these codes never echo the body or CustomAttributes.
-        shown = message.rstrip(". ") if message and message != "None" else "no message"
-        text = (
-            f"{code} from {where} (HTTP {http_status}): {shown}. {_fix(klass)}"
-            + (f" (request id {request_id})" if request_id else "")
-        )
-        return klass(text, code=code, endpoint_name=endpoint_name, http_status=http_status, request_id=request_id)
+class PredictionRowCountError(PredictionCountMismatchError):
+    """The response holds a different number of predictions than the rows sent.
 
-    if isinstance(err, bce.EventStreamError):  # pragma: no cover - subclass of ClientError above
-        return classify_error(bce.ClientError(err.response, err.operation_name), endpoint_name=endpoint_name)
+    The message is composable (``"expected 500 predictions, got 499"``); the caller prefixes the
+    file and row range. ``expected`` and ``got`` carry the counts.
 
-    if isinstance(err, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
-        return CredentialsError(
-            f"no usable AWS credentials for {where}: {type(err).__name__}. {_fix(CredentialsError)}",
-            code=type(err).__name__,
-            endpoint_name=endpoint_name,
+    :param expected: rows sent.
+    :param got: predictions found in the response.
+    :param detail: an optional hint appended to the message (never a value from the body).
+    """
+
+    def __init__(self, *, expected: int, got: int, detail: str = "") -> None:
+        message = f"expected {expected} predictions, got {got}" + (f" ({detail})" if detail else "")
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only __init__: keep pickling working
+        return (_rebuild_count_error, (type(self), self.expected, self.got, self.detail))
+
+
+def _rebuild_count_error(
+    cls: type[PredictionRowCountError], expected: int, got: int, detail: str
+) -> PredictionRowCountError:
+    return cls(expected=expected, got=got, detail=detail)
+
+
+class RowTooLargeError(InputDataError):
+    """A single row encodes to more than the request limit, so no InvokeEndpoint request can carry it.
+
+    The message is composable: it does not say where the row is; the caller prefixes the file and
+    the absolute row number (``row_offset`` is the row's position in the batch planned).
+
+    :param row_offset: the row's offset within the batch given to :meth:`RequestPlanner.split`.
+    :param row_bytes: the row's encoded size.
+    :param limit: the request limit in bytes.
+    :param content_type: the request content type.
+    :param service_limit: the largest body the service takes (InvokeEndpoint's 6 MiB by default).
+    """
+
+    def __init__(
+        self, *, row_offset: int, row_bytes: int, limit: int, content_type: str, service_limit: int = 6_291_456
+    ) -> None:
+        fits_service = limit < service_limit and row_bytes <= service_limit
+        hint = f"; or raise max_payload_bytes (up to {service_limit:,})" if fits_service else ""
+        super().__init__(
+            f"the row encodes to {row_bytes:,} bytes as {content_type}, over the "
+            f"{limit:,}-byte request limit, so no InvokeEndpoint request can carry it: score such rows with "
+            f"SageMakerInvokeEndpointAsyncOperator (request bodies read from S3), or drop or shrink its "
+            f"features{hint}"
         )
-    if isinstance(err, bce.ParamValidationError):
-        return ConfigurationError(
-            f"botocore rejected the request parameters for {where}: {err}. {_fix(ConfigurationError)}",
-            code="ParamValidationError",
-            endpoint_name=endpoint_name,
+        self.row_offset = row_offset
+        self.row_bytes = row_bytes
+        self.limit = limit
+        self.content_type = content_type
+        self.service_limit = service_limit
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only __init__: keep pickling working
+        return (
+            _rebuild_row_error,
+            (type(self), self.row_offset, self.row_bytes, self.limit, self.content_type, self.service_limit),
         )
-    if isinstance(err, bce.SSLError):
-        return ConfigurationError(
-            f"TLS failure calling {where}: check the connection's `verify` setting and CA bundle",
-            code="SSLError",
-            endpoint_name=endpoint_name,
-        )
-    transport_types: tuple[type[BaseException], ...] = (
-        bce.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError
-        bce.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, ResponseStreamingError
-        ConnectionError,
-        TimeoutError,
+
+
+def _rebuild_row_error(
+    cls: type[RowTooLargeError], row_offset: int, row_bytes: int, limit: int, content_type: str, service_limit: int
+) -> RowTooLargeError:
+    return cls(
+        row_offset=row_offset, row_bytes=row_bytes, limit=limit, content_type=content_type, service_limit=service_limit
     )
-    try:  # aiohttp is present only with the async extra
-        import aiohttp
 
-        transport_types = (*transport_types, aiohttp.ClientConnectionError, aiohttp.ServerTimeoutError)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(err, transport_types):
-        return TransportError(
-            f"transport failure calling {where}: {type(err).__name__}. {_fix(TransportError)}",
-            code=type(err).__name__,
-            endpoint_name=endpoint_name,
-        )
-    return InvocationError(
-        f"unexpected {type(err).__name__} calling {where}", code=type(err).__name__, endpoint_name=endpoint_name
-    )
+
+# ---------------------------------------------------------------------------------------------
+# Asynchronous inference
+
+
+class AsyncInferenceFailedError(SmrtError):
+    """One or more async invocations failed (their failure objects appeared in S3).
+
+    :param message: the failures: inference id, input and the head of each failure message.
+    :param failures: the status dicts of the failed invocations.
+    """
+
+    def __init__(self, message: str, *, failures: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.failures = failures

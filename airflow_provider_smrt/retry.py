@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from airflow_provider_smrt.exceptions import InvocationError, classify_error
+from airflow_provider_smrt.classify import classify_error
+from airflow_provider_smrt.exceptions import InvocationError
 
 T = TypeVar("T")
 

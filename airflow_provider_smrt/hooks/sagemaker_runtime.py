@@ -10,7 +10,8 @@ from typing import Any
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
 
-from airflow_provider_smrt.exceptions import ParameterValidationError, classify_error
+from airflow_provider_smrt.classify import classify_error
+from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.invocation import (
     DEFAULT_READ_TIMEOUT_SECONDS,
     INVOCATION_TIMEOUT_RANGE,

@@ -58,7 +58,6 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_provider_smrt._compat import conf
 from airflow_provider_smrt.async_inference import (
-    AsyncInferenceFailedError,
     AsyncInferenceTracker,
     AsyncInvocation,
     S3Location,
@@ -66,7 +65,13 @@ from airflow_provider_smrt.async_inference import (
     poll_sync,
     service_deadline_seconds,
 )
-from airflow_provider_smrt.exceptions import InvocationError, ModelError, ParameterValidationError, SmrtError
+from airflow_provider_smrt.exceptions import (
+    AsyncInferenceFailedError,
+    InvocationError,
+    ModelError,
+    ParameterValidationError,
+    SmrtError,
+)
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES
 from airflow_provider_smrt.lineage import RunLineage, async_run_lineage, to_operator_lineage

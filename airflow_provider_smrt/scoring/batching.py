@@ -18,15 +18,14 @@ import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import pyarrow as pa
 
-from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
+from airflow_provider_smrt.exceptions import ParameterValidationError, RowTooLargeError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES
 from airflow_provider_smrt.scoring.codecs import Codec
 
-__all__ = ["PlannerStats", "Request", "RequestPlanner", "RowTooLargeError"]
+__all__ = ["PlannerStats", "Request", "RequestPlanner"]
 
 #: Rows encoded to learn the first bytes-per-row estimate.
 DEFAULT_PROBE_ROWS = 32
@@ -49,45 +48,6 @@ class Request:
 
     def __repr__(self) -> str:
         return f"Request(offset={self.offset}, num_rows={self.num_rows}, body=<{len(self.body)} bytes>)"
-
-
-class RowTooLargeError(InputDataError):
-    """A single row encodes to more than the request limit, so no InvokeEndpoint request can carry it.
-
-    The message is composable: it does not say where the row is; the caller prefixes the file and
-    the absolute row number (``row_offset`` is the row's position in the batch planned).
-
-    :param row_offset: the row's offset within the batch given to :meth:`RequestPlanner.split`.
-    :param row_bytes: the row's encoded size.
-    :param limit: the request limit in bytes.
-    :param content_type: the request content type.
-    """
-
-    def __init__(self, *, row_offset: int, row_bytes: int, limit: int, content_type: str) -> None:
-        fits_service = limit < MAX_PAYLOAD_BYTES and row_bytes <= MAX_PAYLOAD_BYTES
-        hint = f"; or raise max_payload_bytes (up to {MAX_PAYLOAD_BYTES:,})" if fits_service else ""
-        super().__init__(
-            f"the row encodes to {row_bytes:,} bytes as {content_type}, over the "
-            f"{limit:,}-byte request limit, so no InvokeEndpoint request can carry it: score such rows with "
-            f"SageMakerInvokeEndpointAsyncOperator (request bodies read from S3), or drop or shrink its "
-            f"features{hint}"
-        )
-        self.row_offset = row_offset
-        self.row_bytes = row_bytes
-        self.limit = limit
-        self.content_type = content_type
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only __init__: keep pickling working
-        return (
-            _rebuild_row_error,
-            (type(self), self.row_offset, self.row_bytes, self.limit, self.content_type),
-        )
-
-
-def _rebuild_row_error(
-    cls: type[RowTooLargeError], row_offset: int, row_bytes: int, limit: int, content_type: str
-) -> RowTooLargeError:
-    return cls(row_offset=row_offset, row_bytes=row_bytes, limit=limit, content_type=content_type)
 
 
 @dataclass
@@ -180,6 +140,7 @@ class RequestPlanner:
             raise ParameterValidationError(f"fill_ratio must be in (0, 1], not {fill_ratio!r}")
         self.codec = codec
         self.max_payload_bytes = max_payload_bytes
+        self.service_limit = service_limit
         self.max_rows_per_request = max_rows_per_request
         self.probe_rows = probe_rows
         self.fill_ratio = fill_ratio
@@ -298,4 +259,5 @@ class RequestPlanner:
             row_bytes=row_bytes,
             limit=self.max_payload_bytes,
             content_type=self.codec.content_type,
+            service_limit=self.service_limit,
         )

@@ -67,8 +67,8 @@ import pyarrow.csv as pacsv
 from airflow_provider_smrt.exceptions import (
     InputDataError,
     ParameterValidationError,
-    PredictionCountMismatchError,
-    SmrtError,
+    PredictionRowCountError,
+    ResponseDecodeError,
 )
 
 __all__ = [
@@ -80,8 +80,6 @@ __all__ = [
     "DecoderFn",
     "EncoderFn",
     "PayloadCodec",
-    "PredictionRowCountError",
-    "ResponseDecodeError",
     "check_features_encodable",
     "get_codec",
     "media_type",
@@ -122,41 +120,6 @@ _MAX_EXACT_INT_IN_FLOAT = 2**53
 
 # ---------------------------------------------------------------------------------------------
 # Errors
-
-
-class ResponseDecodeError(SmrtError, ValueError):
-    """A response body does not have a shape the codec understands (model contract).
-
-    The message names the content type, the body size and the shape found, never the body itself.
-    """
-
-
-class PredictionRowCountError(PredictionCountMismatchError):
-    """The response holds a different number of predictions than the rows sent.
-
-    The message is composable (``"expected 500 predictions, got 499"``); the caller prefixes the
-    file and row range. ``expected`` and ``got`` carry the counts.
-
-    :param expected: rows sent.
-    :param got: predictions found in the response.
-    :param detail: an optional hint appended to the message (never a value from the body).
-    """
-
-    def __init__(self, *, expected: int, got: int, detail: str = "") -> None:
-        message = f"expected {expected} predictions, got {got}" + (f" ({detail})" if detail else "")
-        super().__init__(message)
-        self.expected = expected
-        self.got = got
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[Any, ...]:  # keyword-only __init__: keep pickling working
-        return (_rebuild_count_error, (type(self), self.expected, self.got, self.detail))
-
-
-def _rebuild_count_error(
-    cls: type[PredictionRowCountError], expected: int, got: int, detail: str
-) -> PredictionRowCountError:
-    return cls(expected=expected, got=got, detail=detail)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,11 +37,10 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
-from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
+from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError, ResponseDecodeError
 from airflow_provider_smrt.scoring.codecs import (
     JSON,
     JSONLINES,
-    ResponseDecodeError,
     _json_default,
     _json_text,
     _prepare,

@@ -15,13 +15,12 @@ from airflow.sdk.bases.sensor import PokeReturnValue
 
 from airflow_provider_smrt._compat import AirflowSensorTimeout, conf
 from airflow_provider_smrt.async_inference import (
-    AsyncInferenceFailedError,
     AsyncInferenceTracker,
     AsyncInvocation,
     default_timeout_seconds,
     poll_sync,
 )
-from airflow_provider_smrt.exceptions import ParameterValidationError, SmrtError
+from airflow_provider_smrt.exceptions import AsyncInferenceFailedError, ParameterValidationError, SmrtError
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
 

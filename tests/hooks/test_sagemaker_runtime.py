@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 
+from airflow_provider_smrt.classify import classify_error
 from airflow_provider_smrt.exceptions import (
     ConfigurationError,
     CredentialsError,
@@ -27,7 +28,6 @@ from airflow_provider_smrt.exceptions import (
     StreamError,
     ThrottlingError,
     TransportError,
-    classify_error,
 )
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES

@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
+from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError, RowTooLargeError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES
-from airflow_provider_smrt.scoring.batching import Request, RequestPlanner, RowTooLargeError
+from airflow_provider_smrt.scoring.batching import Request, RequestPlanner
 from airflow_provider_smrt.scoring.codecs import CSV, JSON, JSONLINES, PayloadCodec, get_codec
 
 

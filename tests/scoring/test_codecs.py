@@ -19,6 +19,8 @@ from airflow_provider_smrt.exceptions import (
     InputDataError,
     ParameterValidationError,
     PredictionCountMismatchError,
+    PredictionRowCountError,
+    ResponseDecodeError,
 )
 from airflow_provider_smrt.scoring import codecs
 from airflow_provider_smrt.scoring.codecs import (
@@ -26,8 +28,6 @@ from airflow_provider_smrt.scoring.codecs import (
     JSON,
     JSONLINES,
     Codec,
-    PredictionRowCountError,
-    ResponseDecodeError,
     check_features_encodable,
     get_codec,
     media_type,

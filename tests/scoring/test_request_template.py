@@ -11,11 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
+from airflow_provider_smrt.exceptions import (
+    InputDataError,
+    ParameterValidationError,
+    PredictionRowCountError,
+    ResponseDecodeError,
+)
 from airflow_provider_smrt.local.models import LlmModel, ModelFailure, generate_text
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
-from airflow_provider_smrt.scoring.codecs import PredictionRowCountError, ResponseDecodeError, get_codec
+from airflow_provider_smrt.scoring.codecs import get_codec
 from airflow_provider_smrt.scoring.job import ScoringConfig, ScoringJob
 from airflow_provider_smrt.scoring.storage import Storage
 from airflow_provider_smrt.scoring.templating import RequestTemplateEncoder, ResponseFieldDecoder, template_columns
