@@ -18,7 +18,14 @@ from typing import Any, ClassVar
 
 
 class SmrtError(Exception):
-    """Base class of every error raised by airflow-provider-smrt."""
+    """Base class of every error raised by airflow-provider-smrt.
+
+    ``retryable`` tells whether the same call may succeed if made again: False for every error but
+    the transient invocation errors (:class:`RetryableInvocationError`, :class:`ModelServerError`,
+    :class:`RetryableStreamError`), so callers can branch on one attribute.
+    """
+
+    retryable: ClassVar[bool] = False
 
 
 class ParameterValidationError(SmrtError, ValueError):
@@ -55,7 +62,6 @@ class InvocationError(SmrtError):
     :param request_id: the request id of the response, if there was one.
     """
 
-    retryable: ClassVar[bool] = False
     #: True for errors that mean "slow down" (drive adaptive concurrency).
     throttled: ClassVar[bool] = False
 

@@ -144,3 +144,14 @@ def test_airflow_registers_our_extra_links(cli: dict[str, Any]) -> None:
     listed = {entry["extra_link_class_name"] for entry in cli["links"]}
     assert links <= listed
     assert {name for name in listed if name.startswith("airflow_provider_smrt.")} == links
+
+
+def test_distribution_metadata_names_license_authors_and_python() -> None:
+    from importlib.metadata import metadata
+
+    meta = metadata("airflow-provider-smrt")
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert "LICENSE" in (meta.get_all("License-File") or [])
+    assert "airflow-provider-smrt maintainers" in (meta["Author"] or "")
+    classifiers = set(meta.get_all("Classifier") or [])
+    assert {"Framework :: Apache Airflow :: Provider", "Programming Language :: Python :: 3.11"} <= classifiers
