@@ -13,7 +13,7 @@ features/ds=2026-01-02/``); against AWS, point the params at your endpoint and b
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Param
 
@@ -27,6 +27,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,  # backfills are explicit (``airflow backfill create``), not implied by the start date
     max_active_runs=3,  # dates scored at once; each run keeps ``concurrency`` requests in flight
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "execution_timeout": timedelta(hours=6)},
     params={
         "endpoint_name": Param("smrt-demo", type="string"),
         "features_root": Param("s3://smrt-local/examples/backfill/features", type="string"),

@@ -14,7 +14,7 @@ s3://smrt-local/examples/fanout/features/region=eu/`` (and ``region=us/``...).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
@@ -29,6 +29,7 @@ with DAG(
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "execution_timeout": timedelta(hours=6)},
     params={
         "endpoint_name": Param("smrt-demo", type="string"),
         "features_root": Param("s3://smrt-local/examples/fanout/features/", type="string"),
@@ -51,6 +52,8 @@ with DAG(
     SageMakerBatchScoreOperator.partial(
         task_id="score",
         pool=POOL,
+        # The UI names each mapped task by its partition instead of 0, 1, 2.
+        map_index_template="{{ task.input_uri }}",
         endpoint_name="{{ params.endpoint_name }}",
         output_uri="{{ params.output_uri }}",
         feature_columns=FEATURES,

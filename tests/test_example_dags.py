@@ -38,8 +38,9 @@ def test_example_dags_import_into_a_dagbag() -> None:
 
 
 def test_daily_batch_score(s3_client: Any, s3_prefix: str) -> None:
-    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/", rows=300, files=2)
-    conf = {"input_uri": s3_prefix + "in/", "output_root": s3_prefix + "out"}
+    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/ds=2026-01-05/", rows=300, files=2)
+    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/ds=2026-01-04/", rows=50, files=1)
+    conf = {"input_root": s3_prefix + "in", "output_root": s3_prefix + "out"}
     run = run_dag("smrt_example_batch_score", conf, logical_date=datetime(2026, 1, 5, tzinfo=timezone.utc))
     assert run.state == "success", run.states
     out = read_parts(s3_client, s3_prefix + "out/ds=2026-01-05/")
@@ -97,6 +98,18 @@ def test_mapped_fan_out_with_a_pool(s3_client: Any, s3_prefix: str) -> None:
     assert [k for k in keys if k.startswith("_manifest")] == [f"_manifest-0000{i}.json" for i in range(3)]
     out = read_parts(s3_client, s3_prefix + "predictions/")
     assert out.num_rows == 450 and out.column_names == OUTPUT_COLUMNS
+    # map_index_template: the UI shows each mapped task's partition, not 0, 1, 2.
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        shown = {
+            ti.rendered_map_index
+            for ti in session.query(TaskInstance).filter_by(
+                dag_id="smrt_example_mapped_fanout", run_id=run.run_id, task_id="score"
+            )
+        }
+    assert shown == {f"{s3_prefix}features/region={region}/" for region in regions}
 
 
 class _Messages(logging.Handler):
