@@ -22,13 +22,15 @@ from airflow_provider_smrt.exceptions import (
     PredictionRowCountError,
     ResponseDecodeError,
 )
-from airflow_provider_smrt.scoring import codecs
 from airflow_provider_smrt.scoring.codecs import (
     CSV,
     JSON,
     JSONLINES,
     Codec,
+    arrow,
     check_features_encodable,
+    decoders,
+    encoders,
     get_codec,
     media_type,
     resolve_callable,
@@ -391,9 +393,9 @@ def test_json_numeric_fast_path_matches_general_path(content_type: str) -> None:
     )
     codec = get_codec(content_type=content_type)
     fast = codec.encode(table)
-    assert codecs._numeric_matrix(codecs._prepare(table, codec.content_type)) is not None
+    assert encoders._numeric_matrix(arrow.prepare(table, codec.content_type)) is not None
     with_null = pa.table({"f": [0.1, 2.0, None], "i": [1, 2, 3], "g": [1e-300, 7.0, 0.3]})
-    assert codecs._numeric_matrix(with_null) is None
+    assert encoders._numeric_matrix(with_null) is None
     parse = (
         (lambda b: orjson.loads(b)["instances"])
         if content_type == JSON
@@ -467,14 +469,14 @@ def test_csv_one_number_per_line_fast_path_and_its_fallbacks() -> None:
     out = codec.decode(b"nan\r\n-inf\r\n1e5\r\n-0\r\n", num_rows=4, content_type=None)
     assert out.schema.types == [pa.float64()]
     assert out.column(0).to_pylist()[1:] == [float("-inf"), 1e5, 0.0] and np.isnan(out.column(0)[0].as_py())
-    assert codecs._one_number_per_line(b"1\n2\n", 2) is not None
-    assert codecs._one_number_per_line(b"true\nfalse\n", 2) is None  # not numbers: the CSV reader decides
+    assert decoders._one_number_per_line(b"1\n2\n", 2) is not None
+    assert decoders._one_number_per_line(b"true\nfalse\n", 2) is None  # not numbers: the CSV reader decides
     booleans = codec.decode(b"true\nfalse\n", num_rows=2, content_type=None)
     assert booleans.to_pydict() == {"prediction": [True, False]}
-    assert codecs._one_number_per_line(b"1 2\n3 4\n", 4) is None  # two tokens on a line
+    assert decoders._one_number_per_line(b"1 2\n3 4\n", 4) is None  # two tokens on a line
     with pytest.raises(PredictionRowCountError, match="expected 4 predictions, got 2"):
         codec.decode(b"1 2\n3 4\n", num_rows=4, content_type=None)
-    assert codecs._one_number_per_line(b"1\n\n2\n", 3) is None  # a blank line is no prediction
+    assert decoders._one_number_per_line(b"1\n\n2\n", 3) is None  # a blank line is no prediction
     with pytest.raises(PredictionRowCountError, match="got 2"):
         codec.decode(b"1\n\n2\n", num_rows=3, content_type=None)
 
@@ -767,12 +769,12 @@ def test_csv_plain_numbers_are_parsed_without_arrow_compute(monkeypatch: pytest.
 
     body = b"1\r\n-2.5\r\n3e5\r\n123456789\r\n"
     with monkeypatch.context() as patched:
-        patched.setattr(codecs.pc, "cast", no_cast)
-        out = codecs._one_number_per_line(body, 4)
+        patched.setattr(decoders.pc, "cast", no_cast)
+        out = decoders._one_number_per_line(body, 4)
     assert out is not None and out.type == pa.float64()
     assert out.to_pylist() == [1.0, -2.5, 3e5, 123456789.0]
-    huge = codecs._one_number_per_line(b"1\n12345678901234567890\n", 2)  # an integer past 2**53: Arrow parses it
+    huge = decoders._one_number_per_line(b"1\n12345678901234567890\n", 2)  # an integer past 2**53: Arrow parses it
     assert huge is not None and huge.to_pylist() == [1.0, 12345678901234567890.0]
-    spelled = codecs._one_number_per_line(b"1.\n.5\n+2\ninf\n", 4)  # not JSON numbers: Arrow parses them
+    spelled = decoders._one_number_per_line(b"1.\n.5\n+2\ninf\n", 4)  # not JSON numbers: Arrow parses them
     assert spelled is not None and spelled.to_pylist() == [1.0, 0.5, 2.0, float("inf")]
-    assert codecs._one_number_per_line(b"1\n2,3\n", 2) is None  # two outputs on a line: the CSV reader
+    assert decoders._one_number_per_line(b"1\n2,3\n", 2) is None  # two outputs on a line: the CSV reader

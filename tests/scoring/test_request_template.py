@@ -21,9 +21,13 @@ from airflow_provider_smrt.local.models import LlmModel, ModelFailure, generate_
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import get_codec
+from airflow_provider_smrt.scoring.codecs.templates import (
+    RequestTemplateEncoder,
+    ResponseFieldDecoder,
+    template_columns,
+)
 from airflow_provider_smrt.scoring.job import ScoringConfig, ScoringJob
 from airflow_provider_smrt.scoring.storage import Storage
-from airflow_provider_smrt.scoring.templating import RequestTemplateEncoder, ResponseFieldDecoder, template_columns
 
 SECRET = "s3cr3t-cell-value"
 
