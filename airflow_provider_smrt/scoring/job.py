@@ -28,6 +28,7 @@ from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_pay
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import check_features_encodable, get_codec
+from airflow_provider_smrt.scoring.codecs.templates import RequestTemplateEncoder, template_columns
 from airflow_provider_smrt.scoring.dataset import (
     InputFile,
     WorkUnit,
@@ -52,7 +53,6 @@ from airflow_provider_smrt.scoring.sink import (
     write_manifest,
 )
 from airflow_provider_smrt.scoring.storage import Storage, basename, join_uri
-from airflow_provider_smrt.scoring.templating import RequestTemplateEncoder, template_columns
 
 log = logging.getLogger(__name__)
 

@@ -38,19 +38,11 @@ import orjson
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError, ResponseDecodeError
-from airflow_provider_smrt.scoring.codecs import (
-    JSON,
-    JSONLINES,
-    _json_default,
-    _json_text,
-    _prepare,
-    _python_values,
-    media_type,
-)
+from airflow_provider_smrt.scoring.codecs.arrow import prepare, python_values
+from airflow_provider_smrt.scoring.codecs.base import JSON, JSONLINES, media_type
+from airflow_provider_smrt.scoring.codecs.json_values import GENERAL_OPTS, json_default, json_text
 
 __all__ = ["RequestTemplateEncoder", "ResponseFieldDecoder", "template_columns"]
-
-_GENERAL_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass(frozen=True)
@@ -164,7 +156,7 @@ def _as_text(value: Any, spec: str) -> str:
         return ""
     if isinstance(value, str):
         return value
-    return _json_text(value)
+    return json_text(value)
 
 
 class RequestTemplateEncoder:
@@ -204,14 +196,14 @@ class RequestTemplateEncoder:
                 "set max_rows_per_request=1"
             )
         self.check_columns(features.column_names)
-        table = _prepare(features.select(self.columns), JSON)
+        table = prepare(features.select(self.columns), JSON)
         row = {
-            name: _python_values(name, column, JSON)[0]
+            name: python_values(name, column, JSON)[0]
             for name, column in zip(table.column_names, table.columns, strict=True)
         }
         document = self._render(self._compiled, row)
         try:
-            return orjson.dumps(document, default=_json_default, option=_GENERAL_OPTS)
+            return orjson.dumps(document, default=json_default, option=GENERAL_OPTS)
         except (TypeError, orjson.JSONEncodeError) as err:
             raise InputDataError(
                 f"the request cannot be encoded as JSON ({type(err).__name__}); cast nested columns to "
@@ -239,8 +231,9 @@ _MISSING = object()
 class ResponseFieldDecoder:
     """Picks ``response_field`` (a dotted path) out of a JSON or JSON-lines response (see the module docstring).
 
-    Returns the per-row items (a list of ``num_rows`` values); :class:`~airflow_provider_smrt.scoring.codecs.
-    PayloadCodec` turns them into prediction columns like any JSON items.
+    Returns the per-row items (a list of ``num_rows`` values);
+    :class:`~airflow_provider_smrt.scoring.codecs.PayloadCodec` turns them into prediction columns like any
+    JSON items.
 
     :param response_field: the dotted path, e.g. ``"generated_text"`` or ``"choices.0.message.content"``.
     :param accept: the response type: ``application/json`` or ``application/jsonlines``.
