@@ -46,7 +46,7 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
-from tests import local_control  # noqa: E402 - after the environment above
+from tests.support import local_control  # noqa: E402 - after the environment above
 
 LOCAL_BUCKET = "smrt-local"
 _START_TIMEOUT = 60.0

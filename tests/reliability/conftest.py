@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.support import Figures
+from tests.support.figures import Figures
 
 
 @pytest.fixture(scope="session")

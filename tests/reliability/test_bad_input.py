@@ -16,7 +16,11 @@ import pytest
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.local.s3server import free_port
-from tests.reliability.support import Figures, aws_conn, features, list_keys, put_parquet, run_score, split
+from tests.support.connections import aws_conn
+from tests.support.dag_runs import run_score
+from tests.support.datasets import features
+from tests.support.figures import Figures
+from tests.support.s3_objects import list_keys, put_parquet, split
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +129,7 @@ CASES: dict[str, Case] = {
     "prediction_count_mismatch": Case(
         _good,
         ("a.parquet rows ", "expected 50 predictions, got 49", "one prediction per input row"),
-        op={"decoder": "tests.reliability.decoders.drop_last_row"},
+        op={"decoder": "tests.support.faulty_decoders.drop_last_row"},
     ),
 }
 
@@ -165,8 +169,8 @@ def test_bad_input_fails_clearly_and_writes_nothing(
         conf["aws_conn_id"] = "r_wrong_region"
     os.environ.update(variables)  # kept set: unsetting a connection variable mid-session confuses Airflow's cache
     run = run_score(conf, tmp_path / "report")
-    assert run.task_state == "failed", f"{name}: the task did not fail"
-    message = run.error
+    assert run.states["score"] == "failed", f"{name}: the task did not fail"
+    message = run.error("score")
     for text in case.expect:
         assert text in message, f"{name}: {text!r} not in {message!r}"
     if name in SECRET_ATTRIBUTES:

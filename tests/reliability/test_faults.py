@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.support import Figures, expected_sum, put_files, read_output, run_score
+from tests.support.dag_runs import run_score
+from tests.support.datasets import expected_sum, put_files
+from tests.support.figures import Figures
+from tests.support.s3_objects import read_output
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +75,10 @@ def test_throttling(
 ) -> None:
     endpoint = make_endpoint("sum", faults={"throttle_rate": rate, "latency_ms": 5, "seed": 7})
     run, data = _score(s3_client, endpoint, s3_prefix, tmp_path)
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     rows = _check_exactly_once(s3_client, s3_prefix, data)
     stats = endpoint_stats(endpoint)
-    summary = run.xcom()
+    summary = run.xcom("score")
     assert stats["throttled"] > 0
     assert stats["rows_ok"] == TOTAL  # a throttled request is not scored: no row predicted twice
     assert summary["throttles"] == stats["throttled"]
@@ -117,7 +120,7 @@ def test_5xx_burst(
     finally:
         stop.set()
         driver.join(timeout=10)
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     rows = _check_exactly_once(s3_client, s3_prefix, data)
     stats = endpoint_stats(endpoint)
     assert stats["errors_5xx"] >= 12
@@ -128,7 +131,7 @@ def test_5xx_burst(
         rows_written=rows,
         stats=stats,
         errors_5xx=stats["errors_5xx"],
-        retries=run.xcom()["retries"],
+        retries=run.xcom("score")["retries"],
     )
 
 
@@ -138,7 +141,7 @@ def test_model_not_ready_while_warming_up(
     """A serverless endpoint warming up: ModelNotReadyException (429) for its first 3 seconds."""
     endpoint = make_endpoint("sum", faults={"model_not_ready_seconds": 3.0})
     run, data = _score(s3_client, endpoint, s3_prefix, tmp_path)
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     rows = _check_exactly_once(s3_client, s3_prefix, data)
     stats = endpoint_stats(endpoint)
     assert stats["not_ready"] > 0
@@ -149,7 +152,7 @@ def test_model_not_ready_while_warming_up(
         rows_written=rows,
         stats=stats,
         not_ready=stats["not_ready"],
-        retries=run.xcom()["retries"],
+        retries=run.xcom("score")["retries"],
     )
 
 
@@ -163,7 +166,7 @@ def test_connection_resets_and_read_timeouts(
     run, data = _score(
         s3_client, endpoint, s3_prefix, tmp_path, botocore_config={"read_timeout": 0.7, "connect_timeout": 2}
     )
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     rows = _check_exactly_once(s3_client, s3_prefix, data)
     stats = endpoint_stats(endpoint)
     assert stats["resets"] > 0 and stats["stalls"] > 0
@@ -178,7 +181,7 @@ def test_connection_resets_and_read_timeouts(
         resets=stats["resets"],
         stalls=stats["stalls"],
         rows_scored_by_endpoint_twice=stats["rows_ok"] - TOTAL,
-        retries=run.xcom()["retries"],
+        retries=run.xcom("score")["retries"],
     )
 
 
@@ -189,14 +192,14 @@ def test_model_error_on_marked_rows(
     poison = {3, 10_017, 10_018, 20_499, 30_250}
     endpoint = make_endpoint("sum", faults={"poison_value": -999})
     run, data = _score(s3_client, endpoint, s3_prefix, tmp_path, poison=poison, max_error_ratio=0.01)
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     rows = _check_exactly_once(s3_client, s3_prefix, data, missing=poison)
     errors = read_output(s3_client, s3_prefix + "out/", folder="_errors/")
     assert sorted(errors["id"].to_pylist()) == sorted(poison)
     assert set(errors["error_class"].to_pylist()) == {"ModelInputError"}
     stats = endpoint_stats(endpoint)
     assert stats["rows_ok"] == TOTAL - len(poison)
-    summary = run.xcom()
+    summary = run.xcom("score")
     assert summary["rows_failed"] == len(poison) and summary["rows_scored"] == TOTAL - len(poison)
     _record(
         figures,

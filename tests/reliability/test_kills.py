@@ -18,18 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.airflow_support import ROOT, ensure_db
-from tests.reliability.support import (
-    Figures,
-    check_parts_complete,
-    data_parts,
-    expected_sum,
-    incomplete_uploads,
-    list_keys,
-    put_files,
-    read_output,
-    run_score,
-)
+from tests.support.dag_runs import ROOT, ensure_db, run_score
+from tests.support.datasets import expected_sum, put_files
+from tests.support.figures import Figures
+from tests.support.s3_objects import check_parts_complete, data_parts, incomplete_uploads, list_keys, read_output
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +32,10 @@ OP = {"max_rows_per_request": ROWS_PER_REQUEST, "concurrency": 2}
 
 _CHILD = """
 import json, sys
-from tests.airflow_support import dagbag
+from tests.support.dag_runs import run_dag
 conf = json.loads(sys.argv[1])
-run = dagbag().get_dag(conf.pop("dag_id")).test(run_conf=conf)
-states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}), flush=True)
+run = run_dag(conf.pop("dag_id"), conf)
+print("RESULT " + json.dumps({"state": run.state, "tasks": run.states}), flush=True)
 """
 
 
@@ -95,7 +86,7 @@ def _rerun_and_check(
     done = check_parts_complete(s3, prefix + "out/", ROWS)
     before = _requests_settled(endpoint_stats, endpoint)
     run = run_score(conf, tmp_path / "rerun")
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     after = endpoint_stats(endpoint)
     resent_requests = after["requests"] - before["requests"]
     resent_rows = after["rows_ok"] - before["rows_ok"]
@@ -106,7 +97,7 @@ def _rerun_and_check(
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == TOTAL
     assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected_sum(data))
-    summary = run.xcom()
+    summary = run.xcom("score")
     assert summary["units_skipped"] == len(done) and summary["rows_scored"] == TOTAL
     assert "_manifest.json" in list_keys(s3, prefix + "out/")
     return {
@@ -199,8 +190,8 @@ def test_execution_timeout_on_kill_stops_cleanly(
     """``execution_timeout`` (4 s) interrupts the run: Airflow calls ``on_kill``; nothing partial is visible."""
     endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
     run = run_score(conf, tmp_path / "first", dag_id="r_score_timeout")
-    assert run.task_state == "failed"
-    assert "Timeout" in run.error, run.error
+    assert run.states["score"] == "failed"
+    assert "Timeout" in run.error("score"), run.error("score")
     ended = endpoint_stats(endpoint)["requests"]
     settled = _requests_settled(endpoint_stats, endpoint)
     assert settled["requests"] - ended <= 2  # at most the requests in flight when on_kill ran

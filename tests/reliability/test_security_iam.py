@@ -11,20 +11,13 @@ import boto3
 import pyarrow as pa
 import pytest
 
-from tests.airflow_support import ROOT, dagbag, ensure_db
-from tests.reliability.proxy import FaultProxy
-from tests.reliability.support import (
-    Figures,
-    aws_conn,
-    env,
-    features,
-    list_keys,
-    put_parquet,
-    read_output,
-    record_aws_calls,
-    run_score,
-    split,
-)
+from tests.support.aws_calls import record_aws_calls
+from tests.support.connections import aws_conn, env
+from tests.support.dag_runs import ROOT, run_dag, run_score
+from tests.support.datasets import features
+from tests.support.fault_proxy import FaultProxy
+from tests.support.figures import Figures
+from tests.support.s3_objects import list_keys, put_parquet, read_output, split
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +98,7 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
             proxy.state.fail_writes_after = 2  # two objects written, the third PutObject denied: discarded
             denied = {**conf, "output_uri": s3_prefix + "out-denied/"}
             runs.append(run_score(denied, tmp_path / "denied"))
-    assert [r.state for r in runs] == ["success", "success", "success", "failed"], [r.error for r in runs]
+    assert [r.state for r in runs] == ["success", "success", "success", "failed"], [r.error("score") for r in runs]
 
     # Output correct, every object encrypted with the key.
     out = read_output(s3_client, s3_prefix + "out/")
@@ -136,9 +129,9 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
     # No secret in any log, error, XCom, task log file or captured output.
     captured = capfd.readouterr()
     haystacks = {
-        "log records": "\n".join(line for r in runs for line in r.logs),
-        "errors": "\n".join(r.error for r in runs),
-        "xcom": "\n".join(json.dumps(r.xcom()) for r in runs),
+        "log records": "\n".join(r.log_text for r in runs),
+        "errors": "\n".join(r.error("score") for r in runs),
+        "xcom": "\n".join(json.dumps(r.xcom("score")) for r in runs),
         "task log files": "\n".join(r.task_log_text() for r in runs),
         "stdout/stderr": captured.out + captured.err,
     }
@@ -175,11 +168,9 @@ def test_async_invoke_and_sensor_iam_policy(
         s3_client.put_object(Bucket=bucket, Key=key, Body=b"1,2,3\n4,5,6\n")
         inputs.append(f"s3://{bucket}/{key}")
     endpoint = make_endpoint("sum")
-    ensure_db()
-    dag = dagbag().get_dag("t_async_sensor_poke")
     with record_aws_calls() as recorder:
-        run = dag.test(run_conf={"endpoint_name": endpoint, "inputs": inputs})
-    assert str(run.state) == "success"
+        run = run_dag("t_async_sensor_poke", {"endpoint_name": endpoint, "inputs": inputs})
+    assert run.state == "success"
     called = recorder.actions()
     assert called == _policy_actions("async-invoke-and-sensor.json"), sorted(set(recorder.calls))
     figures.record(

@@ -11,19 +11,12 @@ from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 
-from tests.reliability.proxy import FaultProxy
-from tests.reliability.support import (
-    Figures,
-    aws_conn,
-    check_parts_complete,
-    env,
-    expected_sum,
-    incomplete_uploads,
-    list_keys,
-    put_files,
-    read_output,
-    run_score,
-)
+from tests.support.connections import aws_conn, env
+from tests.support.dag_runs import run_score
+from tests.support.datasets import expected_sum, put_files
+from tests.support.fault_proxy import FaultProxy
+from tests.support.figures import Figures
+from tests.support.s3_objects import check_parts_complete, incomplete_uploads, list_keys, read_output
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +50,10 @@ def test_failing_output_write_fails_clearly_and_rerun_completes(
         }
         with env(**aws_conn("r_s3_proxy", service_config=service_config)):
             run = run_score(conf, tmp_path / "first")
-            assert run.task_state == "failed"
-            assert "OutputError: could not write s3://" in run.error, run.error
-            assert "AccessDenied" in run.error and "s3:PutObject" in run.error and "rerun" in run.error
+            assert run.states["score"] == "failed"
+            error = run.error("score")
+            assert "OutputError: could not write s3://" in error, error
+            assert "AccessDenied" in error and "s3:PutObject" in error and "rerun" in error
             done = check_parts_complete(s3_client, s3_prefix + "out/", ROWS)
             assert len(done) == 3, done  # nothing already written was lost
             keys = list_keys(s3_client, s3_prefix + "out/")
@@ -69,7 +63,7 @@ def test_failing_output_write_fails_clearly_and_rerun_completes(
             before = endpoint_stats(endpoint)["rows_ok"]
             proxy.state.fail_writes_after = None  # the policy is fixed
             rerun = run_score(conf, tmp_path / "rerun")
-    assert rerun.succeeded, rerun.error
+    assert rerun.succeeded, rerun.error("score")
     resent = endpoint_stats(endpoint)["rows_ok"] - before
     assert resent == (FILES - len(done)) * ROWS
     out = read_output(s3_client, s3_prefix + "out/")
@@ -150,7 +144,7 @@ def test_expiring_session_credentials_refresh_mid_run(
         with pytest.raises(ClientError) as refused:
             probe.list_objects_v2(Bucket="smrt-local", Prefix="x")
         assert refused.value.response["Error"]["Code"] == "ExpiredToken"
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     assert state.expired_rejections == 1  # only the probe: the run never used an expired credential
     assert state.assume_role_calls >= 3, state.assume_role_calls
     assert len(runtime_keys & set(state.issued)) >= 2, "InvokeEndpoint never used refreshed credentials"
@@ -162,7 +156,7 @@ def test_expiring_session_credentials_refresh_mid_run(
         "credentials_expiring_mid_run",
         result="success",
         credential_lifetime_seconds=2.5,
-        scoring_seconds=run.xcom()["elapsed_seconds"],
+        scoring_seconds=run.xcom("score")["elapsed_seconds"],
         assume_role_calls=state.assume_role_calls,
         distinct_access_keys_used=len(keys_used),
         distinct_access_keys_on_invoke_endpoint=len(runtime_keys),
