@@ -81,7 +81,7 @@ def xcom(dag_id: str, run_id: str, task_id: str, map_index: int = -1, *, key: st
 
 @dataclass(frozen=True)
 class LogLine:
-    """One log record emitted during a run."""
+    """One log record emitted during a run (``message`` ends with the record's traceback, if it has one)."""
 
     logger: str
     level: str
@@ -246,10 +246,11 @@ class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.lines: list[LogLine] = []
+        self.setFormatter(logging.Formatter("%(message)s"))  # with the traceback of a record that has one
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
+            message = self.format(record)
         except Exception:  # noqa: BLE001 - a record that cannot be formatted is not evidence
             message = repr(record.msg)
         self.lines.append(LogLine(logger=record.name, level=record.levelname, message=message))
