@@ -6,8 +6,8 @@ Environment is set at import time, before anything imports Airflow. Fixtures:
   subprocess (or reused when ``SMRT_RUNTIME_ENDPOINT_URL`` and ``SMRT_S3_ENDPOINT_URL`` are already set, as under
   ``smrt-local run``); has ``.s3_endpoint_url``, ``.runtime_endpoint_url``, ``.airflow_conn``.
 - ``s3_client``, ``runtime_client`` (session): boto3 clients on the stack (the runtime client makes one attempt).
-- ``make_endpoint`` (function): ``make_endpoint(model="sum", *, faults=None, outputs=None, variants=None,
-  max_payload_bytes=None, **extra) -> str`` creates a uniquely named endpoint.
+- ``make_endpoint`` (function): ``make_endpoint(model="sum", **spec) -> str`` creates a uniquely named endpoint
+  (``spec``: the keyword arguments of ``tests.support.local_control.put_endpoint``: faults, outputs, variants, ...).
 - ``endpoint_stats`` (function): ``endpoint_stats(name) -> dict``; ``patch_faults``: ``patch_faults(name, faults)``.
 - ``s3_prefix`` (function): a unique ``s3://smrt-local/t-<uuid8>/``.
 """
