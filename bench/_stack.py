@@ -34,9 +34,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
 
-import local_control  # noqa: E402 - tests/local_control.py: the local stack's control API
+from tests.support import local_control  # noqa: E402 - the local stack's control API
 
 __all__ = ["REPO", "LocalStackProcess", "load", "local_control", "pin_self", "runtime_client", "s3_client"]
 

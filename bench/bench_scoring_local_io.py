@@ -19,7 +19,7 @@ import bench_scoring as b
 import pyarrow.parquet as pq
 from _stack import LocalStackProcess, runtime_client
 
-from tests import local_control
+from tests.support import local_control
 
 IDEAL = 16 * 500 / 0.05
 

@@ -6,8 +6,8 @@ Environment is set at import time, before anything imports Airflow. Fixtures:
   subprocess (or reused when ``SMRT_RUNTIME_ENDPOINT_URL`` and ``SMRT_S3_ENDPOINT_URL`` are already set, as under
   ``smrt-local run``); has ``.s3_endpoint_url``, ``.runtime_endpoint_url``, ``.airflow_conn``.
 - ``s3_client``, ``runtime_client`` (session): boto3 clients on the stack (the runtime client makes one attempt).
-- ``make_endpoint`` (function): ``make_endpoint(model="sum", *, faults=None, outputs=None, variants=None,
-  max_payload_bytes=None, **extra) -> str`` creates a uniquely named endpoint.
+- ``make_endpoint`` (function): ``make_endpoint(model="sum", **spec) -> str`` creates a uniquely named endpoint
+  (``spec``: the keyword arguments of ``tests.support.local_control.put_endpoint``: faults, outputs, variants, ...).
 - ``endpoint_stats`` (function): ``endpoint_stats(name) -> dict``; ``patch_faults``: ``patch_faults(name, faults)``.
 - ``s3_prefix`` (function): a unique ``s3://smrt-local/t-<uuid8>/``.
 """
@@ -46,7 +46,7 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_SESSION_TOKEN", None)
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
-from tests import local_control  # noqa: E402 - after the environment above
+from tests.support import local_control  # noqa: E402 - after the environment above
 
 LOCAL_BUCKET = "smrt-local"
 _START_TIMEOUT = 60.0
@@ -139,35 +139,35 @@ def local_stack() -> Iterator[StackInfo]:
             os.environ.pop(name, None)
 
 
-@pytest.fixture(scope="session")
-def s3_client(local_stack: StackInfo) -> Any:
-    """A boto3 S3 client on the local stack."""
+def _client(service: str, endpoint_url: str, **config: Any) -> Any:
+    """A boto3 client of ``service`` at ``endpoint_url`` with the tests' fake credentials."""
     import boto3
     from botocore.config import Config
 
     return boto3.client(
-        "s3",
-        endpoint_url=local_stack.s3_endpoint_url,
+        service,
+        endpoint_url=endpoint_url,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-        config=Config(s3={"addressing_style": "path"}),
+        config=Config(**config),
     )
+
+
+@pytest.fixture(scope="session")
+def s3_client(local_stack: StackInfo) -> Any:
+    """A boto3 S3 client on the local stack."""
+    return _client("s3", local_stack.s3_endpoint_url, s3={"addressing_style": "path"})
 
 
 @pytest.fixture(scope="session")
 def runtime_client(local_stack: StackInfo) -> Any:
     """A boto3 sagemaker-runtime client on the local stack; one attempt per call (no retries)."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
+    return _client(
         "sagemaker-runtime",
-        endpoint_url=local_stack.runtime_endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"total_max_attempts": 1}, max_pool_connections=64),
+        local_stack.runtime_endpoint_url,
+        retries={"total_max_attempts": 1},
+        max_pool_connections=64,
     )
 
 
@@ -176,24 +176,9 @@ def make_endpoint(local_stack: StackInfo) -> Iterator[Callable[..., str]]:
     """A factory creating uniquely named endpoints; they are deleted after the test."""
     created: list[str] = []
 
-    def make(
-        model: str = "sum",
-        *,
-        faults: dict[str, Any] | None = None,
-        outputs: list[str] | None = None,
-        variants: dict[str, float] | None = None,
-        max_payload_bytes: int | None = None,
-        **extra: Any,
-    ) -> str:
-        name = local_control.put_endpoint(
-            local_stack.runtime_endpoint_url,
-            model=model,
-            faults=faults,
-            outputs=outputs,
-            variants=variants,
-            max_payload_bytes=max_payload_bytes,
-            **extra,
-        )
+    def make(model: str = "sum", **spec: Any) -> str:
+        """``spec``: the keyword arguments of ``local_control.put_endpoint`` (faults, outputs, variants, ...)."""
+        name = local_control.put_endpoint(local_stack.runtime_endpoint_url, model=model, **spec)
         created.append(name)
         return name
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.ecosystem_support import delete_prefix, example_module, get_dag, read_parts, run_dag
+from tests.support.dag_runs import example_module, get_dag, run_dag
+from tests.support.s3_objects import delete_prefix, read_parts
 
 
 def _asset_events(uri: str) -> list[Any]:

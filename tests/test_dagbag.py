@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.compat import dagbag_class
+from tests.support.airflow_compat import dagbag_class
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
 EXAMPLE_FILES = sorted(EXAMPLE_DAGS.glob("*.py"))

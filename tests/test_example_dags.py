@@ -8,8 +8,8 @@ from typing import Any
 
 from airflow_provider_smrt.local.demo_data import write_demo_dataset
 from airflow_provider_smrt.local.models import generate_text
-from tests.airflow_support import EXAMPLE_DAGS, ensure_db
-from tests.ecosystem_support import example_module, get_dag, list_keys, read_parts, run_dag
+from tests.support.dag_runs import EXAMPLE_DAGS, ensure_db, example_module, get_dag, run_dag
+from tests.support.s3_objects import list_keys, read_parts
 
 EXAMPLE_DAG_IDS = {
     "smrt_example_batch_score",

@@ -11,7 +11,7 @@ from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLog
 from airflow_provider_smrt.local.demo_data import write_demo_dataset
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
 from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
-from tests.ecosystem_support import run_dag
+from tests.support.dag_runs import run_dag
 
 CONSOLE = "https://console.aws.amazon.com"
 

@@ -7,53 +7,35 @@ Endpoint and inputs come from ``run_conf`` (params). ``render_template_as_native
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
+from tests.support.dag_shells import dag_args, from_params, params
 
-PARAMS = {
-    "endpoint_name": Param("smrt-sum", type="string"),
-    "inputs": Param([], type="array"),
-    "content_type": Param("text/csv", type="string"),
-    "report_dir": Param("", type="string"),
-}
-
-
-def _report_failure(context: Any) -> None:
-    report_dir = context["params"].get("report_dir")
-    if report_dir:
-        exc = context.get("exception")
-        text = f"{type(exc).__name__}: {exc}"
-        Path(report_dir, f"{context['ti'].task_id}.txt").write_text(text)
+PARAMS = params("endpoint_name", "inputs", "content_type", "report_dir")
 
 
 def _dag(dag_id: str) -> DAG:
-    return DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        params=PARAMS,
-        render_template_as_native_obj=True,
-        default_args={"on_failure_callback": _report_failure},
-    )
+    return DAG(**dag_args(dag_id, PARAMS, report_failures=True, render_template_as_native_obj=True))
+
+
+def _invoke_args(**kwargs: Any) -> dict[str, Any]:
+    """The invoke task's arguments: every file of ``params.inputs`` to ``params.endpoint_name``, and ``kwargs``."""
+    args: dict[str, Any] = {
+        "task_id": "invoke",
+        **from_params("endpoint_name", "content_type", input_location="inputs"),
+        "concurrency": 4,
+    }
+    args.update(kwargs)
+    return args
 
 
 def _invoke(**kwargs: Any) -> SageMakerInvokeEndpointAsyncOperator:
-    params: dict[str, Any] = {
-        "task_id": "invoke",
-        "endpoint_name": "{{ params.endpoint_name }}",
-        "input_location": "{{ params.inputs }}",
-        "content_type": "{{ params.content_type }}",
-        "concurrency": 4,
-    }
-    params.update(kwargs)
-    return SageMakerInvokeEndpointAsyncOperator(**params)
+    return SageMakerInvokeEndpointAsyncOperator(**_invoke_args(**kwargs))
 
 
 class FailAfterSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
@@ -109,12 +91,4 @@ for _mode in ("poke", "deferrable"):
         )
 
 with _dag("t_async_retry"):
-    FailAfterSubmitOperator(
-        task_id="invoke",
-        endpoint_name="{{ params.endpoint_name }}",
-        input_location="{{ params.inputs }}",
-        content_type="{{ params.content_type }}",
-        concurrency=4,
-        retries=1,
-        retry_delay=timedelta(seconds=0),
-    )
+    FailAfterSubmitOperator(**_invoke_args(retries=1, retry_delay=timedelta(seconds=0)))

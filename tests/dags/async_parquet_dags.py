@@ -2,43 +2,30 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from typing import Any
 
 from airflow.sdk import DAG, Param
 
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
 from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
+from tests.support.dag_shells import dag_args, from_params, params
 
-PARAMS = {
-    "endpoint_name": Param("smrt-sum", type="string"),
-    "input_uri": Param("s3://smrt-local/none/", type="string"),
-    "output_uri": Param("s3://smrt-local/none-out/", type="string"),
-}
+PARAMS = params("endpoint_name", "output_uri", input_uri=Param("s3://smrt-local/none/", type="string"))
 
 
-def _dag(dag_id: str) -> DAG:
-    return DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False, params=PARAMS)
+def _parquet_args() -> dict[str, Any]:
+    """The arguments both operators score the same wide Parquet dataset with."""
+    return {
+        "task_id": "score",
+        **from_params("endpoint_name", "input_uri", "output_uri"),
+        "passthrough_columns": ["id"],
+        "content_type": "text/csv",
+        "concurrency": 4,
+    }
 
 
-with _dag("t_async_parquet"):
-    SageMakerInvokeEndpointAsyncOperator(
-        task_id="score",
-        endpoint_name="{{ params.endpoint_name }}",
-        input_uri="{{ params.input_uri }}",
-        output_uri="{{ params.output_uri }}",
-        passthrough_columns=["id"],
-        content_type="text/csv",
-        concurrency=4,
-        poke_interval=0.2,
-    )
+with DAG(**dag_args("t_async_parquet", PARAMS)) as t_async_parquet:
+    SageMakerInvokeEndpointAsyncOperator(**_parquet_args(), poke_interval=0.2)
 
-with _dag("t_batch_wide"):
-    SageMakerBatchScoreOperator(
-        task_id="score",
-        endpoint_name="{{ params.endpoint_name }}",
-        input_uri="{{ params.input_uri }}",
-        output_uri="{{ params.output_uri }}",
-        passthrough_columns=["id"],
-        content_type="text/csv",
-        concurrency=4,
-    )
+with DAG(**dag_args("t_batch_wide", PARAMS)) as t_batch_wide:
+    SageMakerBatchScoreOperator(**_parquet_args())

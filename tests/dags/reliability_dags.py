@@ -7,24 +7,17 @@ remaining constructor arguments from ``params.op`` (applied by :class:`Reliabili
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
+from tests.support.dag_shells import dag_args, from_params, params
 
-PARAMS = {
-    "endpoint_name": Param("smrt-sum", type="string"),
-    "input_uri": Param("s3://smrt-local/none/", type=["string", "array"]),
-    "output_uri": Param("s3://smrt-local/none-out/", type="string"),
-    "content_type": Param("text/csv", type="string"),
-    "custom_attributes": Param("", type="string"),
-    "aws_conn_id": Param("aws_default", type="string"),
-    "report_dir": Param("", type="string"),
-    "op": Param({}, type="object"),
-}
+PARAMS = params(
+    "endpoint_name", "input_uri", "output_uri", "content_type", "custom_attributes", "aws_conn_id", "report_dir", "op"
+)
 
 #: Constructor arguments a test may set through ``params.op`` (no templating needed for them).
 OVERRIDABLE = frozenset(
@@ -69,30 +62,13 @@ class ReliabilityBatchScoreOperator(SageMakerBatchScoreOperator):
         return super().execute(context)
 
 
-def _report_failure(context: Any) -> None:
-    report_dir = context["params"].get("report_dir")
-    if report_dir:
-        exc = context.get("exception")
-        Path(report_dir, f"{context['ti'].task_id}.txt").write_text(f"{type(exc).__name__}: {exc}")
-
-
 def _dag(dag_id: str, **task_args: Any) -> DAG:
-    with DAG(
-        dag_id=dag_id,
-        schedule=None,
-        start_date=datetime(2026, 1, 1),
-        catchup=False,
-        params=PARAMS,
-        default_args={"on_failure_callback": _report_failure},
-    ) as dag:
+    with DAG(**dag_args(dag_id, PARAMS, report_failures=True)) as dag:
         ReliabilityBatchScoreOperator(
             task_id="score",
-            endpoint_name="{{ params.endpoint_name }}",
-            input_uri="{{ params.input_uri }}",
-            output_uri="{{ params.output_uri }}",
-            content_type="{{ params.content_type }}",
-            custom_attributes="{{ params.custom_attributes }}",
-            aws_conn_id="{{ params.aws_conn_id }}",
+            **from_params(
+                "endpoint_name", "input_uri", "output_uri", "content_type", "custom_attributes", "aws_conn_id"
+            ),
             passthrough_columns=["id"],
             feature_columns=["f0", "f1", "f2"],
             max_rows_per_request=50,

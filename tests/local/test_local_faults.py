@@ -109,7 +109,7 @@ def test_poison_rows_are_counted(runtime_client: Any, make_endpoint: Any, endpoi
 def test_patch_faults_and_reset_stats(
     runtime_client: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any, local_stack: Any
 ) -> None:
-    from tests import local_control
+    from tests.support import local_control
 
     name = make_endpoint("sum")
     _invoke(runtime_client, name)

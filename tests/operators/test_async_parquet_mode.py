@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.airflow_support import run_dag
-from tests.s3_support import list_keys, put_parquet, read_parts
+from tests.support.dag_runs import run_dag
+from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
 
 def wide_table(ids: range, width: int = 200) -> pa.Table:
@@ -28,8 +28,8 @@ def test_parquet_mode_matches_batch_scoring(
         put_parquet(s3_client, f"{s3_prefix}in/w{k}.parquet", table, 5_000)
     endpoint = make_endpoint("sum")
     conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "async/"}
-    state, tasks = run_dag("t_async_parquet", conf)
-    assert state == "success", tasks
+    run = run_dag("t_async_parquet", conf)
+    assert run.state == "success", run.states
     stats = endpoint_stats(endpoint)
     assert stats["async_submitted"] == 2 and stats["rows_ok"] == 7_500  # one payload per file
 
@@ -43,13 +43,13 @@ def test_parquet_mode_matches_batch_scoring(
     assert staged and all(k.endswith(".submitted.json") for k in staged)  # payloads deleted, markers kept
 
     # a rerun resumes: nothing is submitted again
-    state, tasks = run_dag("t_async_parquet", conf)
-    assert state == "success" and endpoint_stats(endpoint)["async_submitted"] == 2
+    run = run_dag("t_async_parquet", conf)
+    assert run.state == "success" and endpoint_stats(endpoint)["async_submitted"] == 2
 
     # the same data through real-time batch scoring gives the same parts, byte for byte in content
     conf_batch = {**conf, "output_uri": s3_prefix + "batch/"}
-    state, tasks = run_dag("t_batch_wide", conf_batch)
-    assert state == "success", tasks
+    run = run_dag("t_batch_wide", conf_batch)
+    assert run.state == "success", run.states
     assert endpoint_stats(endpoint)["requests"] > 2  # the 6 MiB limit cut real-time requests smaller
 
     def parts(prefix: str) -> set[str]:

@@ -14,8 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from tests.airflow_support import ROOT, run_dag
-from tests.s3_support import list_keys, put_parquet, read_parts
+from tests.support.dag_runs import ROOT, run_dag
+from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
 BUCKET = "smrt-local"
 
@@ -72,8 +72,8 @@ def test_every_codec_scores_every_row(
         "target_variant": "green",
         "target_model": "model-a.tar.gz",
     }
-    state, tasks = run_dag("t_score_basic", conf)
-    assert state == "success", tasks
+    run = run_dag("t_score_basic", conf)
+    assert run.state == "success", run.states
 
     out = read_parts(s3_client, s3_prefix + "out/")
     assert out.column_names == ["id", "name", "ts", "prediction", "variant"]
@@ -111,8 +111,8 @@ def test_throttling_and_5xx_every_row_scored_once(
     put_parquet(s3_client, s3_prefix + "in/x.parquet", data, 500)
     endpoint = make_endpoint("sum", faults={"throttle_rate": 0.10, "error_5xx_rate": 0.05, "seed": 11})
     conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
-    state, tasks = run_dag("t_score_faults", conf)
-    assert state == "success", tasks
+    run = run_dag("t_score_faults", conf)
+    assert run.state == "success", run.states
     out = read_parts(s3_client, s3_prefix + "out/")
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 3_000
@@ -131,8 +131,8 @@ def test_poison_rows_go_to_errors_and_ratio_decides(
     put_parquet(s3_client, s3_prefix + "in/p.parquet", data, 250)
     endpoint = make_endpoint("sum", faults={"poison_value": -999})
     conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
-    state, tasks = run_dag(dag_id, conf)
-    assert (state == "success") is succeeds, tasks
+    run = run_dag(dag_id, conf)
+    assert (run.state == "success") is succeeds, run.states
     out = read_parts(s3_client, s3_prefix + "out/")
     assert sorted(out["id"].to_pylist()) == sorted(set(range(1_000)) - poison)
     errors = read_parts(s3_client, s3_prefix + "out/", folder="_errors/")
@@ -150,7 +150,7 @@ def test_sigkill_then_rerun_completes_without_duplicates(
     endpoint = make_endpoint("sum", faults={"latency_ms": 150})
     conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
     code = (
-        "import json, sys; from tests.airflow_support import run_dag; "
+        "import json, sys; from tests.support.dag_runs import run_dag; "
         "print(run_dag('t_score_slow', json.loads(sys.argv[1])))"
     )
     proc = subprocess.Popen(
@@ -173,8 +173,8 @@ def test_sigkill_then_rerun_completes_without_duplicates(
     time.sleep(0.6)  # requests the killed worker left in flight still finish on the server (150 ms each)
     rows_before = endpoint_stats(endpoint)["rows_ok"]
 
-    state, tasks = run_dag("t_score_slow", conf)
-    assert state == "success", tasks
+    run = run_dag("t_score_slow", conf)
+    assert run.state == "success", run.states
     resent = endpoint_stats(endpoint)["rows_ok"] - rows_before
     assert resent == (8 - len(done)) * 600  # only the unfinished units were sent again
     out = read_parts(s3_client, s3_prefix + "out/")
@@ -190,11 +190,11 @@ def test_mapped_fan_out_equals_single_run(s3_client: Any, make_endpoint: Any, s3
         inputs.append(uri)
     endpoint = make_endpoint("sum")
     mapped = {"endpoint_name": endpoint, "inputs": inputs, "output_uri": s3_prefix + "mapped/"}
-    state, tasks = run_dag("t_score_mapped", mapped)
-    assert state == "success" and len(tasks) == 3, tasks
+    run = run_dag("t_score_mapped", mapped)
+    assert run.state == "success" and len(run.states) == 3, run.states
     single = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "single/"}
-    state, tasks = run_dag("t_score_slow", single)
-    assert state == "success", tasks
+    run = run_dag("t_score_slow", single)
+    assert run.state == "success", run.states
 
     def parts(prefix: str) -> set[str]:
         return {k for k in list_keys(s3_client, prefix) if k.startswith("part-")}

@@ -24,7 +24,7 @@ from airflow_provider_smrt.operators.invoke_endpoint_async import (
     SageMakerInvokeEndpointAsyncOperator,
     deterministic_inference_id,
 )
-from tests.async_support import run_dag_test, task_instance
+from tests.support.dag_runs import run_dag
 
 RECORD_KEYS = {"input", "inference_id", "output_location", "failure_location", "submitted_at"}
 
@@ -239,7 +239,7 @@ def test_large_payload_through_dag(make_endpoint: Any, s3_client: Any, s3_prefix
     payload = _csv(rows)
     assert len(payload) > MAX_PAYLOAD_BYTES
     uri = _upload(s3_client, f"{s3_prefix}large/input.csv", payload)
-    run = run_dag_test("t_async_large", {"endpoint_name": endpoint, "inputs": [uri]})
+    run = run_dag("t_async_large", {"endpoint_name": endpoint, "inputs": [uri]})
     assert run.state == "success", run.states
     (status,) = run.xcom("wait")
     assert status["status"] == "succeeded" and status["time_to_completion_seconds"] is not None
@@ -254,9 +254,9 @@ def test_retried_task_does_not_resubmit_through_dag(
 ) -> None:
     endpoint = make_endpoint("sum")
     inputs = [_upload(s3_client, f"{s3_prefix}in/{i}.csv", b"1,2\n") for i in range(5)]
-    run = run_dag_test("t_async_retry", {"endpoint_name": endpoint, "inputs": inputs})
+    run = run_dag("t_async_retry", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
-    ti = task_instance(run, "invoke")
+    ti = run.task_instance("invoke")
     assert ti.try_number == 2  # the first try failed after submitting
     assert endpoint_stats(endpoint)["async_submitted"] == 5
     assert len(run.xcom("invoke")) == 5
@@ -266,7 +266,7 @@ def test_operator_waits_in_worker_and_in_triggerer(make_endpoint: Any, s3_client
     endpoint = make_endpoint("sum", faults={"async_delay_seconds": 1.5})
     inputs = [_upload(s3_client, f"{s3_prefix}in/{i}.csv", f"{i},1\n".encode()) for i in range(3)]
     for dag_id in ("t_async_operator_waits", "t_async_operator_defers"):
-        run = run_dag_test(dag_id, {"endpoint_name": endpoint, "inputs": inputs})
+        run = run_dag(dag_id, {"endpoint_name": endpoint, "inputs": inputs})
         assert run.state == "success", (dag_id, run.states)
         records = run.xcom("invoke")
         assert [r["status"] for r in records] == ["succeeded"] * 3

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
 from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
-from tests.compat import redact
+from tests.support.airflow_compat import redact
 
 
 def test_rendered_custom_attributes_are_masked() -> None:

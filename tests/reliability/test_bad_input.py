@@ -6,7 +6,6 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -16,7 +15,10 @@ import pytest
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.local.s3server import free_port
-from tests.reliability.support import Figures, aws_conn, features, list_keys, put_parquet, run_score, split
+from tests.support.datasets import features
+from tests.support.figures import Figures
+from tests.support.s3_objects import list_keys, put_parquet, split
+from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
 
@@ -125,7 +127,7 @@ CASES: dict[str, Case] = {
     "prediction_count_mismatch": Case(
         _good,
         ("a.parquet rows ", "expected 50 predictions, got 49", "one prediction per input row"),
-        op={"decoder": "tests.reliability.decoders.drop_last_row"},
+        op={"decoder": "tests.support.faulty_decoders.drop_last_row"},
     ),
 }
 
@@ -133,49 +135,30 @@ SECRET_ATTRIBUTES = {"custom_attributes_non_ascii": "tenant=ünïcode", "custom_
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_fails_clearly_and_writes_nothing(
-    name: str,
-    local_stack: Any,
-    s3_client: Any,
-    make_endpoint: Any,
-    endpoint_stats: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-) -> None:
+def test_bad_input_fails_clearly_and_writes_nothing(name: str, rig: ScoringRig) -> None:
     case = CASES[name]
-    endpoint = make_endpoint("sum")
-    conf: dict[str, Any] = {
-        "endpoint_name": endpoint,
-        "input_uri": s3_prefix + "in/",
-        "output_uri": s3_prefix + "out/",
-        "custom_attributes": SECRET_ATTRIBUTES.get(name, ""),
-        "op": dict(case.op),
-    }
-    conf.update(case.setup(s3_client, s3_prefix))
+    endpoint = rig.make_endpoint("sum")
+    conf = rig.conf(endpoint, custom_attributes=SECRET_ATTRIBUTES.get(name, ""), op=dict(case.op))
+    conf.update(case.setup(rig.s3, rig.prefix))
     variables: dict[str, str] = {}
     if case.conn_extra:
         # A connection whose sagemaker-runtime endpoint URL is a closed port, as a wrong region's (or a
         # mistyped VPC endpoint's) URL that nothing answers on: the connection is refused.
-        service_config = {
-            "s3": {"endpoint_url": local_stack.s3_endpoint_url},
-            "sagemaker-runtime": {"endpoint_url": f"http://127.0.0.1:{free_port()}"},
-        }
-        variables = aws_conn("r_wrong_region", service_config=service_config)
+        variables = rig.connection("r_wrong_region", runtime=f"http://127.0.0.1:{free_port()}")
         conf["aws_conn_id"] = "r_wrong_region"
     os.environ.update(variables)  # kept set: unsetting a connection variable mid-session confuses Airflow's cache
-    run = run_score(conf, tmp_path / "report")
-    assert run.task_state == "failed", f"{name}: the task did not fail"
-    message = run.error
+    run = rig.run(conf, "report")
+    assert run.states["score"] == "failed", f"{name}: the task did not fail"
+    message = run.error("score")
     for text in case.expect:
         assert text in message, f"{name}: {text!r} not in {message!r}"
     if name in SECRET_ATTRIBUTES:
         assert SECRET_ATTRIBUTES[name] not in message and "ünïcode" not in message
     out_uri = conf["output_uri"]
     if out_uri.startswith("s3://smrt-local/"):
-        assert list_keys(s3_client, out_uri) == [], f"{name}: something was written to the output"
-    sent = endpoint_stats(endpoint)["rows_ok"]
-    figures.record(
+        assert list_keys(rig.s3, out_uri) == [], f"{name}: something was written to the output"
+    sent = rig.endpoint_stats(endpoint)["rows_ok"]
+    rig.figures.record(
         f"bad_input_{name}",
         result="task failed",
         error=message.split(":", 1)[0],

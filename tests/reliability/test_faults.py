@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.reliability.support import Figures, expected_sum, put_files, read_output, run_score
+from tests.support.dag_runs import DagTestResult
+from tests.support.datasets import expected_sum, put_files
+from tests.support.figures import Figures
+from tests.support.s3_objects import read_output
+from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
 
@@ -21,14 +24,13 @@ FILES, ROWS = 4, 500
 TOTAL = FILES * ROWS
 
 
-def _score(s3: Any, endpoint: str, prefix: str, tmp_path: Path, **op: Any) -> tuple[Any, Any]:
-    data = put_files(s3, prefix + "in/", files=FILES, rows=ROWS, poison=op.pop("poison", None))
-    conf = {"endpoint_name": endpoint, "input_uri": prefix + "in/", "output_uri": prefix + "out/", "op": op}
-    return run_score(conf, tmp_path / "report"), data
+def _score(rig: ScoringRig, endpoint: str, **op: Any) -> tuple[DagTestResult, Any]:
+    data = put_files(rig.s3, rig.input_uri, files=FILES, rows=ROWS, poison=op.pop("poison", None))
+    return rig.run(rig.conf(endpoint, op=op)), data
 
 
-def _check_exactly_once(s3: Any, prefix: str, data: Any, missing: set[int] | None = None) -> int:
-    out = read_output(s3, prefix + "out/")
+def _check_exactly_once(rig: ScoringRig, data: Any, missing: set[int] | None = None) -> int:
+    out = read_output(rig.s3, rig.output_uri)
     ids = out["id"].to_pylist()
     want = {k: v for k, v in expected_sum(data).items() if k not in (missing or set())}
     assert len(ids) == len(set(ids)), "a row was written twice"
@@ -61,26 +63,18 @@ def _record(
 
 
 @pytest.mark.parametrize("rate", [0.10, 0.30])
-def test_throttling(
-    rate: float,
-    s3_client: Any,
-    make_endpoint: Any,
-    endpoint_stats: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-) -> None:
-    endpoint = make_endpoint("sum", faults={"throttle_rate": rate, "latency_ms": 5, "seed": 7})
-    run, data = _score(s3_client, endpoint, s3_prefix, tmp_path)
-    assert run.succeeded, run.error
-    rows = _check_exactly_once(s3_client, s3_prefix, data)
-    stats = endpoint_stats(endpoint)
-    summary = run.xcom()
+def test_throttling(rate: float, rig: ScoringRig) -> None:
+    endpoint = rig.make_endpoint("sum", faults={"throttle_rate": rate, "latency_ms": 5, "seed": 7})
+    run, data = _score(rig, endpoint)
+    assert run.succeeded, run.error("score")
+    rows = _check_exactly_once(rig, data)
+    stats = rig.endpoint_stats(endpoint)
+    summary = run.xcom("score")
     assert stats["throttled"] > 0
     assert stats["rows_ok"] == TOTAL  # a throttled request is not scored: no row predicted twice
     assert summary["throttles"] == stats["throttled"]
     _record(
-        figures,
+        rig.figures,
         f"fault_throttle_{int(rate * 100)}pct",
         rows_written=rows,
         stats=stats,
@@ -89,117 +83,101 @@ def test_throttling(
     )
 
 
-def test_5xx_burst(
-    s3_client: Any,
-    make_endpoint: Any,
-    endpoint_stats: Any,
-    patch_faults: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-) -> None:
+def test_5xx_burst(rig: ScoringRig) -> None:
     """A burst: the first 12 requests fail with 503, then 20 % fail with InternalDependencyException (530)
     for a second, then the endpoint recovers."""
-    endpoint = make_endpoint("sum", faults={"error_5xx_rate": 1.0, "latency_ms": 5, "seed": 3})
+    endpoint = rig.make_endpoint("sum", faults={"error_5xx_rate": 1.0, "latency_ms": 5, "seed": 3})
     stop = threading.Event()
 
     def drive() -> None:
-        while not stop.is_set() and endpoint_stats(endpoint)["errors_5xx"] < 12:
+        while not stop.is_set() and rig.endpoint_stats(endpoint)["errors_5xx"] < 12:
             time.sleep(0.01)
-        patch_faults(endpoint, {"error_5xx_rate": 0.2, "error_5xx_code": "InternalDependencyException"})
+        rig.patch_faults(endpoint, {"error_5xx_rate": 0.2, "error_5xx_code": "InternalDependencyException"})
         stop.wait(1.0)
-        patch_faults(endpoint, {"error_5xx_rate": 0.0})
+        rig.patch_faults(endpoint, {"error_5xx_rate": 0.0})
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
     try:
-        run, data = _score(s3_client, endpoint, s3_prefix, tmp_path)
+        run, data = _score(rig, endpoint)
     finally:
         stop.set()
         driver.join(timeout=10)
-    assert run.succeeded, run.error
-    rows = _check_exactly_once(s3_client, s3_prefix, data)
-    stats = endpoint_stats(endpoint)
+    assert run.succeeded, run.error("score")
+    rows = _check_exactly_once(rig, data)
+    stats = rig.endpoint_stats(endpoint)
     assert stats["errors_5xx"] >= 12
     assert stats["rows_ok"] == TOTAL
     _record(
-        figures,
+        rig.figures,
         "fault_5xx_burst",
         rows_written=rows,
         stats=stats,
         errors_5xx=stats["errors_5xx"],
-        retries=run.xcom()["retries"],
+        retries=run.xcom("score")["retries"],
     )
 
 
-def test_model_not_ready_while_warming_up(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
-) -> None:
+def test_model_not_ready_while_warming_up(rig: ScoringRig) -> None:
     """A serverless endpoint warming up: ModelNotReadyException (429) for its first 3 seconds."""
-    endpoint = make_endpoint("sum", faults={"model_not_ready_seconds": 3.0})
-    run, data = _score(s3_client, endpoint, s3_prefix, tmp_path)
-    assert run.succeeded, run.error
-    rows = _check_exactly_once(s3_client, s3_prefix, data)
-    stats = endpoint_stats(endpoint)
+    endpoint = rig.make_endpoint("sum", faults={"model_not_ready_seconds": 3.0})
+    run, data = _score(rig, endpoint)
+    assert run.succeeded, run.error("score")
+    rows = _check_exactly_once(rig, data)
+    stats = rig.endpoint_stats(endpoint)
     assert stats["not_ready"] > 0
     assert stats["rows_ok"] == TOTAL
     _record(
-        figures,
+        rig.figures,
         "fault_model_not_ready_3s",
         rows_written=rows,
         stats=stats,
         not_ready=stats["not_ready"],
-        retries=run.xcom()["retries"],
+        retries=run.xcom("score")["retries"],
     )
 
 
-def test_connection_resets_and_read_timeouts(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
-) -> None:
+def test_connection_resets_and_read_timeouts(rig: ScoringRig) -> None:
     """The server closes the socket (RST) on 10 % of requests and stalls 2 s on 5 % (read timeout is 0.7 s)."""
-    endpoint = make_endpoint(
+    endpoint = rig.make_endpoint(
         "sum", faults={"reset_rate": 0.10, "stall_rate": 0.05, "stall_seconds": 2.0, "latency_ms": 5, "seed": 5}
     )
-    run, data = _score(
-        s3_client, endpoint, s3_prefix, tmp_path, botocore_config={"read_timeout": 0.7, "connect_timeout": 2}
-    )
-    assert run.succeeded, run.error
-    rows = _check_exactly_once(s3_client, s3_prefix, data)
-    stats = endpoint_stats(endpoint)
+    run, data = _score(rig, endpoint, botocore_config={"read_timeout": 0.7, "connect_timeout": 2})
+    assert run.succeeded, run.error("score")
+    rows = _check_exactly_once(rig, data)
+    stats = rig.endpoint_stats(endpoint)
     assert stats["resets"] > 0 and stats["stalls"] > 0
     # A stalled request is still scored by the server after the client gave up: the output has each row once,
     # the endpoint saw the rows of the timed-out requests twice (at-least-once delivery, exactly-once output).
     assert stats["rows_ok"] >= TOTAL
     _record(
-        figures,
+        rig.figures,
         "fault_resets_and_read_timeouts",
         rows_written=rows,
         stats=stats,
         resets=stats["resets"],
         stalls=stats["stalls"],
         rows_scored_by_endpoint_twice=stats["rows_ok"] - TOTAL,
-        retries=run.xcom()["retries"],
+        retries=run.xcom("score")["retries"],
     )
 
 
-def test_model_error_on_marked_rows(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
-) -> None:
+def test_model_error_on_marked_rows(rig: ScoringRig) -> None:
     """Rows with f0 = -999 make the model fail (ModelError 424): they go to _errors/, every other row is scored."""
     poison = {3, 10_017, 10_018, 20_499, 30_250}
-    endpoint = make_endpoint("sum", faults={"poison_value": -999})
-    run, data = _score(s3_client, endpoint, s3_prefix, tmp_path, poison=poison, max_error_ratio=0.01)
-    assert run.succeeded, run.error
-    rows = _check_exactly_once(s3_client, s3_prefix, data, missing=poison)
-    errors = read_output(s3_client, s3_prefix + "out/", folder="_errors/")
+    endpoint = rig.make_endpoint("sum", faults={"poison_value": -999})
+    run, data = _score(rig, endpoint, poison=poison, max_error_ratio=0.01)
+    assert run.succeeded, run.error("score")
+    rows = _check_exactly_once(rig, data, missing=poison)
+    errors = read_output(rig.s3, rig.output_uri, folder="_errors/")
     assert sorted(errors["id"].to_pylist()) == sorted(poison)
     assert set(errors["error_class"].to_pylist()) == {"ModelInputError"}
-    stats = endpoint_stats(endpoint)
+    stats = rig.endpoint_stats(endpoint)
     assert stats["rows_ok"] == TOTAL - len(poison)
-    summary = run.xcom()
+    summary = run.xcom("score")
     assert summary["rows_failed"] == len(poison) and summary["rows_scored"] == TOTAL - len(poison)
     _record(
-        figures,
+        rig.figures,
         "fault_model_error_marked_rows",
         rows_written=rows,
         stats=stats,

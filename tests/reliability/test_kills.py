@@ -18,18 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.airflow_support import ROOT, ensure_db
-from tests.reliability.support import (
-    Figures,
-    check_parts_complete,
-    data_parts,
-    expected_sum,
-    incomplete_uploads,
-    list_keys,
-    put_files,
-    read_output,
-    run_score,
-)
+from tests.support.dag_runs import ROOT, ensure_db
+from tests.support.datasets import expected_sum, put_files
+from tests.support.s3_objects import check_parts_complete, data_parts, incomplete_uploads, list_keys, read_output
+from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +32,10 @@ OP = {"max_rows_per_request": ROWS_PER_REQUEST, "concurrency": 2}
 
 _CHILD = """
 import json, sys
-from tests.airflow_support import dagbag
+from tests.support.dag_runs import run_dag
 conf = json.loads(sys.argv[1])
-run = dagbag().get_dag(conf.pop("dag_id")).test(run_conf=conf)
-states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-print("RESULT " + json.dumps({"state": str(run.state), "tasks": states}), flush=True)
+run = run_dag(conf.pop("dag_id"), conf)
+print("RESULT " + json.dumps({"state": run.state, "tasks": run.states}), flush=True)
 """
 
 
@@ -63,52 +54,49 @@ def _start(conf: dict[str, Any], report_dir: Path) -> subprocess.Popen[str]:
     )
 
 
-def _setup(s3: Any, make_endpoint: Any, prefix: str) -> tuple[str, dict[str, Any], Any]:
-    data = put_files(s3, prefix + "in/", files=FILES, rows=ROWS)
-    endpoint = make_endpoint("sum", faults={"latency_ms": 150})
-    conf = {"endpoint_name": endpoint, "input_uri": prefix + "in/", "output_uri": prefix + "out/", "op": OP}
-    return endpoint, conf, data
+def _setup(rig: ScoringRig) -> tuple[str, dict[str, Any], Any]:
+    data = put_files(rig.s3, rig.input_uri, files=FILES, rows=ROWS)
+    endpoint = rig.make_endpoint("sum", faults={"latency_ms": 150})
+    return endpoint, rig.conf(endpoint, op=OP), data
 
 
-def _wait_for_parts(s3: Any, prefix: str, proc: subprocess.Popen[str], count: int) -> None:
+def _wait_for_parts(rig: ScoringRig, proc: subprocess.Popen[str], count: int) -> None:
     deadline = time.monotonic() + 120
-    while len(data_parts(s3, prefix + "out/")) < count:
+    while len(data_parts(rig.s3, rig.output_uri)) < count:
         assert proc.poll() is None, "the run ended before it could be stopped"
         assert time.monotonic() < deadline, "the run made no progress"
         time.sleep(0.02)
 
 
-def _requests_settled(endpoint_stats: Any, endpoint: str) -> dict[str, Any]:
+def _requests_settled(rig: ScoringRig, endpoint: str) -> dict[str, Any]:
     """The endpoint's counters once nothing is in flight any more (no new request for 0.6 s)."""
-    last = endpoint_stats(endpoint)
+    last = rig.endpoint_stats(endpoint)
     while True:
         time.sleep(0.6)
-        now = endpoint_stats(endpoint)
+        now = rig.endpoint_stats(endpoint)
         if now["requests"] == last["requests"] and now["rows_ok"] == last["rows_ok"]:
             return now
         last = now
 
 
-def _rerun_and_check(
-    s3: Any, endpoint_stats: Any, endpoint: str, conf: dict[str, Any], data: Any, prefix: str, tmp_path: Path
-) -> dict[str, int]:
-    done = check_parts_complete(s3, prefix + "out/", ROWS)
-    before = _requests_settled(endpoint_stats, endpoint)
-    run = run_score(conf, tmp_path / "rerun")
-    assert run.succeeded, run.error
-    after = endpoint_stats(endpoint)
+def _rerun_and_check(rig: ScoringRig, endpoint: str, conf: dict[str, Any], data: Any) -> dict[str, int]:
+    done = check_parts_complete(rig.s3, rig.output_uri, ROWS)
+    before = _requests_settled(rig, endpoint)
+    run = rig.run(conf, "rerun")
+    assert run.succeeded, run.error("score")
+    after = rig.endpoint_stats(endpoint)
     resent_requests = after["requests"] - before["requests"]
     resent_rows = after["rows_ok"] - before["rows_ok"]
     unfinished = FILES - len(done)
     assert resent_rows == unfinished * ROWS, "rows of finished units were sent again"
     assert resent_requests == unfinished * REQUESTS_PER_UNIT, "requests of finished units were sent again"
-    out = read_output(s3, prefix + "out/")
+    out = read_output(rig.s3, rig.output_uri)
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == TOTAL
     assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected_sum(data))
-    summary = run.xcom()
+    summary = run.xcom("score")
     assert summary["units_skipped"] == len(done) and summary["rows_scored"] == TOTAL
-    assert "_manifest.json" in list_keys(s3, prefix + "out/")
+    assert "_manifest.json" in list_keys(rig.s3, rig.output_uri)
     return {
         "units_done_before_rerun": len(done),
         "requests_first_run": before["requests"],
@@ -122,30 +110,22 @@ def _rerun_and_check(
 
 
 @pytest.mark.parametrize("percent", [25, 50, 90])
-def test_sigkill_then_rerun(
-    percent: int,
-    s3_client: Any,
-    make_endpoint: Any,
-    endpoint_stats: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-) -> None:
-    endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
-    proc = _start(conf, tmp_path / "first")
+def test_sigkill_then_rerun(percent: int, rig: ScoringRig) -> None:
+    endpoint, conf, data = _setup(rig)
+    proc = _start(conf, rig.tmp_path / "first")
     try:
-        _wait_for_parts(s3_client, s3_prefix, proc, FILES * percent // 100)
+        _wait_for_parts(rig, proc, FILES * percent // 100)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    keys = list_keys(s3_client, s3_prefix + "out/")
+    keys = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" not in keys
-    killed_at = len(data_parts(s3_client, s3_prefix + "out/"))
+    killed_at = len(data_parts(rig.s3, rig.output_uri))
     assert killed_at < FILES
-    dangling = incomplete_uploads(s3_client, s3_prefix + "out/")
-    numbers = _rerun_and_check(s3_client, endpoint_stats, endpoint, conf, data, s3_prefix, tmp_path)
-    figures.record(
+    dangling = incomplete_uploads(rig.s3, rig.output_uri)
+    numbers = _rerun_and_check(rig, endpoint, conf, data)
+    rig.figures.record(
         f"kill_sigkill_{percent}pct",
         result="killed; rerun success",
         units=FILES,
@@ -155,14 +135,12 @@ def test_sigkill_then_rerun(
     )
 
 
-def test_sigterm_on_kill_stops_cleanly(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
-) -> None:
+def test_sigterm_on_kill_stops_cleanly(rig: ScoringRig) -> None:
     """SIGTERM makes Airflow's task runner call ``on_kill``: no new request, no partial object, the task fails."""
-    endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
-    proc = _start(conf, tmp_path / "first")
+    endpoint, conf, data = _setup(rig)
+    proc = _start(conf, rig.tmp_path / "first")
     try:
-        _wait_for_parts(s3_client, s3_prefix, proc, FILES // 2)
+        _wait_for_parts(rig, proc, FILES // 2)
         os.kill(proc.pid, signal.SIGTERM)
         signalled = time.monotonic()
         proc.wait(timeout=60)
@@ -170,20 +148,20 @@ def test_sigterm_on_kill_stops_cleanly(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-    output = (tmp_path / "first" / "child.log").read_text()
+    output = (rig.tmp_path / "first" / "child.log").read_text()
     result = json.loads(output.rsplit("RESULT ", 1)[1].splitlines()[0])
     assert result["tasks"]["score"] == "failed", result
     stopped_after = time.monotonic() - signalled
-    error = (tmp_path / "first" / "score.txt").read_text()
+    error = (rig.tmp_path / "first" / "score.txt").read_text()
     assert "ScoringCancelledError" in error and "killed" in error, error
-    settled = _requests_settled(endpoint_stats, endpoint)
-    keys = list_keys(s3_client, s3_prefix + "out/")
+    settled = _requests_settled(rig, endpoint)
+    keys = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" not in keys
-    assert not incomplete_uploads(s3_client, s3_prefix + "out/"), "an aborted part left a multipart upload"
+    assert not incomplete_uploads(rig.s3, rig.output_uri), "an aborted part left a multipart upload"
     assert not [k for k in keys if k.startswith("_errors/")]
-    numbers = _rerun_and_check(s3_client, endpoint_stats, endpoint, conf, data, s3_prefix, tmp_path)
+    numbers = _rerun_and_check(rig, endpoint, conf, data)
     assert settled["requests"] < FILES * REQUESTS_PER_UNIT
-    figures.record(
+    rig.figures.record(
         "kill_sigterm_50pct",
         result="task failed (on_kill); rerun success",
         units=FILES,
@@ -193,23 +171,21 @@ def test_sigterm_on_kill_stops_cleanly(
     )
 
 
-def test_execution_timeout_on_kill_stops_cleanly(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path, figures: Figures
-) -> None:
+def test_execution_timeout_on_kill_stops_cleanly(rig: ScoringRig) -> None:
     """``execution_timeout`` (4 s) interrupts the run: Airflow calls ``on_kill``; nothing partial is visible."""
-    endpoint, conf, data = _setup(s3_client, make_endpoint, s3_prefix)
-    run = run_score(conf, tmp_path / "first", dag_id="r_score_timeout")
-    assert run.task_state == "failed"
-    assert "Timeout" in run.error, run.error
-    ended = endpoint_stats(endpoint)["requests"]
-    settled = _requests_settled(endpoint_stats, endpoint)
+    endpoint, conf, data = _setup(rig)
+    run = rig.run(conf, "first", dag_id="r_score_timeout")
+    assert run.states["score"] == "failed"
+    assert "Timeout" in run.error("score"), run.error("score")
+    ended = rig.endpoint_stats(endpoint)["requests"]
+    settled = _requests_settled(rig, endpoint)
     assert settled["requests"] - ended <= 2  # at most the requests in flight when on_kill ran
-    keys = list_keys(s3_client, s3_prefix + "out/")
+    keys = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" not in keys
-    assert not incomplete_uploads(s3_client, s3_prefix + "out/"), "an aborted part left a multipart upload"
-    numbers = _rerun_and_check(s3_client, endpoint_stats, endpoint, conf, data, s3_prefix, tmp_path)
+    assert not incomplete_uploads(rig.s3, rig.output_uri), "an aborted part left a multipart upload"
+    numbers = _rerun_and_check(rig, endpoint, conf, data)
     assert 0 < numbers["units_done_before_rerun"] < FILES
-    figures.record(
+    rig.figures.record(
         "kill_execution_timeout_4s",
         result="task failed (timeout, on_kill); rerun success",
         units=FILES,

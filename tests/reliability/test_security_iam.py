@@ -4,27 +4,18 @@ under docs/iam/ equal the AWS actions the operators really call (recorded with b
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
 
 import boto3
 import pyarrow as pa
 import pytest
 
-from tests.airflow_support import ROOT, dagbag, ensure_db
-from tests.reliability.proxy import FaultProxy
-from tests.reliability.support import (
-    Figures,
-    aws_conn,
-    env,
-    features,
-    list_keys,
-    put_parquet,
-    read_output,
-    record_aws_calls,
-    run_score,
-    split,
-)
+from tests.support.aws_calls import record_aws_calls
+from tests.support.connections import env
+from tests.support.dag_runs import ROOT, run_dag
+from tests.support.datasets import features
+from tests.support.fault_proxy import FaultProxy
+from tests.support.s3_objects import list_keys, put_parquet, read_output, split
+from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
 
@@ -53,68 +44,49 @@ def _dataset() -> pa.Table:
     return table.set_column(3, "f2", pa.array(f2, pa.int32()))
 
 
-def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
-    local_stack: Any,
-    s3_client: Any,
-    make_endpoint: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-    capfd: pytest.CaptureFixture[str],
-) -> None:
+def test_no_secret_leaks_sse_kms_owner_and_iam_policy(capfd: pytest.CaptureFixture[str], rig: ScoringRig) -> None:
     kms = boto3.client(
         "kms",
-        endpoint_url=local_stack.s3_endpoint_url,
+        endpoint_url=rig.stack.s3_endpoint_url,
         region_name="us-east-1",
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
     key_id = kms.create_key(Description="smrt reliability")["KeyMetadata"]["Arn"]
     for half, rows in (("a", range(0, 150)), ("b", range(150, 300))):
-        put_parquet(s3_client, f"{s3_prefix}in/{half}.parquet", _dataset().slice(rows.start, len(rows)))
-    endpoint = make_endpoint("sum", faults={"poison_value": -999})
+        put_parquet(rig.s3, f"{rig.prefix}in/{half}.parquet", _dataset().slice(rows.start, len(rows)))
+    endpoint = rig.make_endpoint("sum", faults={"poison_value": -999})
     op = {
         "passthrough_columns": ["id", "note"],
         "max_error_ratio": 0.05,
         "s3_write_args": {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": key_id},
         "expected_bucket_owner": OWNER,
     }
-    conf = {
-        "endpoint_name": endpoint,
-        "input_uri": s3_prefix + "in/",
-        "output_uri": s3_prefix + "out/",
-        "custom_attributes": ATTRIBUTES,
-        "aws_conn_id": "r_secret",
-        "op": op,
-    }
+    conf = rig.conf(endpoint, custom_attributes=ATTRIBUTES, aws_conn_id="r_secret", op=op)
     runs = []
-    with FaultProxy(local_stack.s3_endpoint_url) as proxy, record_aws_calls() as recorder:
-        service_config = {
-            "s3": {"endpoint_url": proxy.url},
-            "sagemaker-runtime": {"endpoint_url": local_stack.runtime_endpoint_url},
-        }
-        with env(**aws_conn("r_secret", login=LOGIN, password=PASSWORD, service_config=service_config)):
-            runs.append(run_score(conf, tmp_path / "fresh"))  # score, with errors
-            runs.append(run_score(conf, tmp_path / "resume"))  # everything done: reads the parts' footers
+    with FaultProxy(rig.stack.s3_endpoint_url) as proxy, record_aws_calls() as recorder:
+        with env(**rig.connection("r_secret", s3=proxy.url, login=LOGIN, password=PASSWORD)):
+            runs.append(rig.run(conf, "fresh"))  # score, with errors
+            runs.append(rig.run(conf, "resume"))  # everything done: reads the parts' footers
             # b.parquet is rewritten (same rows, new bytes): its old parts are stale. The overwrite run replaces
             # a's parts in place and deletes b's old ones once the new ones are committed (s3:DeleteObject).
-            put_parquet(s3_client, f"{s3_prefix}in/b.parquet", _dataset().slice(150, 150), row_group_size=50)
+            put_parquet(rig.s3, f"{rig.prefix}in/b.parquet", _dataset().slice(150, 150), row_group_size=50)
             overwrite = {**conf, "op": {**op, "if_exists": "overwrite"}}
-            runs.append(run_score(overwrite, tmp_path / "overwrite"))
+            runs.append(rig.run(overwrite, "overwrite"))
             proxy.state.writes = 0
             proxy.state.fail_writes_after = 2  # two objects written, the third PutObject denied: discarded
-            denied = {**conf, "output_uri": s3_prefix + "out-denied/"}
-            runs.append(run_score(denied, tmp_path / "denied"))
-    assert [r.state for r in runs] == ["success", "success", "success", "failed"], [r.error for r in runs]
+            denied = {**conf, "output_uri": rig.prefix + "out-denied/"}
+            runs.append(rig.run(denied, "denied"))
+    assert [r.state for r in runs] == ["success", "success", "success", "failed"], [r.error("score") for r in runs]
 
     # Output correct, every object encrypted with the key.
-    out = read_output(s3_client, s3_prefix + "out/")
+    out = read_output(rig.s3, rig.output_uri)
     assert out.num_rows == 298 and FEATURE not in str(out.column_names)
-    objects = list_keys(s3_client, s3_prefix + "out/")
+    objects = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" in objects and any(k.startswith("_errors/") for k in objects)
     for name in objects:
-        bucket, key = split(s3_prefix + "out/" + name)
-        head = s3_client.head_object(Bucket=bucket, Key=key)
+        bucket, key = split(rig.output_uri + name)
+        head = rig.s3.head_object(Bucket=bucket, Key=key)
         assert head.get("ServerSideEncryption") == "aws:kms", name
         assert key_id.endswith(head.get("SSEKMSKeyId", "").rsplit("/", 1)[-1]), name
 
@@ -136,9 +108,9 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
     # No secret in any log, error, XCom, task log file or captured output.
     captured = capfd.readouterr()
     haystacks = {
-        "log records": "\n".join(line for r in runs for line in r.logs),
-        "errors": "\n".join(r.error for r in runs),
-        "xcom": "\n".join(json.dumps(r.xcom()) for r in runs),
+        "log records": "\n".join(r.log_text for r in runs),
+        "errors": "\n".join(r.error("score") for r in runs),
+        "xcom": "\n".join(json.dumps(r.xcom("score")) for r in runs),
         "task log files": "\n".join(r.task_log_text() for r in runs),
         "stdout/stderr": captured.out + captured.err,
     }
@@ -153,7 +125,7 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
     }
     leaks = [(s, where) for s, value in sentinels.items() for where, text in haystacks.items() if value in text]
     assert not leaks, leaks
-    figures.record(
+    rig.figures.record(
         "security_and_iam_batch",
         result="no leak; every object SSE-KMS; ExpectedBucketOwner on every S3 call",
         s3_calls_checked=len(s3_calls),
@@ -166,22 +138,18 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
     )
 
 
-def test_async_invoke_and_sensor_iam_policy(
-    s3_client: Any, make_endpoint: Any, s3_prefix: str, figures: Figures
-) -> None:
+def test_async_invoke_and_sensor_iam_policy(rig: ScoringRig) -> None:
     inputs = []
     for k in range(3):
-        bucket, key = split(f"{s3_prefix}async/in-{k}.csv")
-        s3_client.put_object(Bucket=bucket, Key=key, Body=b"1,2,3\n4,5,6\n")
+        bucket, key = split(f"{rig.prefix}async/in-{k}.csv")
+        rig.s3.put_object(Bucket=bucket, Key=key, Body=b"1,2,3\n4,5,6\n")
         inputs.append(f"s3://{bucket}/{key}")
-    endpoint = make_endpoint("sum")
-    ensure_db()
-    dag = dagbag().get_dag("t_async_sensor_poke")
+    endpoint = rig.make_endpoint("sum")
     with record_aws_calls() as recorder:
-        run = dag.test(run_conf={"endpoint_name": endpoint, "inputs": inputs})
-    assert str(run.state) == "success"
+        run = run_dag("t_async_sensor_poke", {"endpoint_name": endpoint, "inputs": inputs})
+    assert run.state == "success"
     called = recorder.actions()
     assert called == _policy_actions("async-invoke-and-sensor.json"), sorted(set(recorder.calls))
-    figures.record(
+    rig.figures.record(
         "iam_async", result="policy equals calls", actions_called=sorted(called), operations=sorted(set(recorder.calls))
     )

@@ -2,81 +2,53 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import boto3
 import pytest
 from botocore.config import Config
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import ClientError
 
-from tests.reliability.proxy import FaultProxy
-from tests.reliability.support import (
-    Figures,
-    aws_conn,
-    check_parts_complete,
-    env,
-    expected_sum,
-    incomplete_uploads,
-    list_keys,
-    put_files,
-    read_output,
-    run_score,
-)
+from tests.support.connections import aws_conn, env
+from tests.support.datasets import expected_sum, put_files
+from tests.support.fault_proxy import FaultProxy
+from tests.support.s3_objects import check_parts_complete, incomplete_uploads, list_keys, read_output
+from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
 
 FILES, ROWS = 6, 200
 
 
-def test_failing_output_write_fails_clearly_and_rerun_completes(
-    local_stack: Any,
-    s3_client: Any,
-    make_endpoint: Any,
-    endpoint_stats: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-) -> None:
+def test_failing_output_write_fails_clearly_and_rerun_completes(rig: ScoringRig) -> None:
     """Between the operator and S3, a proxy denies every write after the 3rd (3 parts, one PutObject each)."""
-    data = put_files(s3_client, s3_prefix + "in/", files=FILES, rows=ROWS)
-    endpoint = make_endpoint("sum")
-    conf = {
-        "endpoint_name": endpoint,
-        "input_uri": s3_prefix + "in/",
-        "output_uri": s3_prefix + "out/",
-        "aws_conn_id": "r_s3_proxy",
-        "op": {"concurrency": 1},
-    }
-    with FaultProxy(local_stack.s3_endpoint_url) as proxy:
+    data = put_files(rig.s3, rig.input_uri, files=FILES, rows=ROWS)
+    endpoint = rig.make_endpoint("sum")
+    conf = rig.conf(endpoint, aws_conn_id="r_s3_proxy", op={"concurrency": 1})
+    with FaultProxy(rig.stack.s3_endpoint_url) as proxy:
         proxy.state.fail_writes_after = 3
-        service_config = {
-            "s3": {"endpoint_url": proxy.url},
-            "sagemaker-runtime": {"endpoint_url": local_stack.runtime_endpoint_url},
-        }
-        with env(**aws_conn("r_s3_proxy", service_config=service_config)):
-            run = run_score(conf, tmp_path / "first")
-            assert run.task_state == "failed"
-            assert "OutputError: could not write s3://" in run.error, run.error
-            assert "AccessDenied" in run.error and "s3:PutObject" in run.error and "rerun" in run.error
-            done = check_parts_complete(s3_client, s3_prefix + "out/", ROWS)
+        with env(**rig.connection("r_s3_proxy", s3=proxy.url)):
+            run = rig.run(conf, "first")
+            assert run.states["score"] == "failed"
+            error = run.error("score")
+            assert "OutputError: could not write s3://" in error, error
+            assert "AccessDenied" in error and "s3:PutObject" in error and "rerun" in error
+            done = check_parts_complete(rig.s3, rig.output_uri, ROWS)
             assert len(done) == 3, done  # nothing already written was lost
-            keys = list_keys(s3_client, s3_prefix + "out/")
+            keys = list_keys(rig.s3, rig.output_uri)
             assert "_manifest.json" not in keys
-            assert not incomplete_uploads(s3_client, s3_prefix + "out/")
+            assert not incomplete_uploads(rig.s3, rig.output_uri)
             denied = proxy.state.writes_denied
-            before = endpoint_stats(endpoint)["rows_ok"]
+            before = rig.endpoint_stats(endpoint)["rows_ok"]
             proxy.state.fail_writes_after = None  # the policy is fixed
-            rerun = run_score(conf, tmp_path / "rerun")
-    assert rerun.succeeded, rerun.error
-    resent = endpoint_stats(endpoint)["rows_ok"] - before
+            rerun = rig.run(conf, "rerun")
+    assert rerun.succeeded, rerun.error("score")
+    resent = rig.endpoint_stats(endpoint)["rows_ok"] - before
     assert resent == (FILES - len(done)) * ROWS
-    out = read_output(s3_client, s3_prefix + "out/")
+    out = read_output(rig.s3, rig.output_uri)
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == FILES * ROWS
     assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected_sum(data))
-    figures.record(
+    rig.figures.record(
         "s3_write_denied_after_3_writes",
         result="task failed with OutputError; rerun success",
         units=FILES,
@@ -88,16 +60,7 @@ def test_failing_output_write_fails_clearly_and_rerun_completes(
     )
 
 
-def test_expiring_session_credentials_refresh_mid_run(
-    local_stack: Any,
-    s3_client: Any,
-    make_endpoint: Any,
-    endpoint_stats: Any,
-    s3_prefix: str,
-    tmp_path: Path,
-    figures: Figures,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_expiring_session_credentials_refresh_mid_run(monkeypatch: pytest.MonkeyPatch, rig: ScoringRig) -> None:
     """A connection with ``role_arn``: STS (moto, behind the proxy) issues credentials that live 2.5 s; the proxy
     rejects any S3 or SageMaker request signed with an expired key, as AWS does (ExpiredToken).
 
@@ -107,18 +70,12 @@ def test_expiring_session_credentials_refresh_mid_run(
     monkeypatch.setattr(RefreshableCredentials, "_advisory_refresh_timeout", 1.5)
     monkeypatch.setattr(RefreshableCredentials, "_mandatory_refresh_timeout", 1.0)
     files, rows = 20, 200
-    data = put_files(s3_client, s3_prefix + "in/", files=files, rows=rows)
-    endpoint = make_endpoint("sum", faults={"latency_ms": 100})
-    conf = {
-        "endpoint_name": endpoint,
-        "input_uri": s3_prefix + "in/",
-        "output_uri": s3_prefix + "out/",
-        "aws_conn_id": "r_role",
-        "op": {"concurrency": 2},
-    }
+    data = put_files(rig.s3, rig.input_uri, files=files, rows=rows)
+    endpoint = rig.make_endpoint("sum", faults={"latency_ms": 100})
+    conf = rig.conf(endpoint, aws_conn_id="r_role", op={"concurrency": 2})
     with (
-        FaultProxy(local_stack.s3_endpoint_url) as aws,
-        FaultProxy(local_stack.runtime_endpoint_url, error_style="json") as runtime,
+        FaultProxy(rig.stack.s3_endpoint_url) as aws,
+        FaultProxy(rig.stack.runtime_endpoint_url, error_style="json") as runtime,
     ):
         runtime.state = aws.state  # one table of issued credentials for both
         aws.state.credential_lifetime = 2.5
@@ -132,7 +89,7 @@ def test_expiring_session_credentials_refresh_mid_run(
             },
         }
         with env(**aws_conn("r_role", **extra)):
-            run = run_score(conf, tmp_path / "run")
+            run = rig.run(conf, "run")
         state = aws.state
         keys_used = {r.access_key for r in state.records if r.access_key and r.access_key in state.issued}
         runtime_keys = {r.access_key for r in state.records if r.path.startswith("/endpoints/") and r.access_key}
@@ -150,19 +107,19 @@ def test_expiring_session_credentials_refresh_mid_run(
         with pytest.raises(ClientError) as refused:
             probe.list_objects_v2(Bucket="smrt-local", Prefix="x")
         assert refused.value.response["Error"]["Code"] == "ExpiredToken"
-    assert run.succeeded, run.error
+    assert run.succeeded, run.error("score")
     assert state.expired_rejections == 1  # only the probe: the run never used an expired credential
     assert state.assume_role_calls >= 3, state.assume_role_calls
     assert len(runtime_keys & set(state.issued)) >= 2, "InvokeEndpoint never used refreshed credentials"
-    out = read_output(s3_client, s3_prefix + "out/")
+    out = read_output(rig.s3, rig.output_uri)
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == files * rows
     assert dict(zip(ids, out["prediction"].to_pylist(), strict=True)) == pytest.approx(expected_sum(data))
-    figures.record(
+    rig.figures.record(
         "credentials_expiring_mid_run",
         result="success",
         credential_lifetime_seconds=2.5,
-        scoring_seconds=run.xcom()["elapsed_seconds"],
+        scoring_seconds=run.xcom("score")["elapsed_seconds"],
         assume_role_calls=state.assume_role_calls,
         distinct_access_keys_used=len(keys_used),
         distinct_access_keys_on_invoke_endpoint=len(runtime_keys),

@@ -16,8 +16,8 @@ from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring import dataset
 from airflow_provider_smrt.scoring.job import ScoringConfig, ScoringJob
 from airflow_provider_smrt.scoring.storage import S3RangeReader, Storage
-from tests.s3_support import list_keys, put_parquet, read_parts, split
 from tests.scoring.fakes import FakeEndpoint, numeric_table
+from tests.support.s3_objects import list_keys, put_parquet, read_parts, split
 
 
 class S3Calls:

@@ -10,7 +10,7 @@ import pytest
 from airflow_provider_smrt.async_inference import S3Location
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
-from tests.async_support import run_dag_test
+from tests.support.dag_runs import run_dag
 
 pytestmark = pytest.mark.usefixtures("local_stack")
 
@@ -78,7 +78,7 @@ def test_sensor_modes_succeed(
 ) -> None:
     endpoint = make_endpoint("sum", faults={"async_delay_seconds": 2.5, "async_capacity": 4})
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"3,4\n5,6\n", b"10\n"])
-    run = run_dag_test(f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs})
+    run = run_dag(f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
     statuses = run.xcom("wait")
     assert [s["status"] for s in statuses] == ["succeeded"] * 3
@@ -99,7 +99,7 @@ def test_failure_object_fails_the_sensor_with_its_message(
         "sum", faults={"async_delay_seconds": 2.0, "async_capacity": 1, "fail_async_marker": "FAIL"}
     )
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"FAIL,1\n"])
-    run = run_dag_test(
+    run = run_dag(
         f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
     )
     assert run.states == {"invoke": "success", "wait": "failed"}
@@ -117,7 +117,7 @@ def test_failure_object_fails_the_sensor_with_its_message(
 def test_max_failures_tolerates(make_endpoint: Any, s3_client: Any, s3_prefix: str) -> None:
     endpoint = make_endpoint("sum", faults={"fail_async_marker": "FAIL"})
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"FAIL\n", b"4\n"])
-    run = run_dag_test("t_async_tolerant", {"endpoint_name": endpoint, "inputs": inputs})
+    run = run_dag("t_async_tolerant", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
     statuses = run.xcom("wait")
     assert [s["status"] for s in statuses] == ["succeeded", "failed", "succeeded"]
@@ -134,7 +134,7 @@ def test_request_ttl_expiry_fails_with_the_service_message(
     )
     inputs = _inputs(s3_client, s3_prefix, [b"1\n", b"2\n", b"3\n"])
     conf = {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
-    run = run_dag_test(f"t_async_ttl_{mode}", conf)
+    run = run_dag(f"t_async_ttl_{mode}", conf)
     assert run.states == {"invoke": "success", "wait": "failed"}
     report = (tmp_path / "wait.txt").read_text()
     assert "AsyncInferenceFailedError" in report and "expired" in report and "TTL" in report
@@ -144,7 +144,7 @@ def test_request_ttl_expiry_fails_with_the_service_message(
 def test_sensor_timeout_in_the_triggerer(make_endpoint: Any, s3_client: Any, s3_prefix: str, tmp_path: Path) -> None:
     endpoint = make_endpoint("sum", faults={"async_delay_seconds": 30.0})
     inputs = _inputs(s3_client, s3_prefix, [b"1\n"])
-    run = run_dag_test(
+    run = run_dag(
         "t_async_sensor_timeout_deferrable", {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
     )
     assert run.states == {"invoke": "success", "wait": "failed"}

@@ -44,7 +44,7 @@ def _put(s3_client: Any, uri: str, data: bytes) -> None:
 
 
 def test_serialize_round_trip() -> None:
-    from tests.compat import import_string, serde
+    from tests.support.airflow_compat import import_string, serde
 
     serialize, deserialize = serde()
 

@@ -1,4 +1,4 @@
-"""A faulty user decoder (dotted path ``tests.reliability.decoders.drop_last_row``) for the bad-input suite."""
+"""A faulty user decoder (dotted path ``tests.support.faulty_decoders.drop_last_row``) for the bad-input suite."""
 
 from __future__ import annotations
 

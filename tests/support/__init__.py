@@ -1,0 +1,1 @@
+"""Helpers of the tests: running DAGs, the local stack's control API, S3 objects, datasets, AWS call records."""
