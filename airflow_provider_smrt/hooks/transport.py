@@ -10,9 +10,10 @@ client the hook already builds, so nothing is written by hand:
 - it is signed by botocore's :class:`~botocore.auth.SigV4Auth` with the client's credentials,
   frozen per request (refreshable credentials, such as assume-role or expiring session ones,
   refresh as they do for the client), the client's signing name and region;
-- it is sent through the client's own HTTP session (botocore's urllib3 session: its connection
-  pool, TLS ``verify``, timeouts and pool size, and its mapping of urllib3 failures to botocore's
-  exceptions), to the client's resolved endpoint URL (``service_config``, FIPS, custom endpoints);
+- it is sent through the urllib3 connection pool of the client's own HTTP session (botocore's
+  urllib3 session: its pool size, timeouts, socket options, TLS context and ``verify``), to the
+  client's resolved endpoint URL (``service_config``, FIPS, custom endpoints); a transport failure
+  raises the botocore exception that session raises for it;
 - a response is parsed by botocore's REST-JSON parser with the operation's output shape, and an
   error response raises the client's own modeled :class:`~botocore.exceptions.ClientError`, so the
   classifier sees exactly what it sees from the client.
@@ -25,18 +26,22 @@ handler registered beyond botocore's own, no credentials); the hook then uses th
 from __future__ import annotations
 
 import functools
+import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
+from botocore import exceptions as bce
 from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest, create_request_object, prepare_request_dict
+from botocore.awsrequest import AWSRequest, HeadersDict, create_request_object, prepare_request_dict
 from botocore.config import Config
-from botocore.endpoint import convert_to_response_dict
 from botocore.parsers import create_parser
 from botocore.serialize import create_serializer
-from botocore.utils import get_environ_proxies
+from botocore.utils import get_environ_proxies, lowercase_dict
 from botocore.validate import validate_parameters
+from urllib3 import exceptions as urllib3_exceptions
+from urllib3.util.retry import Retry
 
 #: The events a botocore client emits for one call; a handler registered on one of them that a plain
 #: client of the same service does not have is a customisation the lean path would skip.
@@ -124,7 +129,11 @@ class PreparedCall:
     operation_model: Any
     method: str
     url: str
+    path: str
     headers: tuple[tuple[str, str], ...]
+    #: The output's (member, header name) pairs when the output is a blob payload and string headers, else None.
+    header_members: tuple[tuple[str, str], ...] | None
+    payload_member: str | None
 
 
 class LeanTransport:
@@ -141,7 +150,11 @@ class LeanTransport:
         self._signing_name: str = signer.signing_name
         self._region_name: str = signer.region_name
         self._endpoint_url: str = meta.endpoint_url
-        self._http_session = client._endpoint.http_session  # botocore's urllib3 session: pool, verify, timeouts
+        # The connection pool of the client's own HTTP session (botocore's urllib3 session), set up as the
+        # session sets it up for each request: its pool size, timeouts, socket options, TLS context and verify.
+        session = client._endpoint.http_session
+        self._pool = session._manager.connection_from_url(self._endpoint_url)
+        session._setup_ssl_cert(self._pool, self._endpoint_url, session._verify)
         self._service_model = meta.service_model
         self._exceptions = client.exceptions
         self._serializer = create_serializer(self._service_model.metadata["protocol"], include_validation=False)
@@ -160,14 +173,16 @@ class LeanTransport:
     def prepare(self, operation_name: str, params: dict[str, Any]) -> PreparedCall:
         """Serialize ``params`` (without ``Body``) for ``operation_name`` as botocore's client does."""
         operation_model = self._service_model.operation_model(operation_name)
-        request_dict = self._serializer.serialize_to_request({**params, "Body": b""}, operation_model)
+        request_dict = self._serializer.serialize_to_request(params, operation_model)
         prepare_request_dict(request_dict, endpoint_url=self._endpoint_url, user_agent=self._user_agent)
         request = create_request_object(request_dict)
         return PreparedCall(
             operation_model=operation_model,
             method=request.method,
             url=request.url,
+            path=_path_of(request.url),
             headers=tuple((key, value) for key, value in request.headers.items()),
+            **_output_layout(operation_model.output_shape),
         )
 
     def signed_request(self, call: PreparedCall, body: bytes | None) -> AWSRequest:
@@ -182,28 +197,90 @@ class LeanTransport:
         """Send ``call`` with ``body``; the parsed response as the client returns it (``Body`` as bytes).
 
         :raises botocore.exceptions.ClientError: the client's modeled error class for an error response.
-        :raises botocore.exceptions.HTTPClientError: and the other transport errors of botocore's HTTP session.
+        :raises botocore.exceptions.HTTPClientError: and the other transport errors botocore's session raises.
         """
         request = self.signed_request(call, body)
-        http_response = self._http_session.send(request.prepare())
+        try:
+            response = self._pool.urlopen(
+                method=call.method,
+                url=call.path,
+                body=body or None,
+                headers=dict(request.headers.items()),
+                retries=Retry(False),
+                assert_same_host=False,
+                preload_content=True,
+                decode_content=False,
+                enforce_content_length=False,
+            )
+        except Exception as err:
+            raise _botocore_transport_error(err, call.url) from err
         operation_model = call.operation_model
-        response_dict = convert_to_response_dict(http_response, operation_model)
-        if http_response.status_code >= 300:
-            parsed = self._parser.parse(response_dict, operation_model.output_shape)
-            error_code = parsed.get("Error", {}).get("Code")
+        if response.status >= 300:
+            response_dict = {
+                "headers": HeadersDict(response.headers),
+                "status_code": response.status,
+                "body": response.data,
+                "context": {"operation_name": operation_model.name},
+            }
+            error = self._parser.parse(response_dict, operation_model.output_shape)
+            error_code = error.get("Error", {}).get("Code")
             error_shape = self._service_model.shape_for_error_code(error_code) if error_code else None
             if error_shape is not None:  # its modeled fields (ModelError's OriginalStatusCode...), as botocore adds
-                parsed.update(self._parser.parse(response_dict, error_shape))
-            raise self._exceptions.from_code(error_code)(parsed, operation_model.name)
-        if operation_model.has_streaming_output:
-            # botocore's session has read the body; the parser would wrap (or decode) it.
-            parsed = self._parser.parse({**response_dict, "body": b""}, operation_model.output_shape)
-            parsed["Body"] = http_response.content
+                error.update(self._parser.parse(response_dict, error_shape))
+            raise self._exceptions.from_code(error_code)(error, operation_model.name)
+        parsed: dict[str, Any]
+        if call.header_members is not None:
+            # A blob payload and string headers (InvokeEndpoint): what the parser would return, from the model's
+            # header names, without its per-call dispatch.
+            headers = response.headers
+            parsed = {member: headers[name] for member, name in call.header_members if name in headers}
+            parsed[call.payload_member or "Body"] = response.data
+            metadata = {"HTTPStatusCode": response.status, "HTTPHeaders": lowercase_dict(headers)}
+            if "x-amzn-requestid" in headers:
+                metadata["RequestId"] = headers["x-amzn-requestid"]
+            parsed["ResponseMetadata"] = metadata
         else:
-            parsed = self._parser.parse(response_dict, operation_model.output_shape)
-        assert isinstance(parsed, dict)
+            response_dict = {"headers": HeadersDict(response.headers), "status_code": response.status}
+            parsed = self._parser.parse({**response_dict, "body": response.data}, operation_model.output_shape)
         parsed["ResponseMetadata"]["RetryAttempts"] = 0
         return parsed
+
+
+def _output_layout(shape: Any) -> dict[str, Any]:
+    """``header_members`` and ``payload_member`` of an output shape (see :class:`PreparedCall`)."""
+    payload = shape.serialization.get("payload")
+    members = shape.members
+    headers = tuple(
+        (name, member.serialization["name"])
+        for name, member in members.items()
+        if name != payload and member.serialization.get("location") == "header" and member.type_name == "string"
+    )
+    simple = payload is not None and members[payload].type_name == "blob" and len(headers) == len(members) - 1
+    return {"header_members": headers if simple else None, "payload_member": payload}
+
+
+def _path_of(url: str) -> str:
+    """The request target of ``url`` without a proxy, as botocore's session sends it."""
+    parts = urlsplit(url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
+def _botocore_transport_error(err: Exception, url: str) -> Exception:
+    """The botocore exception that botocore's urllib3 session (``URLLib3Session.send``) raises for ``err``."""
+    mapped: Exception
+    if isinstance(err, urllib3_exceptions.SSLError):
+        mapped = bce.SSLError(endpoint_url=url, error=err)
+    elif isinstance(err, (urllib3_exceptions.NewConnectionError, socket.gaierror)):
+        mapped = bce.EndpointConnectionError(endpoint_url=url, error=err)
+    elif isinstance(err, urllib3_exceptions.ConnectTimeoutError):
+        mapped = bce.ConnectTimeoutError(endpoint_url=url, error=err)
+    elif isinstance(err, urllib3_exceptions.ReadTimeoutError):
+        mapped = bce.ReadTimeoutError(endpoint_url=url, error=err)
+    elif isinstance(err, urllib3_exceptions.ProtocolError):
+        mapped = bce.ConnectionClosedError(error=err, endpoint_url=url)
+    else:
+        mapped = bce.HTTPClientError(error=err)
+    return mapped
 
 
 def lean_transport_for(client: Any) -> tuple[LeanTransport | None, str]:
