@@ -161,7 +161,6 @@ class LeanTransport:
         self._parser = create_parser(self._service_model.metadata["protocol"])
         creator = getattr(client, "_user_agent_creator", None)
         self._user_agent: str | None = creator.to_string() if creator is not None else None
-        self._attempt_header = f"attempt=1; max={(meta.config.retries or {}).get('total_max_attempts', 1)}"
 
     def validate(self, operation_name: str, params: dict[str, Any]) -> None:
         """botocore's parameter validation, as a client with ``parameter_validation`` on runs it per call.
@@ -188,9 +187,10 @@ class LeanTransport:
     def signed_request(self, call: PreparedCall, body: bytes | None) -> AWSRequest:
         """The request of ``call`` with ``body``, signed with the credentials as they are now."""
         request = AWSRequest(method=call.method, url=call.url, headers=dict(call.headers), data=body or b"")
-        request.headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
-        request.headers["amz-sdk-request"] = self._attempt_header
         SigV4Auth(self._credentials.get_frozen_credentials(), self._signing_name, self._region_name).add_auth(request)
+        # botocore's client adds these after signing (its signer is the first request-created handler): unsigned.
+        request.headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
+        request.headers["amz-sdk-request"] = "attempt=1"  # botocore's value on a first attempt
         return request
 
     def send(self, call: PreparedCall, body: bytes | None) -> dict[str, Any]:
