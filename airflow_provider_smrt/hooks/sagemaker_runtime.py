@@ -123,7 +123,6 @@ class SageMakerRuntimeHook(AwsBaseHook):
         self.max_pool_connections = max_pool_connections
         self.read_timeout = read_timeout
         self.transport = transport
-        self._lean_lock = threading.Lock()
         self._conn_lean: tuple[Any, LeanTransport | None] | None = None  # (hook.conn, its transport)
 
     # -- clients ---------------------------------------------------------------------------------
@@ -155,12 +154,14 @@ class SageMakerRuntimeHook(AwsBaseHook):
         return lean
 
     def _conn_transport(self) -> tuple[Any, LeanTransport | None]:
-        """``hook.conn`` and its lean transport (or ``None``), decided once per client."""
+        """``hook.conn`` and its lean transport (or ``None``), decided once per client.
+
+        Two threads racing here may each decide (and log) once; both transports are equal.
+        """
         client = self.conn
-        with self._lean_lock:
-            if self._conn_lean is None or self._conn_lean[0] is not client:
-                self._conn_lean = (client, self.lean_transport(client))
-            return self._conn_lean
+        if self._conn_lean is None or self._conn_lean[0] is not client:
+            self._conn_lean = (client, self.lean_transport(client))
+        return self._conn_lean
 
     # -- InvokeEndpoint --------------------------------------------------------------------------
 
