@@ -105,7 +105,7 @@ def why_not_lean(client: Any) -> str | None:
     signer = getattr(client, "_request_signer", None)
     if signer is None or getattr(signer, "_credentials", None) is None:
         return "no credentials on the client"
-    if signer.signature_version not in ("v4", "s3v4") or config.signature_version not in (None, "v4"):
+    if signer.signature_version != "v4" or config.signature_version not in (None, "v4"):
         return f"signature version {signer.signature_version!r} (the lean path signs SigV4 only)"
     if config.proxies or get_environ_proxies(client.meta.endpoint_url):
         return "a proxy is configured"
