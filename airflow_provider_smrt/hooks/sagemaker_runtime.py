@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from copy import deepcopy
-from typing import Any
+from typing import Any, Literal
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from botocore import xform_name
 from botocore.config import Config
 
 from airflow_provider_smrt.classify import classify_error
 from airflow_provider_smrt.exceptions import ParameterValidationError
+from airflow_provider_smrt.hooks.transport import LeanTransport, lean_transport_for
 from airflow_provider_smrt.invocation import (
     DEFAULT_READ_TIMEOUT_SECONDS,
     INVOCATION_TIMEOUT_RANGE,
@@ -32,43 +35,48 @@ from airflow_provider_smrt.retry import OnRetry, RetryPolicy
 _NO_BOTOCORE_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
 
 
-def _drop_none(**params: Any) -> dict[str, Any]:
-    return {key: value for key, value in params.items() if value is not None}
+#: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
+Transport = Literal["auto", "botocore"]
+_TRANSPORTS = ("auto", "botocore")
 
 
-#: ``invoke_endpoint``'s keyword arguments that :meth:`SageMakerRuntimeHook.make_invoker` forwards, and their
-#: InvokeEndpoint names.
-_INVOKE_ENDPOINT_KWARGS = {
-    "content_type": "ContentType",
-    "accept": "Accept",
-    "custom_attributes": "CustomAttributes",
-    "target_model": "TargetModel",
-    "target_variant": "TargetVariant",
-    "target_container_hostname": "TargetContainerHostname",
-    "inference_id": "InferenceId",
-    "enable_explanations": "EnableExplanations",
-    "inference_component_name": "InferenceComponentName",
-    "session_id": "SessionId",
-}
+@functools.lru_cache(maxsize=32)
+def _api_names(service_model: Any, operation_name: str) -> dict[str, str]:
+    """The hook's keyword argument for each input member of ``operation_name`` (``xform_name`` of it) -> the member."""
+    return {xform_name(member): member for member in service_model.operation_model(operation_name).input_shape.members}
 
 
-def _invoke_endpoint_params(endpoint_name: str, body: bytes | None, **kwargs: Any) -> dict[str, Any]:
-    """InvokeEndpoint's request parameters from ``invoke_endpoint``'s keyword arguments (None ones left out)."""
-    return _drop_none(
-        EndpointName=endpoint_name, Body=body, **{_INVOKE_ENDPOINT_KWARGS[key]: value for key, value in kwargs.items()}
-    )
+def _request_params(client: Any, operation_name: str, **kwargs: Any) -> dict[str, Any]:
+    """The request parameters of ``operation_name`` from the hook's keyword arguments (None ones left out).
+
+    The one mapping for every invoke method: each keyword is the snake-case name of the
+    operation's input member, as botocore's service model spells it.
+    """
+    names = _api_names(client.meta.service_model, operation_name)
+    unknown = sorted(set(kwargs) - names.keys())
+    if unknown:
+        shared = sorted(set(names) - {"endpoint_name", "body"})
+        raise ParameterValidationError(f"{operation_name} got unexpected parameter(s) {unknown}: use {shared}")
+    return {names[key]: value for key, value in kwargs.items() if value is not None}
 
 
-def _invoke_endpoint_once(client: Any, params: dict[str, Any]) -> InvokeEndpointResult:
-    """One InvokeEndpoint call with its response body read."""
-    response = client.invoke_endpoint(**params)
+def _invoke_endpoint_result(response: dict[str, Any]) -> InvokeEndpointResult:
+    body = response["Body"]
     return InvokeEndpointResult(
-        body=response["Body"].read(),
+        body=body if isinstance(body, bytes) else body.read(),
         content_type=response.get("ContentType"),
         invoked_production_variant=response.get("InvokedProductionVariant"),
         custom_attributes=response.get("CustomAttributes"),
         new_session_id=response.get("NewSessionId"),
         closed_session_id=response.get("ClosedSessionId"),
+    )
+
+
+def _invoke_endpoint_async_result(response: dict[str, Any]) -> InvokeEndpointAsyncResult:
+    return InvokeEndpointAsyncResult(
+        inference_id=response["InferenceId"],
+        output_location=response["OutputLocation"],
+        failure_location=response.get("FailureLocation"),
     )
 
 
@@ -89,6 +97,13 @@ class SageMakerRuntimeHook(AwsBaseHook):
     :param max_pool_connections: HTTP connections kept to the endpoint; size it to the number of
         requests you keep in flight.
     :param read_timeout: seconds to wait for a response (>= 70 recommended: models have 60 s).
+    :param transport: how ``make_invoker`` and ``invoke_endpoint_async`` send their requests.
+        ``"auto"`` (the default) takes the lean path (:mod:`~airflow_provider_smrt.hooks.transport`:
+        botocore's serializer, SigV4 signer, HTTP session and parser with the client's credentials,
+        endpoint URL, TLS and timeouts, without the client's per-call machinery) unless the client
+        has a setting it does not take over (a proxy, a client certificate, another signature
+        version, event handlers of its own), and then the botocore client; ``"botocore"`` always
+        uses the botocore client. The hook logs which one it uses.
     :param args: passed to ``AwsBaseHook`` (``aws_conn_id``, ``region_name``, ``verify``, ``config``).
     """
 
@@ -98,13 +113,18 @@ class SageMakerRuntimeHook(AwsBaseHook):
         retry_policy: RetryPolicy | None = None,
         max_pool_connections: int = 10,
         read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
+        transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:
+        if transport not in _TRANSPORTS:
+            raise ParameterValidationError(f"transport={transport!r} is not one of {list(_TRANSPORTS)}")
         kwargs["client_type"] = "sagemaker-runtime"
         super().__init__(*args, **kwargs)
         self.retry_policy = retry_policy or RetryPolicy()
         self.max_pool_connections = max_pool_connections
         self.read_timeout = read_timeout
+        self.transport = transport
+        self._conn_lean: tuple[Any, LeanTransport | None] | None = None  # (hook.conn, its transport)
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -119,6 +139,30 @@ class SageMakerRuntimeHook(AwsBaseHook):
         )
         merged = defaults.merge(user).merge(Config(retries=dict(_NO_BOTOCORE_RETRIES)))
         return super()._get_config(merged)
+
+    def lean_transport(self, client: Any) -> LeanTransport | None:
+        """The lean transport over ``client``, or ``None`` for the botocore path; logs which one."""
+        if self.transport == "botocore":
+            lean, reason = None, 'transport="botocore"'
+        else:
+            lean, reason = lean_transport_for(client)
+        if lean is not None:
+            self.log.info(
+                "SageMaker Runtime transport: lean (botocore's signer and HTTP session to %s)", client.meta.endpoint_url
+            )
+        else:
+            self.log.info("SageMaker Runtime transport: botocore client (%s)", reason)
+        return lean
+
+    def _conn_transport(self) -> tuple[Any, LeanTransport | None]:
+        """``hook.conn`` and its lean transport (or ``None``), decided once per client.
+
+        Two threads racing here may each decide (and log) once; both transports are equal.
+        """
+        client = self.conn
+        if self._conn_lean is None or self._conn_lean[0] is not client:
+            self._conn_lean = (client, self.lean_transport(client))
+        return self._conn_lean
 
     # -- InvokeEndpoint --------------------------------------------------------------------------
 
@@ -151,9 +195,12 @@ class SageMakerRuntimeHook(AwsBaseHook):
         self.validate_invoke_endpoint(
             endpoint_name, body, custom_attributes=custom_attributes, inference_id=inference_id
         )
-        params = _invoke_endpoint_params(
-            endpoint_name,
-            body,
+        client = self.conn
+        params = _request_params(
+            client,
+            "InvokeEndpoint",
+            endpoint_name=endpoint_name,
+            body=body,
             content_type=content_type,
             accept=accept,
             custom_attributes=custom_attributes,
@@ -165,10 +212,12 @@ class SageMakerRuntimeHook(AwsBaseHook):
             inference_component_name=inference_component_name,
             session_id=session_id,
         )
-        client = self.conn
         policy = retry_policy or self.retry_policy
         return policy.call(
-            lambda: _invoke_endpoint_once(client, params), endpoint_name=endpoint_name, on_retry=on_retry, cancel=cancel
+            lambda: _invoke_endpoint_result(client.invoke_endpoint(**params)),
+            endpoint_name=endpoint_name,
+            on_retry=on_retry,
+            cancel=cancel,
         )
 
     @staticmethod
@@ -191,19 +240,18 @@ class SageMakerRuntimeHook(AwsBaseHook):
         The core applies the retry policy itself (it counts retries and throttles and adapts its
         concurrency), so this callable makes exactly one request; errors come back classified.
 
-        Every parameter but the body is the same for each call, so botocore's validator checks them
-        once, here (a bad one raises :class:`~airflow_provider_smrt.exceptions.ConfigurationError`),
-        and the calls go through a client of their own built with ``parameter_validation=False``.
-        botocore otherwise validates every call again: 69 of the ~3,740 Python calls and ~4% of the
-        CPU of an InvokeEndpoint call, all of it holding the GIL (``docs/performance.md``). The body is
-        still checked (type and size) on every call.
+        Every parameter but the body is the same for each call, so they are checked once, here: the
+        hook's checks, then botocore's validator (a bad one raises
+        :class:`~airflow_provider_smrt.exceptions.ConfigurationError`). The calls then take the lean
+        path (the request serialized once, only the body swapped and the request signed per call)
+        or, with ``transport="botocore"`` or a client setting the lean path does not take over, go
+        through a botocore client of their own built with ``parameter_validation=False``. The body is
+        checked (type and size) on every call.
 
         :param params: ``invoke_endpoint``'s keyword arguments other than the body and the retry ones.
         """
         from botocore.exceptions import ParamValidationError as BotocoreParamValidationError
         from botocore.validate import validate_parameters
-
-        from airflow_provider_smrt.retry import NO_RETRY
 
         self.validate_invoke_endpoint(
             endpoint_name,
@@ -211,26 +259,41 @@ class SageMakerRuntimeHook(AwsBaseHook):
             custom_attributes=params.get("custom_attributes"),
             inference_id=params.get("inference_id"),
         )
-        unknown = sorted(set(params) - _INVOKE_ENDPOINT_KWARGS.keys())
-        if unknown:
-            raise ParameterValidationError(
-                f"make_invoker() got unexpected parameter(s) {unknown}: use {sorted(_INVOKE_ENDPOINT_KWARGS)}"
-            )
-        fixed = _invoke_endpoint_params(endpoint_name, None, **params)
+        if {"endpoint_name", "body"} & params.keys():
+            raise ParameterValidationError("make_invoker() takes the endpoint name first and the body per call")
         # Built now, once, rather than on the first of many worker threads.
         client = self.get_client_type(
             region_name=self.region_name, config=deepcopy(self.config).merge(Config(parameter_validation=False))
         )
+        fixed = _request_params(client, "InvokeEndpoint", endpoint_name=endpoint_name, **params)
         input_shape = client.meta.service_model.operation_model("InvokeEndpoint").input_shape
         try:
             validate_parameters({**fixed, "Body": b""}, input_shape)
         except BotocoreParamValidationError as err:
             raise classify_error(err, endpoint_name=endpoint_name) from err
 
+        lean = self.lean_transport(client)
+        if lean is not None:
+            call = lean.prepare("InvokeEndpoint", fixed)
+
+            def send(body: bytes) -> dict[str, Any]:
+                return lean.send(call, body)
+
+        else:
+
+            def send(body: bytes) -> dict[str, Any]:
+                response: dict[str, Any] = client.invoke_endpoint(**fixed, Body=body)
+                return response
+
         def invoke(body: bytes) -> InvokeEndpointResult:
             validate_body(body)
-            request = {**fixed, "Body": body}
-            return NO_RETRY.call(lambda: _invoke_endpoint_once(client, request), endpoint_name=endpoint_name)
+            try:
+                return _invoke_endpoint_result(send(body))
+            except Exception as raw:
+                err = classify_error(raw, endpoint_name=endpoint_name)
+                if err is raw:
+                    raise
+                raise err from raw
 
         return invoke
 
@@ -263,28 +326,36 @@ class SageMakerRuntimeHook(AwsBaseHook):
             request_ttl_seconds=request_ttl_seconds,
             invocation_timeout_seconds=invocation_timeout_seconds,
         )
-        params = _drop_none(
-            EndpointName=endpoint_name,
-            InputLocation=input_location,
-            Body=body,
-            ContentType=content_type,
-            Accept=accept,
-            CustomAttributes=custom_attributes,
-            InferenceId=inference_id,
-            RequestTTLSeconds=request_ttl_seconds,
-            InvocationTimeoutSeconds=invocation_timeout_seconds,
-            S3OutputPathExtension=s3_output_path_extension,
-            Filename=filename,
+        client, lean = self._conn_transport()
+        params = _request_params(
+            client,
+            "InvokeEndpointAsync",
+            endpoint_name=endpoint_name,
+            input_location=input_location,
+            body=body,
+            content_type=content_type,
+            accept=accept,
+            custom_attributes=custom_attributes,
+            inference_id=inference_id,
+            request_ttl_seconds=request_ttl_seconds,
+            invocation_timeout_seconds=invocation_timeout_seconds,
+            s3_output_path_extension=s3_output_path_extension,
+            filename=filename,
         )
-        client = self.conn
+        if lean is not None:
+            lean_transport = lean
+            fixed = {key: value for key, value in params.items() if key != "Body"}
 
-        def attempt() -> InvokeEndpointAsyncResult:
-            response = client.invoke_endpoint_async(**params)
-            return InvokeEndpointAsyncResult(
-                inference_id=response["InferenceId"],
-                output_location=response["OutputLocation"],
-                failure_location=response.get("FailureLocation"),
-            )
+            def attempt() -> InvokeEndpointAsyncResult:
+                # botocore's validator, as the client runs it; its error is classified like the client's.
+                lean_transport.validate("InvokeEndpointAsync", params)
+                call = lean_transport.prepare("InvokeEndpointAsync", fixed)
+                return _invoke_endpoint_async_result(lean_transport.send(call, body))
+
+        else:
+
+            def attempt() -> InvokeEndpointAsyncResult:
+                return _invoke_endpoint_async_result(client.invoke_endpoint_async(**params))
 
         policy = retry_policy or self.retry_policy
         return policy.call(attempt, endpoint_name=endpoint_name, on_retry=on_retry)
@@ -347,19 +418,21 @@ class SageMakerRuntimeHook(AwsBaseHook):
         self.validate_invoke_endpoint(
             endpoint_name, body, custom_attributes=custom_attributes, inference_id=inference_id
         )
-        params = _drop_none(
-            EndpointName=endpoint_name,
-            Body=body,
-            ContentType=content_type,
-            Accept=accept,
-            CustomAttributes=custom_attributes,
-            TargetVariant=target_variant,
-            TargetContainerHostname=target_container_hostname,
-            InferenceId=inference_id,
-            InferenceComponentName=inference_component_name,
-            SessionId=session_id,
-        )
         client = self.conn
+        params = _request_params(
+            client,
+            "InvokeEndpointWithResponseStream",
+            endpoint_name=endpoint_name,
+            body=body,
+            content_type=content_type,
+            accept=accept,
+            custom_attributes=custom_attributes,
+            target_variant=target_variant,
+            target_container_hostname=target_container_hostname,
+            inference_id=inference_id,
+            inference_component_name=inference_component_name,
+            session_id=session_id,
+        )
         policy = retry_policy or self.retry_policy
         response = policy.call(
             lambda: client.invoke_endpoint_with_response_stream(**params),
