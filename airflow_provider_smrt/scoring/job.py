@@ -28,6 +28,7 @@ from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_pay
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import check_features_encodable, get_codec
+from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import (
     InputFile,
     WorkUnit,
@@ -37,7 +38,7 @@ from airflow_provider_smrt.scoring.dataset import (
     read_input_files,
     resolve_inputs,
 )
-from airflow_provider_smrt.scoring.pipeline import Coordinator, Invoker, Pipeline, RunStats
+from airflow_provider_smrt.scoring.pipeline import Invoker, Pipeline
 from airflow_provider_smrt.scoring.sink import (
     ERRORS_DIR,
     MANIFEST_NAME,
@@ -51,6 +52,7 @@ from airflow_provider_smrt.scoring.sink import (
     read_part_counts,
     write_manifest,
 )
+from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage, basename, join_uri
 from airflow_provider_smrt.scoring.templating import RequestTemplateEncoder, template_columns
 
