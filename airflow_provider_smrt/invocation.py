@@ -113,6 +113,19 @@ def validate_inference_id(inference_id: str | None) -> None:
         )
 
 
-def validate_max_payload_bytes(max_payload_bytes: int) -> None:
-    """A scoring request size limit must be positive and not above the service limit."""
-    validate_range("max_payload_bytes", max_payload_bytes, (1, MAX_PAYLOAD_BYTES))
+def validate_max_payload_bytes(max_payload_bytes: int, *, limit: int = MAX_PAYLOAD_BYTES) -> None:
+    """A scoring request size limit: an integer number of bytes from 1 to ``limit``.
+
+    The one check of ``max_payload_bytes`` (the scoring configuration and the request planner call it).
+
+    :param limit: the largest body the service takes: InvokeEndpoint's, or more for InvokeEndpointAsync.
+    """
+    if isinstance(max_payload_bytes, bool) or not isinstance(max_payload_bytes, int):
+        raise ParameterValidationError(
+            f"max_payload_bytes must be an integer number of bytes, not {type(max_payload_bytes).__name__}"
+        )
+    if not 1 <= max_payload_bytes <= limit:
+        raise ParameterValidationError(
+            f"max_payload_bytes is {max_payload_bytes:,}; it must be between 1 and {limit:,} "
+            + ("(the InvokeEndpoint body limit)" if limit == MAX_PAYLOAD_BYTES else "(the service limit)")
+        )

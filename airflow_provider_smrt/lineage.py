@@ -94,6 +94,9 @@ def scoring_run_lineage(job: ScoringJob, summary: dict[str, Any] | None = None) 
     ``output_uri`` with the columns of the Parquet parts written (pass-through, then predictions),
     read from one part's footer.
 
+    Reads the job's public :attr:`~airflow_provider_smrt.scoring.job.ScoringJob.last_plan`, ``config``
+    and ``storage``.
+
     :param summary: the run's summary, for the output's row count.
     :raises ValueError: the job has not run.
     """
@@ -101,7 +104,7 @@ def scoring_run_lineage(job: ScoringJob, summary: dict[str, Any] | None = None) 
     if plan is None:
         raise ValueError("the scoring job has not run: there is no lineage yet")
     config = job.config
-    uris = [config.input_uri] if isinstance(config.input_uri, str) else list(config.input_uri)
+    uris = config.input_uris
     reference = next((file for file in plan.files if file.num_rows > 0), plan.files[0] if plan.files else None)
     input_fields: tuple[tuple[str, str], ...] = ()
     if reference is not None:

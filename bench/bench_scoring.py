@@ -587,7 +587,7 @@ def profile_operator(url: str, endpoint: str, inputs: list[str], *, concurrency:
         if not captured:
             return None
         pipeline = captured[-1]
-        return pipeline.limiter._in_flight, pipeline._buffer._value
+        return pipeline.limiter.in_flight, pipeline.buffer._value
 
     pipeline_module.Pipeline.__init__ = capture  # type: ignore[method-assign]
     try:

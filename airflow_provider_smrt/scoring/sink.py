@@ -1,4 +1,4 @@
-"""Output of a scoring run: atomic Parquet parts, error rows, the manifest, and resume state.
+"""Output of a scoring run: atomic Parquet parts, error rows, and resume state.
 
 Layout under ``output_uri``::
 
@@ -8,7 +8,8 @@ Layout under ``output_uri``::
 
 The fingerprint hashes the input object's identity (ETag, version, size) with the scoring
 configuration, so one LIST of the output tells which units are done and still valid: resume
-needs no state of its own. Names starting with ``_`` are never data parts. Airflow-free.
+needs no state of its own. Names starting with ``_`` are never data parts. The manifest is built and
+written by :mod:`~airflow_provider_smrt.scoring.manifest`. Airflow-free.
 """
 
 from __future__ import annotations
@@ -240,11 +241,6 @@ def read_part_counts(storage: Storage, part: ExistingPart) -> tuple[int, int]:
             return int(pq.ParquetFile(handle).metadata.num_rows)
 
     return rows(part.uri), (rows(part.error_uri) if part.error_uri else 0)
-
-
-def write_manifest(storage: Storage, uri: str, manifest: dict[str, Any]) -> None:
-    """Write the manifest atomically (one object)."""
-    storage.write_bytes(uri, orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
 def delete_parts(storage: Storage, parts: Sequence[ExistingPart]) -> None:

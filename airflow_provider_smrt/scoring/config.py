@@ -1,0 +1,115 @@
+"""What a scoring run scores and how: :class:`ScoringConfig`, its defaults and its validation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from airflow_provider_smrt.exceptions import ParameterValidationError
+from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes
+from airflow_provider_smrt.scoring.codecs.templates import template_columns
+from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "IfExists",
+    "ScoringConfig",
+    "manifest_name_for",
+]
+
+IfExists = Literal["resume", "overwrite", "fail"]
+DEFAULT_MAX_PAYLOAD_BYTES = 5 * 1024 * 1024
+DEFAULT_CONCURRENCY = 8
+
+
+def manifest_name_for(map_index: int | None) -> str:
+    """``_manifest.json``, or ``_manifest-<map index>.json`` for a mapped task (mapped tasks share an output)."""
+    return MANIFEST_NAME if map_index is None or map_index < 0 else f"_manifest-{map_index:05d}.json"
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """What to score and how. Everything that changes predictions goes into the configuration hash.
+
+    :meth:`validate` checks it; :class:`~airflow_provider_smrt.scoring.job.ScoringJob` calls it once.
+    """
+
+    endpoint_name: str
+    input_uri: str | Sequence[str]
+    output_uri: str
+    feature_columns: Sequence[str] | None = None
+    passthrough_columns: Sequence[str] | None = None
+    prediction_columns: Sequence[str] | None = None
+    content_type: str = "text/csv"
+    accept: str | None = None
+    encoder: str | None = None
+    decoder: str | None = None
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_rows_per_request: int | None = None
+    concurrency: int = DEFAULT_CONCURRENCY
+    max_error_ratio: float = 0.0
+    if_exists: IfExists = "resume"
+    allow_empty_input: bool = False
+    variant_column: str | None = None
+    manifest_name: str = MANIFEST_NAME
+    #: The largest request the invoker takes: InvokeEndpoint's 6 MiB, or more for InvokeEndpointAsync.
+    payload_limit: int = MAX_PAYLOAD_BYTES
+    #: One JSON request per row from this template (see :mod:`~airflow_provider_smrt.scoring.codecs.templates`).
+    request_template: dict[str, Any] | None = None
+    #: Dotted path of the prediction in a JSON response (see :mod:`~airflow_provider_smrt.scoring.codecs.templates`).
+    response_field: str | None = None
+    #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
+    invoke_params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
+        validate_max_payload_bytes(self.max_payload_bytes, limit=self.payload_limit)
+        if self.max_rows_per_request is not None and self.max_rows_per_request < 1:
+            raise ParameterValidationError("max_rows_per_request must be at least 1 (or None for no row limit)")
+        if not 1 <= self.concurrency <= 512:
+            raise ParameterValidationError(f"concurrency={self.concurrency} must be from 1 to 512")
+        if not 0.0 <= self.max_error_ratio <= 1.0:
+            raise ParameterValidationError(f"max_error_ratio={self.max_error_ratio} must be between 0 and 1")
+        if self.if_exists not in ("resume", "overwrite", "fail"):
+            raise ParameterValidationError(f"if_exists={self.if_exists!r} must be 'resume', 'overwrite' or 'fail'")
+        if not self.output_uri:
+            raise ParameterValidationError("output_uri is required: an s3:// prefix or a local directory")
+        if self.manifest_name and not self.manifest_name.startswith("_"):
+            raise ParameterValidationError("manifest_name must start with '_' (names starting with '_' are not data)")
+        if self.request_template is not None:
+            template_columns(self.request_template)  # validates the template
+            if self.max_rows_per_request not in (None, 1):
+                raise ParameterValidationError(
+                    f"request_template makes one request per row: max_rows_per_request={self.max_rows_per_request} "
+                    "must be 1 (or None)"
+                )
+
+    @property
+    def input_uris(self) -> list[str]:
+        """``input_uri`` as a list."""
+        return [self.input_uri] if isinstance(self.input_uri, str) else list(self.input_uri)
+
+    @property
+    def rows_per_request(self) -> int | None:
+        """The row limit the planner applies: 1 with a request template, else ``max_rows_per_request``."""
+        return 1 if self.request_template is not None else self.max_rows_per_request
+
+    def hash_input(self, features: Sequence[str], passthrough: Sequence[str]) -> dict[str, Any]:
+        """The configuration that affects the content of output parts."""
+        return {
+            "endpoint_name": self.endpoint_name,
+            "features": list(features),
+            "passthrough": list(passthrough),
+            "prediction_columns": list(self.prediction_columns) if self.prediction_columns else None,
+            "content_type": self.content_type,
+            "accept": self.accept,
+            "encoder": self.encoder,
+            "decoder": self.decoder,
+            "variant_column": self.variant_column,
+            "invoke_params": {key: value for key, value in sorted(self.invoke_params.items()) if value is not None},
+            # Only when set, so the hash (and the resume state) of every other configuration is unchanged.
+            **({"request_template": self.request_template} if self.request_template is not None else {}),
+            **({"response_field": self.response_field} if self.response_field is not None else {}),
+        }

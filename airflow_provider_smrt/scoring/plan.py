@@ -1,0 +1,166 @@
+"""The plan of a scoring run: inputs, columns, units and part names, and what a rerun finds done.
+
+:func:`plan_scoring` reads the inputs' footers and the output's listing; the resulting
+:class:`ScoringPlan` says which units are already done (``if_exists="resume"``), which parts of
+earlier runs become stale, and which error parts are rewritten.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from airflow_provider_smrt.exceptions import InputDataError, OutputError
+from airflow_provider_smrt.scoring.codecs import check_features_encodable
+from airflow_provider_smrt.scoring.codecs.templates import RequestTemplateEncoder, template_columns
+from airflow_provider_smrt.scoring.config import ScoringConfig
+from airflow_provider_smrt.scoring.dataset import (
+    InputFile,
+    WorkUnit,
+    check_schemas,
+    plan_units,
+    read_input_files,
+    resolve_inputs,
+)
+from airflow_provider_smrt.scoring.sink import ExistingPart, OutputState, config_hash, fingerprint, part_name
+from airflow_provider_smrt.scoring.storage import Storage, basename
+
+__all__ = ["ScoringPlan", "plan_scoring"]
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What one run scores and where it writes it."""
+
+    #: The input files, in order, with their Parquet footers.
+    files: list[InputFile]
+    #: Feature columns (sent to the endpoint), in request order.
+    features: list[str]
+    #: Pass-through columns (copied to the output).
+    passthrough: list[str]
+    passthrough_schema: pa.Schema
+    #: The hash of everything that changes the parts' content (part names carry it).
+    config_hash: str
+    #: Every unit of every input, in input order.
+    units: list[WorkUnit]
+    #: The part name of each unit.
+    names: dict[WorkUnit, str]
+    #: Units whose part is already committed (resumed, not scored again).
+    done: dict[WorkUnit, ExistingPart]
+    #: Parts of these inputs that this plan does not write again: deleted after the run.
+    stale: list[ExistingPart]
+    #: Parts replaced in place (``if_exists="overwrite"``).
+    replaced: int
+    #: Part names whose existing error part is rewritten (or removed if the unit now has no errors).
+    error_rewrites: set[str]
+    #: Error parts without a data part that this plan does not write again: deleted after the run.
+    stale_errors: list[str]
+
+    @property
+    def todo(self) -> list[WorkUnit]:
+        """The units to score, in input order."""
+        return [unit for unit in self.units if unit not in self.done]
+
+    @property
+    def rows_total(self) -> int:
+        return sum(file.num_rows for file in self.files)
+
+    @property
+    def resumed_rows(self) -> int:
+        """Rows of the units already done."""
+        return sum(unit.num_rows for unit in self.done)
+
+
+def check_locations(config: ScoringConfig) -> None:
+    """Refuse an output inside an input (or the other way round)."""
+    out = config.output_uri.rstrip("/") + "/"
+    for uri in config.input_uris:
+        base = uri.rstrip("/") + "/"
+        if out.startswith(base) or base.startswith(out):
+            raise OutputError(
+                f"output_uri {config.output_uri!r} and input_uri {uri!r} overlap: write predictions to a "
+                "location outside the input (and the input outside the output)"
+            )
+
+
+def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
+    """Plan a run of a validated ``config``: read the inputs' footers and what the output holds."""
+    check_locations(config)
+    try:
+        infos = resolve_inputs(storage, config.input_uris)
+    except InputDataError:
+        if not config.allow_empty_input:
+            raise
+        infos = []
+    files = read_input_files(storage, infos)
+    feature_columns = config.feature_columns
+    if feature_columns is None and config.request_template is not None:
+        feature_columns = template_columns(config.request_template)  # send only what the template uses
+    features, passthrough, schema = check_schemas(
+        files, feature_columns=feature_columns, passthrough_columns=config.passthrough_columns
+    )
+    if files:
+        check_features_encodable(schema, config.content_type if config.encoder is None else "custom")
+    if config.request_template is not None:
+        RequestTemplateEncoder(config.request_template).check_columns(features)
+    chash = config_hash(config.hash_input(features, passthrough))
+    units = [unit for file in files for unit in plan_units(file)]
+    names = {unit: part_name(unit, fingerprint(unit.file, chash)) for unit in units}
+
+    state = _load_output_state(storage, config.output_uri)
+    if config.if_exists == "fail" and not state.is_empty:
+        raise OutputError(
+            f"output_uri {config.output_uri!r} is not empty and if_exists='fail': choose an empty location, "
+            "or set if_exists='resume' (skip finished work) or 'overwrite'"
+        )
+    slugs = {file.slug for file in files}
+    mine = state.parts_of(slugs)
+    done: dict[WorkUnit, ExistingPart] = {}
+    if config.if_exists == "resume":
+        by_name = {part.name: part for part in mine}
+        done = {unit: by_name[names[unit]] for unit in units if names[unit] in by_name}
+    # Parts of these inputs that this plan does not write again (another input version, configuration
+    # or unit plan) are stale: deleted once the run has committed its own. A part of the same name is
+    # replaced in place by the new commit (S3 and rename are atomic), so a failed run keeps the old one.
+    current = set(names.values())
+    stale = [part for part in mine if part.name not in current]
+    replaced = [part for part in mine if part.name in current and config.if_exists == "overwrite"]
+    orphans = state.orphan_errors_of(slugs)  # error parts whose data part was never committed
+    orphan_names = {basename(uri) for uri in orphans}
+    # Units about to be written whose name already has an error part: removed if they now have no errors.
+    error_rewrites = {name for name in current if name in orphan_names}
+    error_rewrites |= {part.name for part in replaced if part.error_uri}
+    passthrough_schema = pa.schema([schema.field(name) for name in passthrough]) if files else pa.schema([])
+    return ScoringPlan(
+        files=files,
+        features=features,
+        passthrough=passthrough,
+        passthrough_schema=passthrough_schema,
+        config_hash=chash,
+        units=units,
+        names=names,
+        done=done,
+        stale=stale,
+        replaced=len(replaced),
+        error_rewrites=error_rewrites,
+        stale_errors=[uri for uri in orphans if basename(uri) not in current],
+    )
+
+
+def _load_output_state(storage: Storage, output_uri: str) -> OutputState:
+    try:
+        return OutputState.load(storage, output_uri)
+    except Exception as err:
+        if not _is_s3_error(err):
+            raise
+        code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)
+        raise OutputError(
+            f"cannot list output_uri {output_uri!r} ({code}): check that the bucket exists and that the "
+            "connection's identity may s3:ListBucket on it"
+        ) from err
+
+
+def _is_s3_error(err: Exception) -> bool:
+    """An error of the S3 client (not of our code)."""
+    return type(err).__module__.startswith("botocore")
