@@ -47,6 +47,7 @@ from airflow_provider_smrt.scoring.sink import (
     config_hash,
     delete_parts,
     fingerprint,
+    parse_part_name,
     part_name,
     read_part_counts,
     write_manifest,
@@ -252,7 +253,10 @@ class ScoringJob:
                 "or set if_exists='resume' (skip finished work) or 'overwrite'"
             )
         slugs = {file.slug for file in files}
-        mine = state.parts_of(slugs)
+        # A file's row-group selection (a shard) owns only the parts starting in its rows: the parts of
+        # the file's other shards, which may be written at the same time, are neither stale nor orphans.
+        by_slug = {file.slug: file for file in files}
+        mine = [part for part in state.parts_of(slugs) if by_slug[part.slug].owns(part.start)]
         done: dict[WorkUnit, ExistingPart] = {}
         if config.if_exists == "resume":
             by_name = {part.name: part for part in mine}
@@ -263,7 +267,9 @@ class ScoringJob:
         current = set(names.values())
         stale = [part for part in mine if part.name not in current]
         replaced = [part for part in mine if part.name in current and config.if_exists == "overwrite"]
-        orphans = state.orphan_errors_of(slugs)  # error parts whose data part was never committed
+        orphans = [  # error parts whose data part was never committed
+            uri for uri in state.orphan_errors_of(slugs) if _owned_part(by_slug, basename(uri))
+        ]
         orphan_names = {basename(uri) for uri in orphans}
         # Units about to be written whose name already has an error part: removed if they now have no errors.
         error_rewrites = {name for name in current if name in orphan_names}
@@ -334,7 +340,7 @@ class ScoringJob:
                 len(plan.stale),
             )
         todo = [unit for unit in plan.units if unit not in plan.done]
-        rows_total = sum(file.num_rows for file in plan.files)
+        rows_total = sum(unit.num_rows for unit in plan.units)
         resumed_rows = resumed_failed = 0
         for part in plan.done.values():
             scored, failed = read_part_counts(self.storage, part)
@@ -500,6 +506,7 @@ class ScoringJob:
                     "version_id": file.info.version_id,
                     "size": file.info.size,
                     "rows": file.num_rows,
+                    **({"row_groups": list(file.row_groups)} if file.row_groups is not None else {}),
                 }
                 for file in plan.files
             ],
@@ -508,6 +515,12 @@ class ScoringJob:
             "invoked_variants": summary["invoked_variants"],
             "config_hash": plan.config_hash,
         }
+
+
+def _owned_part(files_by_slug: dict[str, InputFile], name: str) -> bool:
+    """Whether the part (or error part) called ``name`` belongs to one of these inputs' selections."""
+    parsed = parse_part_name(name)
+    return parsed is not None and parsed[0] in files_by_slug and files_by_slug[parsed[0]].owns(parsed[1])
 
 
 def score_dataset(
