@@ -21,6 +21,8 @@ from typing import Any
 
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+from airflow_provider_smrt._compat import AirflowFailException
+from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
 from airflow_provider_smrt.scoring import shards as _shards
 from airflow_provider_smrt.scoring.storage import Storage
 
@@ -41,10 +43,15 @@ def plan_shards(
     Whole files where they fit, row-group ranges (``...parquet#row_groups=4:9``) of files too large for
     one shard; the union of the shards is the input, each row in exactly one shard (see
     :func:`airflow_provider_smrt.scoring.shards.plan_shards`). Reads only the Parquet footers, through
-    the Airflow AWS connection ``aws_conn_id``. The result is JSON (an XCom value).
+    the Airflow AWS connection ``aws_conn_id``. The result is JSON (an XCom value). An input that
+    matches nothing (without ``allow_empty_input``) or is not Parquet fails the task without retries:
+    a retry cannot fix it.
     """
     s3_client = S3Hook(
         aws_conn_id=aws_conn_id, region_name=region_name, verify=verify, config=botocore_config
     ).get_conn()
     storage = Storage(s3_client=s3_client, expected_bucket_owner=expected_bucket_owner)
-    return _shards.plan_shards(storage, input_uri, int(num_shards), allow_empty_input=allow_empty_input)
+    try:
+        return _shards.plan_shards(storage, input_uri, int(num_shards), allow_empty_input=allow_empty_input)
+    except (InputDataError, ParameterValidationError) as err:
+        raise AirflowFailException(str(err)) from err

@@ -1,0 +1,50 @@
+"""The DAG the scheduler tests run (tests/scale/test_scheduler_backfill.py), not collected by pytest.
+
+One run per ``ds``: ``plan_shards`` splits the day's partition into ``SHARDS`` shards, each scored by
+a mapped task taking ``CONCURRENCY`` slots of the pool ``POOL`` (its requests in flight), into the
+day's output.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
+from airflow_provider_smrt.operators.shards import plan_shards
+
+DAG_ID = "smrt_scale_backfill"
+POOL = "smrt_scale_endpoint"
+CONCURRENCY = 2
+SHARDS = 2
+
+with DAG(
+    dag_id=DAG_ID,
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    end_date=datetime(2026, 2, 28),  # no scheduled runs: only the tests' backfills
+    catchup=False,
+    max_active_runs=3,
+    params={
+        "endpoint_name": Param("", type="string"),
+        "features_root": Param("", type="string"),
+        "predictions_root": Param("", type="string"),
+    },
+    default_args={"retries": 3, "retry_delay": timedelta(seconds=2)},
+    tags=["smrt", "tests"],
+):
+    shards = task(plan_shards, task_id="plan_shards")(
+        input_uri="{{ params.features_root }}/ds={{ ds }}/", num_shards=SHARDS
+    )
+    SageMakerBatchScoreOperator.partial(
+        task_id="score",
+        pool=POOL,
+        pool_slots=CONCURRENCY,
+        concurrency=CONCURRENCY,
+        endpoint_name="{{ params.endpoint_name }}",
+        output_uri="{{ params.predictions_root }}/ds={{ ds }}/",
+        passthrough_columns=["id"],
+        max_rows_per_request=50,
+        progress_interval=1.0,
+    ).expand(input_uri=shards)
