@@ -103,11 +103,20 @@ class Deployment:
         env.update(extra_env or {})
         self.env = env
 
-    def cli(self, *args: str, timeout: float = 180.0) -> str:
+    def cli(self, *args: str, timeout: float = 180.0, retry_locked: bool = False) -> str:
+        """Run ``airflow <args>``; with ``retry_locked``, again (5 attempts) while SQLite reports a lock conflict.
+
+        SQLite refuses at once (whatever the busy timeout) a transaction that read before another
+        connection wrote and then tries to write; the command rolled back, so running it again is safe.
+        """
         airflow = Path(sys.executable).parent / "airflow"
-        result = subprocess.run(
-            [str(airflow), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        for attempt in range(5 if retry_locked else 1):
+            result = subprocess.run(
+                [str(airflow), *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+            if result.returncode == 0 or "database is locked" not in result.stderr:
+                break
+            time.sleep(1.0 + attempt)
         assert result.returncode == 0, f"airflow {' '.join(args)} failed: {result.stderr[-3000:]}"
         return result.stdout
 
@@ -176,15 +185,19 @@ class Deployment:
             "3",
             "--dag-run-conf",
             json.dumps(conf),
+            retry_locked=True,
         )
-        return int(self.query("SELECT max(id) FROM backfill")[0][0])
+        (backfill,) = self.query("SELECT id FROM backfill WHERE dag_id = ? AND completed_at IS NULL", dag_id)
+        return int(backfill[0])
 
     def wait_for_backfill(self, backfill: int, runs: int) -> dict[str, str]:
         deadline = time.monotonic() + RUN_TIMEOUT
         while True:
             self.check_alive()
             states = self.run_states(backfill)
-            if len(states) == runs and all(state in ("success", "failed") for state in states.values()):
+            finished = len(states) == runs and all(state in ("success", "failed") for state in states.values())
+            # the scheduler marks the backfill completed after its runs (another may start only then)
+            if finished and self.query("SELECT completed_at FROM backfill WHERE id = ?", backfill)[0][0]:
                 return states
             assert time.monotonic() < deadline, f"the backfill did not finish within {RUN_TIMEOUT:.0f} s: {states}"
             time.sleep(1.0)
@@ -203,7 +216,7 @@ class Deployment:
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
         run_id = f"manual__{time.time_ns()}"
-        self.cli("dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf))
+        self.cli("dags", "trigger", dag_id, "--run-id", run_id, "--conf", json.dumps(conf), retry_locked=True)
         return run_id
 
     def wait_for_run(self, run_id: str) -> str:

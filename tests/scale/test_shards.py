@@ -15,11 +15,11 @@ import pytest
 
 from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
-from airflow_provider_smrt.operators.shards import plan_shards as plan_shards_task
 from airflow_provider_smrt.scoring import dataset
 from airflow_provider_smrt.scoring.dataset import split_row_groups, with_row_groups
 from airflow_provider_smrt.scoring.shards import plan_shards
 from airflow_provider_smrt.scoring.storage import Storage
+from airflow_provider_smrt.shards import plan_shards as plan_shards_task
 from tests.s3_support import list_keys, put_parquet, read_parts
 from tests.scoring.fakes import numeric_table
 

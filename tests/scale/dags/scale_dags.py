@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, task
 
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
-from airflow_provider_smrt.operators.shards import plan_shards
+from airflow_provider_smrt.shards import plan_shards
 
 DAG_ID = "smrt_scale_backfill"
 POOL = "smrt_scale_endpoint"
