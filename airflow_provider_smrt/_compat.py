@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from airflow.sdk.configuration import conf
-    from airflow.sdk.exceptions import AirflowSensorTimeout
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSensorTimeout
     from airflow.sdk.log import mask_secret
 else:
     try:
@@ -23,8 +23,13 @@ else:
         from airflow.exceptions import AirflowSensorTimeout
 
     try:
+        from airflow.sdk.exceptions import AirflowFailException
+    except ImportError:  # Airflow < 3.1: the task runner catches the core class
+        from airflow.exceptions import AirflowFailException
+
+    try:
         from airflow.sdk.log import mask_secret
     except ImportError:  # Airflow < 3.1
         from airflow.sdk.execution_time.secrets_masker import mask_secret
 
-__all__ = ["AirflowSensorTimeout", "conf", "mask_secret"]
+__all__ = ["AirflowFailException", "AirflowSensorTimeout", "conf", "mask_secret"]

@@ -51,12 +51,20 @@ def test_daily_batch_score(s3_client: Any, s3_prefix: str) -> None:
 def test_backfill_three_dates_then_rerun_sends_nothing(
     s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
 ) -> None:
+    from airflow.models.pool import Pool
+
+    module = example_module("example_backfill")
+    ensure_db()
+    Pool.create_or_update_pool(
+        name=module.POOL, slots=3 * module.CONCURRENCY, description="tests", include_deferred=False
+    )
     endpoint = make_endpoint("diabetes")
     dates = [datetime(2026, 1, day, tzinfo=timezone.utc) for day in (1, 2, 3)]
     rows = {date: 100 * (i + 1) for i, date in enumerate(dates)}
+    shards = 2  # one shard per file (each file is one work unit)
     for i, date in enumerate(dates):
         uri = f"{s3_prefix}features/ds={date:%Y-%m-%d}/"
-        write_demo_dataset(s3_client=s3_client, uri=uri, rows=rows[date], files=1, seed=i)
+        write_demo_dataset(s3_client=s3_client, uri=uri, rows=rows[date], files=shards, seed=i)
     conf = {
         "endpoint_name": endpoint,
         "features_root": s3_prefix + "features",
@@ -65,19 +73,33 @@ def test_backfill_three_dates_then_rerun_sends_nothing(
     for date in dates:
         run = run_dag("smrt_example_backfill", conf, logical_date=date)
         assert run.state == "success", (date, run.states)
+        assert len(run.xcom("plan_shards")) == shards
+    task = get_dag("smrt_example_backfill").get_task("score_partition")
+    assert (task.pool, task.pool_slots) == (module.POOL, module.CONCURRENCY) and task.retries == 2
     for date in dates:
         out = read_parts(s3_client, f"{s3_prefix}predictions/ds={date:%Y-%m-%d}/")
         assert out.column_names == OUTPUT_COLUMNS
         assert out.num_rows == rows[date]
-        assert "_manifest.json" in list_keys(s3_client, f"{s3_prefix}predictions/ds={date:%Y-%m-%d}/")
+        keys = list_keys(s3_client, f"{s3_prefix}predictions/ds={date:%Y-%m-%d}/")
+        assert [key for key in keys if key.startswith("_manifest")] == [
+            f"_manifest-{i:05d}.json" for i in range(shards)
+        ]
     sent = endpoint_stats(endpoint)["rows_ok"]
     assert sent == sum(rows.values())
 
     rerun = run_dag("smrt_example_backfill", conf, logical_date=dates[1])
     assert rerun.state == "success", rerun.states
     assert endpoint_stats(endpoint)["rows_ok"] == sent  # the rerun re-sent nothing
-    summary = rerun.xcom("score_partition")
-    assert summary["units_skipped"] == summary["units_total"] > 0 and summary["requests"] == 0
+    for index in range(shards):
+        summary = rerun.xcom("score_partition", map_index=index)
+        assert summary["units_skipped"] == summary["units_total"] > 0 and summary["requests"] == 0
+
+
+def test_backfill_of_an_empty_partition_fails_without_retries(s3_prefix: str) -> None:
+    conf = {"features_root": s3_prefix + "features", "predictions_root": s3_prefix + "predictions"}
+    run = run_dag("smrt_example_backfill", conf, logical_date=datetime(2026, 1, 9, tzinfo=timezone.utc))
+    assert run.state == "failed"
+    assert run.states["plan_shards"] == "failed"  # not up_for_retry: a retry cannot create the input
 
 
 def test_mapped_fan_out_with_a_pool(s3_client: Any, s3_prefix: str) -> None:

@@ -31,6 +31,35 @@ READ_BATCH_ROWS = 65_536
 READ_WINDOW_BYTES = 32 * 1024 * 1024
 _PARQUET_MAGIC = b"PAR1"
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
+#: Suffix selecting row groups ``[start, stop)`` of one Parquet object: ``s3://b/k.parquet#row_groups=0:4``.
+ROW_GROUPS_SELECTOR = "#row_groups="
+_ROW_GROUPS = re.compile(r"^(?P<start>\d+):(?P<stop>\d+)$")
+
+
+@dataclass(frozen=True)
+class SelectedObject(ObjectInfo):
+    """An input object of which only row groups ``row_groups = (start, stop)`` are scored."""
+
+    row_groups: tuple[int, int] | None = None
+
+
+def with_row_groups(uri: str, start: int, stop: int) -> str:
+    """The input URI scoring only row groups ``[start, stop)`` of the object ``uri``."""
+    return f"{uri}{ROW_GROUPS_SELECTOR}{start}:{stop}"
+
+
+def split_row_groups(uri: str) -> tuple[str, tuple[int, int] | None]:
+    """``"s3://b/k#row_groups=2:5"`` → ``("s3://b/k", (2, 5))``; a URI without the selector → ``(uri, None)``."""
+    base, found, selector = uri.rpartition(ROW_GROUPS_SELECTOR)
+    if not found:
+        return uri, None
+    match = _ROW_GROUPS.match(selector)
+    if match is None or int(match["start"]) >= int(match["stop"]) or not base or base.endswith("/"):
+        raise InputDataError(
+            f"input_uri {uri!r} has a malformed row-group selector: write <object>{ROW_GROUPS_SELECTOR}<start>:<stop> "
+            "(0-based row groups of one Parquet object, stop exclusive and greater than start)"
+        )
+    return base, (int(match["start"]), int(match["stop"]))
 
 
 @dataclass(frozen=True)
@@ -44,6 +73,8 @@ class InputFile:
     #: the footer read at planning (so scoring does not read it again); compressed bytes per row group
     metadata: pq.FileMetaData | None = dataclasses.field(default=None, compare=False, repr=False)
     row_group_bytes: tuple[int, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    #: only row groups ``[start, stop)`` are scored (a shard of the file); None: the whole file
+    row_groups: tuple[int, int] | None = None
 
     def __hash__(self) -> int:
         # Cheap and consistent with equality (the generated hash would hash the schema on every call;
@@ -68,6 +99,27 @@ class InputFile:
     def identity(self) -> str:
         """What changes when the object's content changes."""
         return f"{self.info.etag}|{self.info.version_id}|{self.info.size}"
+
+    @property
+    def selected_rows(self) -> tuple[int, int]:
+        """Rows ``[first, end)`` covered by the selected row groups (every row without a selection)."""
+        if self.row_groups is None:
+            return 0, self.num_rows
+        start, stop = self.row_groups
+        return sum(self.row_group_rows[:start]), sum(self.row_group_rows[:stop])
+
+    def owns(self, start: int) -> bool:
+        """Whether the unit (or part) starting at row ``start`` belongs to this selection of the file.
+
+        A unit belongs to the selection its first row is in, so selections of consecutive row groups
+        share out a file's units without overlap, whatever the selections' boundaries. The whole file,
+        and a selection running to the file's last row group, also own parts starting past the file's
+        end (left by a longer version of the file: stale, removed by the run that owns them).
+        """
+        if self.row_groups is None:
+            return True
+        first, end = self.selected_rows
+        return first <= start and (start < end or self.row_groups[1] >= len(self.row_group_rows))
 
 
 @dataclass(frozen=True)
@@ -97,7 +149,18 @@ class WorkUnit:
 
 
 def plan_units(file: InputFile, unit_rows: int | None = None) -> list[WorkUnit]:
-    """Cut a file into work units by the fixed rule of this module (``unit_rows`` defaults to UNIT_ROWS)."""
+    """Cut a file into work units by the fixed rule of this module (``unit_rows`` defaults to UNIT_ROWS).
+
+    With a row-group selection, the units are those of the whole file that the selection owns (see
+    :meth:`InputFile.owns`): the same units, and so the same part names, as a run over the whole file.
+    """
+    units = _plan_file_units(file, unit_rows)
+    if file.row_groups is None:
+        return units
+    return [unit for unit in units if file.owns(unit.start)]
+
+
+def _plan_file_units(file: InputFile, unit_rows: int | None) -> list[WorkUnit]:
     unit_rows = unit_rows or UNIT_ROWS
     units: list[WorkUnit] = []
     start = 0
@@ -132,7 +195,9 @@ def resolve_inputs(storage: Storage, input_uris: str | Sequence[str]) -> list[Ob
     """Every input object: a prefix/directory means every non-hidden object under it.
 
     Names (or folders) starting with ``_`` or ``.`` under a prefix are skipped (``_SUCCESS``,
-    ``.crc``...). Zero-byte objects (folder markers, empty files) are skipped.
+    ``.crc``...). Zero-byte objects (folder markers, empty files) are skipped. An object URI ending in
+    ``#row_groups=<start>:<stop>`` (see :func:`with_row_groups`) selects those row groups only: it
+    comes back as a :class:`SelectedObject`.
     """
     uris = [input_uris] if isinstance(input_uris, str) else list(input_uris)
     if not uris:
@@ -141,20 +206,37 @@ def resolve_inputs(storage: Storage, input_uris: str | Sequence[str]) -> list[Ob
     for uri in uris:
         if not isinstance(uri, str) or not uri:
             raise InputDataError(f"input_uri entries must be non-empty strings, got {uri!r}")
-        exact = None if uri.endswith("/") else storage.stat(uri)
-        if exact is not None:
+        base, row_groups = split_row_groups(uri)
+        exact = None if base.endswith("/") else storage.stat(base)
+        if row_groups is not None:
+            if exact is None:
+                raise InputDataError(
+                    f"input_uri {uri!r} selects row groups of {base!r}, which is not an object: a row-group "
+                    "selector applies to one Parquet object, not to a prefix"
+                )
+            objects: list[ObjectInfo] = [SelectedObject(**dataclasses.asdict(exact), row_groups=row_groups)]
+        elif exact is not None:
             objects = [exact]
         else:
-            objects = [info for info in storage.list(uri) if not _is_hidden(info.uri, uri)]
+            objects = [info for info in storage.list(base) if not _is_hidden(info.uri, base)]
             if not objects:
-                where = "prefix" if is_s3(uri) else "path"
+                where = "prefix" if is_s3(base) else "path"
                 raise InputDataError(
                     f"input_uri {uri!r} matched no objects: check the {where} (for a partition that may "
                     "legitimately be empty, set allow_empty_input=True)"
                 )
         for info in objects:
-            found.setdefault(info.uri, info)
+            previous = found.setdefault(info.uri, info)
+            if _selection(previous) != _selection(info):
+                raise InputDataError(
+                    f"input_uri names {info.uri} more than once with different row groups: list each object once "
+                    "(with one row-group range at most)"
+                )
     return [info for info in found.values() if info.size > 0]
+
+
+def _selection(info: ObjectInfo) -> tuple[int, int] | None:
+    return info.row_groups if isinstance(info, SelectedObject) else None
 
 
 def read_input_file(storage: Storage, info: ObjectInfo) -> InputFile:
@@ -175,6 +257,12 @@ def read_input_file(storage: Storage, info: ObjectInfo) -> InputFile:
     except (pa.ArrowInvalid, OSError, ValueError) as err:
         raise InputDataError(f"{info.uri} is not a readable Parquet file ({err}): replace or remove it") from err
     groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
+    row_groups = _selection(info)
+    if row_groups is not None and row_groups[1] > meta.num_row_groups:
+        raise InputDataError(
+            f"{info.uri} has {meta.num_row_groups} row group(s) but the input selects row groups "
+            f"{row_groups[0]}:{row_groups[1]}: plan the shards again from the current input"
+        )
     return InputFile(
         info=info,
         num_rows=meta.num_rows,
@@ -184,6 +272,7 @@ def read_input_file(storage: Storage, info: ObjectInfo) -> InputFile:
         row_group_bytes=tuple(
             sum(group.column(c).total_compressed_size for c in range(group.num_columns)) for group in groups
         ),
+        row_groups=row_groups,
     )
 
 

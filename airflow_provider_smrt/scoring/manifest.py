@@ -80,6 +80,7 @@ def build_manifest(
                 "version_id": file.info.version_id,
                 "size": file.info.size,
                 "rows": file.num_rows,
+                **({"row_groups": list(file.row_groups)} if file.row_groups is not None else {}),
             }
             for file in plan.files
         ],

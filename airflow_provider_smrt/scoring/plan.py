@@ -23,7 +23,14 @@ from airflow_provider_smrt.scoring.dataset import (
     read_input_files,
     resolve_inputs,
 )
-from airflow_provider_smrt.scoring.sink import ExistingPart, OutputState, config_hash, fingerprint, part_name
+from airflow_provider_smrt.scoring.sink import (
+    ExistingPart,
+    OutputState,
+    config_hash,
+    fingerprint,
+    parse_part_name,
+    part_name,
+)
 from airflow_provider_smrt.scoring.storage import Storage, basename
 
 __all__ = ["ScoringPlan", "plan_scoring"]
@@ -64,7 +71,7 @@ class ScoringPlan:
 
     @property
     def rows_total(self) -> int:
-        return sum(file.num_rows for file in self.files)
+        return sum(unit.num_rows for unit in self.units)
 
     @property
     def resumed_rows(self) -> int:
@@ -115,7 +122,10 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
             "or set if_exists='resume' (skip finished work) or 'overwrite'"
         )
     slugs = {file.slug for file in files}
-    mine = state.parts_of(slugs)
+    # A file's row-group selection (a shard) owns only the parts starting in its rows: the parts of
+    # the file's other shards, which may be written at the same time, are neither stale nor orphans.
+    by_slug = {file.slug: file for file in files}
+    mine = [part for part in state.parts_of(slugs) if by_slug[part.slug].owns(part.start)]
     done: dict[WorkUnit, ExistingPart] = {}
     if config.if_exists == "resume":
         by_name = {part.name: part for part in mine}
@@ -126,7 +136,9 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
     current = set(names.values())
     stale = [part for part in mine if part.name not in current]
     replaced = [part for part in mine if part.name in current and config.if_exists == "overwrite"]
-    orphans = state.orphan_errors_of(slugs)  # error parts whose data part was never committed
+    orphans = [  # error parts whose data part was never committed
+        uri for uri in state.orphan_errors_of(slugs) if _owned_part(by_slug, basename(uri))
+    ]
     orphan_names = {basename(uri) for uri in orphans}
     # Units about to be written whose name already has an error part: removed if they now have no errors.
     error_rewrites = {name for name in current if name in orphan_names}
@@ -164,3 +176,9 @@ def _load_output_state(storage: Storage, output_uri: str) -> OutputState:
 def _is_s3_error(err: Exception) -> bool:
     """An error of the S3 client (not of our code)."""
     return type(err).__module__.startswith("botocore")
+
+
+def _owned_part(files_by_slug: dict[str, InputFile], name: str) -> bool:
+    """Whether the part (or error part) called ``name`` belongs to one of these inputs' selections."""
+    parsed = parse_part_name(name)
+    return parsed is not None and parsed[0] in files_by_slug and files_by_slug[parsed[0]].owns(parsed[1])

@@ -52,6 +52,12 @@ def part_name(unit: WorkUnit, unit_fingerprint: str) -> str:
     return f"part-{unit.key}-{unit_fingerprint}.parquet"
 
 
+def parse_part_name(name: str) -> tuple[str, int, int] | None:
+    """``(file slug, first row, end row)`` of a part called ``name``; None if it is not a part's name."""
+    match = _PART.match(name)
+    return None if match is None else (match["slug"], int(match["start"]), int(match["end"]))
+
+
 def error_schema(passthrough: pa.Schema) -> pa.Schema:
     return pa.schema(
         [
