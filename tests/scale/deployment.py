@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-START_TIMEOUT = 120.0
+START_TIMEOUT = 300.0  # a loaded CI machine starts the API server slowly
 RUN_TIMEOUT = 420.0
 
 
