@@ -13,13 +13,13 @@ from airflow_provider_smrt.async_inference import (
     AsyncInferenceTracker,
     AsyncInvocation,
     InvocationState,
-    S3Location,
     default_timeout_seconds,
     poll_async,
     poll_sync,
 )
 from airflow_provider_smrt.exceptions import CredentialsError, ParameterValidationError
 from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.s3 import S3Location
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 5, tzinfo=dt.timezone.utc)
 

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from airflow_provider_smrt.async_inference import S3Location
 from airflow_provider_smrt.exceptions import ParameterValidationError, ThrottlingError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, InvokeEndpointAsyncResult
 from airflow_provider_smrt.operators.invoke_endpoint_async import (
@@ -24,6 +23,7 @@ from airflow_provider_smrt.operators.invoke_endpoint_async import (
     SageMakerInvokeEndpointAsyncOperator,
     deterministic_inference_id,
 )
+from airflow_provider_smrt.s3 import S3Location
 from tests.async_support import run_dag_test, task_instance
 
 RECORD_KEYS = {"input", "inference_id", "output_location", "failure_location", "submitted_at"}
