@@ -1,4 +1,4 @@
-"""DAGs for the async operator's Parquet mode (tests/operators/test_async_parquet_mode.py)."""
+"""DAGs for Parquet scoring through async inference (tests/operators/test_async_parquet_mode.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from datetime import datetime
 
 from airflow.sdk import DAG, Param
 
+from airflow_provider_smrt.operators.async_batch_score import SageMakerAsyncBatchScoreOperator
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
-from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 
 PARAMS = {
     "endpoint_name": Param("smrt-sum", type="string"),
@@ -21,7 +21,7 @@ def _dag(dag_id: str) -> DAG:
 
 
 with _dag("t_async_parquet"):
-    SageMakerInvokeEndpointAsyncOperator(
+    SageMakerAsyncBatchScoreOperator(
         task_id="score",
         endpoint_name="{{ params.endpoint_name }}",
         input_uri="{{ params.input_uri }}",
