@@ -25,6 +25,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_smrt.operators.batch_score",
                     "airflow_provider_smrt.operators.invoke_endpoint_async",
+                    "airflow_provider_smrt.operators.async_batch_score",
                 ],
             }
         ],
