@@ -16,7 +16,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Amazon SageMaker Runtime",
-                "python-modules": ["airflow_provider_smrt.hooks.sagemaker_runtime"],
+                "python-modules": [
+                    "airflow_provider_smrt.hooks.sagemaker_runtime",
+                    "airflow_provider_smrt.hooks.s3",
+                ],
             }
         ],
         "operators": [
