@@ -93,6 +93,17 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
+def task_key(ti: Any) -> dict[str, Any]:
+    """What identifies a task instance's submissions: ``dag_id``, ``task_id``, ``run_id``, ``map_index``."""
+    map_index = getattr(ti, "map_index", None)
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "map_index": map_index if map_index is not None else -1,
+    }
+
+
 def ledger_location(
     key: dict[str, Any], requests: Sequence[AsyncRequest], *, ledger_uri: str | None
 ) -> S3Location | None:
@@ -126,6 +137,22 @@ class SubmissionLedger:
     location: S3Location
     key: dict[str, Any]
     endpoint_name: str
+
+    @classmethod
+    def for_task(
+        cls,
+        client: Any,
+        key: dict[str, Any],
+        requests: Sequence[AsyncRequest],
+        *,
+        ledger_uri: str | None,
+        endpoint_name: str,
+    ) -> SubmissionLedger | None:
+        """The ledger of the task instance ``key`` (see :func:`ledger_location`); None when it has no place."""
+        location = ledger_location(key, requests, ledger_uri=ledger_uri)
+        if location is None:
+            return None
+        return cls(client=client, location=location, key=key, endpoint_name=endpoint_name)
 
     def read(self) -> dict[str, Record]:
         """The records by input; empty when there is no ledger yet."""

@@ -40,8 +40,8 @@ from airflow_provider_smrt.async_inference.ledger import (
     Record,
     SubmissionLedger,
     deterministic_inference_id,
-    ledger_location,
     now_iso,
+    task_key,
 )
 from airflow_provider_smrt.exceptions import InvocationError, ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
@@ -240,17 +240,13 @@ class SageMakerInvokeEndpointAsyncOperator(
         locations = [self.input_location] if isinstance(self.input_location, str) else list(self.input_location or [])
         if not locations:
             raise ParameterValidationError("input_location is an empty list: nothing to submit")
-        requests: list[AsyncRequest] = []
-        seen: set[str] = set()
         for location in locations:
             if not isinstance(location, str):
                 raise ParameterValidationError(f"input_location entries must be strings, got {type(location).__name__}")
-            if location in seen:
-                self.log.warning("input %s is listed more than once; it is submitted once", location)
-                continue
-            seen.add(location)
-            requests.append(AsyncRequest(input_location=location))
-        return requests
+        unique = list(dict.fromkeys(locations))
+        for location in dict.fromkeys(loc for loc in locations if locations.count(loc) > 1):
+            self.log.warning("input %s is listed more than once; it is submitted once", location)
+        return [AsyncRequest(input_location=location) for location in unique]
 
     # -- execute ---------------------------------------------------------------------------------
 
@@ -260,21 +256,11 @@ class SageMakerInvokeEndpointAsyncOperator(
             return self._score_parquet(context)
         requests = self.build_requests(context)
         self._validate(requests)
-        ti = context["ti"]
-        key = {
-            "dag_id": ti.dag_id,
-            "task_id": ti.task_id,
-            "run_id": ti.run_id,
-            "map_index": getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1,
-        }
+        key = task_key(context["ti"])
         ids = {request.identity: self._inference_id_for(key, request, len(requests)) for request in requests}
-
-        location = ledger_location(key, requests, ledger_uri=self.ledger_uri)
-        ledger = None
-        if location is not None:
-            ledger = SubmissionLedger(
-                client=self.s3_client, location=location, key=key, endpoint_name=self.endpoint_name
-            )
+        ledger = SubmissionLedger.for_task(
+            self.s3_client, key, requests, ledger_uri=self.ledger_uri, endpoint_name=self.endpoint_name
+        )
         recorded: dict[str, Record] = {}
         if ledger is None:
             self.log.warning(
