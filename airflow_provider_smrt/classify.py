@@ -43,7 +43,7 @@ _CREDENTIAL_CODES = frozenset(
     }
 )
 _THROTTLING_CODES = frozenset(
-    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "SlowDown"}
 )
 _SERVICE_CODES = frozenset({"InternalFailure", "ServiceUnavailable", "InternalDependencyException"})
 
@@ -62,10 +62,25 @@ _FIX_BY_CLASS: dict[type[InvocationError], str] = {
 }
 
 
-def _fix(cls: type[InvocationError]) -> str:
+#: The same, for an S3 call (``classify_error(..., s3_uri=...)``).
+_S3_FIX_BY_CLASS: dict[type[InvocationError], str] = {
+    ThrottlingError: "S3 asked to slow down (SlowDown); it was retried with backoff: poll less often or spread "
+    "the keys over more prefixes",
+    ServiceError: "a transient S3 failure; it is retried with backoff",
+    TransportError: "check the network path to S3 (the connection's endpoint URL, proxy and region)",
+    ConfigurationError: "check the bucket name and its region (the connection's region_name) and the key",
+    CredentialsError: "check that the connection's identity may s3:GetObject and s3:ListBucket there (IAM policy, "
+    "bucket policy, KMS key)",
+}
+
+
+def _fix(cls: type[InvocationError], *, s3: bool = False) -> str:
+    table = _S3_FIX_BY_CLASS if s3 else _FIX_BY_CLASS
     for klass in cls.__mro__:
-        if klass in _FIX_BY_CLASS:
-            return _FIX_BY_CLASS[klass]
+        if klass in table:
+            return table[klass]
+    if s3:
+        return "see the error code in the Amazon S3 API reference"
     return "see the error code in the SageMaker Runtime API reference"
 
 
@@ -112,8 +127,13 @@ def _class_for(code: str, http_status: int | None, message: str) -> type[Invocat
     return ConfigurationError
 
 
-def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> InvocationError:
-    """Map any error raised by a SageMaker Runtime call to an :class:`InvocationError`.
+def classify_error(
+    err: BaseException, *, endpoint_name: str | None = None, s3_uri: str | None = None
+) -> InvocationError:
+    """Map any error raised by a SageMaker Runtime (or S3) call to an :class:`InvocationError`.
+
+    With ``s3_uri`` (the bucket or object called, e.g. ``s3://bucket``) the message names S3 and
+    gives S3 fixes (bucket name and region, ``s3:GetObject``/``s3:ListBucket``, SlowDown).
 
     Handles botocore ``ClientError`` (every service error code), event-stream errors, botocore
     transport errors (connect/read timeouts, connection closed or reset), ``NoCredentialsError``
@@ -125,7 +145,14 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
     # Imported lazily: this module must import without boto3 for the pure core.
     from botocore import exceptions as bce
 
-    where = f"endpoint {endpoint_name!r}" if endpoint_name else "SageMaker Runtime"
+    s3 = s3_uri is not None
+    if s3:
+        where = f"S3 ({s3_uri})"
+    else:
+        where = f"endpoint {endpoint_name!r}" if endpoint_name else "SageMaker Runtime"
+
+    def fix(cls: type[InvocationError]) -> str:
+        return _fix(cls, s3=s3)
 
     if isinstance(err, bce.ClientError):
         response: dict[str, Any] = getattr(err, "response", {}) or {}
@@ -149,7 +176,7 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
             log_stream_arn = response.get("LogStreamArn") or error.get("LogStreamArn")
             text = (
                 f"ModelError from {where} (HTTP {http_status}, container status {original}): "
-                f"{_fix(cls)}"
+                f"{fix(cls)}"
                 + (f"; log stream: {log_stream_arn}" if log_stream_arn else "")
                 + (f"; request id {request_id}" if request_id else "")
             )
@@ -167,23 +194,25 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
         # Service messages for these codes never echo the body or CustomAttributes.
         shown = message.rstrip(". ") if message and message != "None" else "no message"
         text = (
-            f"{code} from {where} (HTTP {http_status}): {shown}. {_fix(klass)}"
+            f"{code} from {where} (HTTP {http_status}): {shown}. {fix(klass)}"
             + (f" (request id {request_id})" if request_id else "")
         )
         return klass(text, code=code, endpoint_name=endpoint_name, http_status=http_status, request_id=request_id)
 
     if isinstance(err, bce.EventStreamError):  # pragma: no cover - subclass of ClientError above
-        return classify_error(bce.ClientError(err.response, err.operation_name), endpoint_name=endpoint_name)
+        return classify_error(
+            bce.ClientError(err.response, err.operation_name), endpoint_name=endpoint_name, s3_uri=s3_uri
+        )
 
     if isinstance(err, (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError)):
         return CredentialsError(
-            f"no usable AWS credentials for {where}: {type(err).__name__}. {_fix(CredentialsError)}",
+            f"no usable AWS credentials for {where}: {type(err).__name__}. {fix(CredentialsError)}",
             code=type(err).__name__,
             endpoint_name=endpoint_name,
         )
     if isinstance(err, bce.ParamValidationError):
         return ConfigurationError(
-            f"botocore rejected the request parameters for {where}: {err}. {_fix(ConfigurationError)}",
+            f"botocore rejected the request parameters for {where}: {err}. {fix(ConfigurationError)}",
             code="ParamValidationError",
             endpoint_name=endpoint_name,
         )
@@ -207,7 +236,7 @@ def classify_error(err: BaseException, *, endpoint_name: str | None = None) -> I
         pass
     if isinstance(err, transport_types):
         return TransportError(
-            f"transport failure calling {where}: {type(err).__name__}. {_fix(TransportError)}",
+            f"transport failure calling {where}: {type(err).__name__}. {fix(TransportError)}",
             code=type(err).__name__,
             endpoint_name=endpoint_name,
         )

@@ -16,7 +16,10 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [
             {
                 "integration-name": "Amazon SageMaker Runtime",
-                "python-modules": ["airflow_provider_smrt.hooks.sagemaker_runtime"],
+                "python-modules": [
+                    "airflow_provider_smrt.hooks.sagemaker_runtime",
+                    "airflow_provider_smrt.hooks.s3",
+                ],
             }
         ],
         "operators": [
@@ -25,6 +28,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_smrt.operators.batch_score",
                     "airflow_provider_smrt.operators.invoke_endpoint_async",
+                    "airflow_provider_smrt.operators.async_batch_score",
                 ],
             }
         ],

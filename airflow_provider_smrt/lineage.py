@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_smrt.scoring.storage import ObjectInfo, is_s3, join_uri, split_s3
+from airflow_provider_smrt.s3 import ObjectInfo, is_s3, join_uri, split_s3
 
 if TYPE_CHECKING:
     from airflow_provider_smrt.scoring.job import ScoringJob

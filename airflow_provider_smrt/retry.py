@@ -8,6 +8,7 @@ Airflow-free.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import threading
 import time
@@ -20,6 +21,8 @@ from airflow_provider_smrt.exceptions import InvocationError
 
 T = TypeVar("T")
 
+#: Turns any error of a call into a classified one.
+Classify = Callable[[BaseException], InvocationError]
 #: Called before each retry sleep with (classified error, attempt number that failed, delay in s).
 OnRetry = Callable[[InvocationError, int, float], None]
 
@@ -56,19 +59,49 @@ class RetryPolicy:
             return False
         return self.deadline is None or time.monotonic() + delay - started < self.deadline
 
+    def _after_failure(
+        self,
+        raw: Exception,
+        attempt: int,
+        started: float,
+        *,
+        classify: Classify,
+        on_retry: OnRetry | None,
+        cancel: threading.Event | None = None,
+    ) -> tuple[InvocationError, float]:
+        """The one decision after a failed attempt: classify, then raise, or return the error and the delay.
+
+        Raises the classified error ``from`` its cause (or the raw error, already classified) when it is
+        not retryable, attempts or the deadline run out, or ``cancel`` is set; calls ``on_retry`` otherwise.
+        """
+        err = classify(raw)
+        delay = self.delay(attempt, err)
+        if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
+            if err is raw:
+                raise raw
+            raise err from raw
+        if on_retry is not None:
+            on_retry(err, attempt, delay)
+        return err, delay
+
     def call(
         self,
         fn: Callable[[], T],
         *,
         endpoint_name: str | None = None,
+        classify: Classify | None = None,
         on_retry: OnRetry | None = None,
         cancel: threading.Event | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, fails with a non-retryable error, or attempts run out.
 
-        Errors are classified with :func:`~airflow_provider_smrt.exceptions.classify_error` and
-        raised ``from`` their cause. ``cancel`` cuts a backoff sleep short.
+        Errors are classified by ``classify`` (default :func:`~airflow_provider_smrt.classify.classify_error`
+        for ``endpoint_name``; pass ``classifier_for_s3(uri)`` for S3 calls) and raised ``from`` their cause.
+        ``cancel`` cuts a backoff sleep short.
         """
+        decide = functools.partial(
+            self._after_failure, classify=classify or _default_classify(endpoint_name), on_retry=on_retry, cancel=cancel
+        )
         started = time.monotonic()
         attempt = 0
         while True:
@@ -76,44 +109,42 @@ class RetryPolicy:
             try:
                 return fn()
             except Exception as raw:
-                err = classify_error(raw, endpoint_name=endpoint_name)
-                delay = self.delay(attempt, err)
-                if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
-                    if err is raw:
-                        raise
-                    raise err from raw
-                if on_retry is not None:
-                    on_retry(err, attempt, delay)
-                if cancel is not None:
-                    if cancel.wait(delay):
-                        raise err from raw
-                else:
+                err, delay = decide(raw, attempt, started)
+                if cancel is None:
                     time.sleep(delay)
+                elif cancel.wait(delay):
+                    raise err from raw
 
     async def call_async(
         self,
         fn: Callable[[], Awaitable[T]],
         *,
         endpoint_name: str | None = None,
+        classify: Classify | None = None,
         on_retry: OnRetry | None = None,
     ) -> T:
-        """The asyncio twin of :meth:`call`."""
+        """:meth:`call` for a coroutine function: the same decisions, an ``asyncio`` sleep."""
+        decide = functools.partial(
+            self._after_failure, classify=classify or _default_classify(endpoint_name), on_retry=on_retry
+        )
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await fn()
-            except Exception as raw:
-                err = classify_error(raw, endpoint_name=endpoint_name)
-                delay = self.delay(attempt, err)
-                if not self.should_retry(err, attempt, started, delay):
-                    if err is raw:
-                        raise
-                    raise err from raw
-                if on_retry is not None:
-                    on_retry(err, attempt, delay)
+            except Exception as raw:  # noqa: BLE001 - decide() raises what is not retried
+                _, delay = decide(raw, attempt, started)
                 await asyncio.sleep(delay)
+
+
+def _default_classify(endpoint_name: str | None) -> Classify:
+    return functools.partial(classify_error, endpoint_name=endpoint_name)
+
+
+def classifier_for_s3(uri: str) -> Classify:
+    """How to classify the errors of an S3 call on ``uri`` (``s3://bucket`` or an object): messages say S3."""
+    return functools.partial(classify_error, s3_uri=uri)
 
 
 #: A single attempt: for callers (the scoring pipeline) that apply the policy themselves.

@@ -13,13 +13,13 @@ from airflow_provider_smrt.async_inference import (
     AsyncInferenceTracker,
     AsyncInvocation,
     InvocationState,
-    S3Location,
     default_timeout_seconds,
     poll_async,
     poll_sync,
 )
 from airflow_provider_smrt.exceptions import CredentialsError, ParameterValidationError
 from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.s3 import S3Location
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 5, tzinfo=dt.timezone.utc)
 
@@ -255,3 +255,42 @@ def test_listing_against_the_s3_server(s3_client: Any, s3_prefix: str) -> None:
     assert tracker.summary() == {"total": 20, "succeeded": 7, "failed": 1, "pending": 12}
     assert tracker.requests == 3
     assert tracker.failed[0].failure_message == "model failed"
+
+
+def test_one_wait_loop_success_failure_timeout_and_cancel() -> None:
+    """wait_sync: the loop of the operator's wait and the Parquet invoker (the trigger runs wait_async)."""
+    import threading
+
+    from airflow_provider_smrt.async_inference import Watch, outcome_result, wait_sync
+
+    invs = _invocations(2)
+    s3 = FakeS3({inv["output_location"]: b"1" for inv in invs})
+    tracker = AsyncInferenceTracker(invs)
+    outcome = wait_sync(Watch(tracker, poke_interval=0.01), s3)
+    assert outcome.status == "success" and tracker.polls == 1
+
+    s3 = FakeS3({invs[0]["output_location"]: b"1", invs[1]["failure_location"]: b"bad input"})
+    tracker = AsyncInferenceTracker(invs)
+    outcome = wait_sync(Watch(tracker, poke_interval=0.01), s3)
+    assert outcome.status == "failure" and outcome.failures[0]["failure_message"] == "bad input"
+    tolerated = wait_sync(Watch(AsyncInferenceTracker(invs), poke_interval=0.01, max_failures=1), s3)
+    assert tolerated.status == "success"
+
+    tracker = AsyncInferenceTracker(invs)
+    outcome = wait_sync(Watch.for_timeout(tracker, timeout=0.05, poke_interval=0.01), FakeS3())
+    assert outcome.status == "timeout" and "2 invocation(s) still pending" in outcome.message
+    assert tracker.polls >= 2  # the last poll comes after the deadline
+
+    class Timeout(Exception):
+        pass
+
+    import logging
+
+    log = logging.getLogger("test")
+    with pytest.raises(Timeout, match="still pending"):
+        outcome_result(outcome.event(tracker), log=log, timeout_error=Timeout)
+
+    cancel = threading.Event()
+    cancel.set()
+    outcome = wait_sync(Watch(AsyncInferenceTracker(invs), poke_interval=5), FakeS3(), cancel=cancel)
+    assert outcome.status == "cancelled"

@@ -5,23 +5,22 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_provider_smrt.exceptions import ModelError
+from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
+from airflow_provider_smrt.operators._scoring import scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_PAYLOAD_BYTES,
     IfExists,
-    ScoringConfig,
     ScoringJob,
-    manifest_name_for,
 )
 from airflow_provider_smrt.scoring.storage import Storage
 
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
     from airflow_provider_smrt.scoring.pipeline import InvokeResult
 
 
-class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[SageMakerRuntimeHook]):
+class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBaseOperator[SageMakerRuntimeHook]):
     """Score a Parquet dataset against a SageMaker real-time endpoint through InvokeEndpoint.
 
     Streams Parquet from S3 (or local paths), cuts it into requests under the payload limit, keeps
@@ -187,40 +186,16 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, AwsBaseOperator[Sage
     def build_job(self, map_index: int | None = None) -> ScoringJob:
         """The scoring job this operator runs (after templating)."""
         params = self._invoke_params()
-        config = ScoringConfig(
-            endpoint_name=self.endpoint_name,
-            input_uri=self.input_uri,
-            output_uri=self.output_uri,
-            feature_columns=self.feature_columns,
-            passthrough_columns=self.passthrough_columns,
-            prediction_columns=self.prediction_columns,
-            content_type=self.content_type,
-            accept=self.accept,
-            encoder=self.encoder,
-            decoder=self.decoder,
-            request_template=self.request_template,
-            response_field=self.response_field,
-            max_payload_bytes=self.max_payload_bytes,
-            max_rows_per_request=self.max_rows_per_request,
-            concurrency=self.concurrency,
-            max_error_ratio=self.max_error_ratio,
-            if_exists=self.if_exists,
-            allow_empty_input=self.allow_empty_input,
-            variant_column=self.variant_column,
-            manifest_name=manifest_name_for(map_index),
+        config = scoring_config(
+            self,
+            map_index=map_index,
             invoke_params={key: value for key, value in params.items() if key not in ("content_type", "accept")},
         )
-        s3_client = S3Hook(
-            aws_conn_id=self.aws_conn_id,
-            region_name=self.region_name,
-            verify=self.verify,
-            config=self.botocore_config,
-        ).get_conn()
         return ScoringJob(
             config=config,
             invoke=self._recording_model_errors(self.hook.make_invoker(self.endpoint_name, **params)),
             storage=Storage(
-                s3_client=s3_client,
+                s3_client=self.s3_client,
                 write_extra_args=self.s3_write_args,
                 expected_bucket_owner=self.expected_bucket_owner,
             ),

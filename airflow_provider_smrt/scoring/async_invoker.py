@@ -6,9 +6,10 @@ parts, ``_errors/``, manifest, resume), only each request goes through S3 and In
 1. the payload is staged at ``<staging_uri>/<sha256 of output_uri and payload>.payload``;
 2. InvokeEndpointAsync is called with a deterministic ``InferenceId`` and ``Filename``, and a small
    marker ``<same name>.submitted.json`` records its OutputLocation and FailureLocation;
-3. the output and failure objects are polled (HEAD) until one appears; the output is returned as the
-   response body, a failure object raises :class:`~airflow_provider_smrt.exceptions.ModelInputError`
-   (so the pipeline bisects the payload to isolate poison rows, as for real-time scoring).
+3. the output and failure objects are polled until one appears, with the one wait loop of
+   :mod:`airflow_provider_smrt.async_inference.wait`; the output is returned as the response body, a
+   failure object raises :class:`~airflow_provider_smrt.exceptions.ModelInputError` with the head of its
+   message (so the pipeline bisects the payload to isolate poison rows, as for real-time scoring).
 
 A retried task finds the marker and polls instead of submitting again; a payload sent twice (the
 worker died between submitting and writing the marker) writes the same output key. The staged
@@ -20,19 +21,18 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from airflow_provider_smrt.async_inference import AsyncInferenceTracker, AsyncInvocation, Watch, poll_sync, wait_sync
+from airflow_provider_smrt.async_inference.wait import CANCELLED, FAILURE, SUCCESS
 from airflow_provider_smrt.exceptions import ModelInputError, ParameterValidationError, TransportError
 from airflow_provider_smrt.invocation import InvokeEndpointAsyncResult
-from airflow_provider_smrt.scoring.storage import Storage, join_uri
-
-#: How much of a failure object is read for its message.
-FAILURE_MESSAGE_BYTES = 4096
+from airflow_provider_smrt.s3 import join_uri
+from airflow_provider_smrt.scoring.storage import Storage
 
 Submit = Callable[..., InvokeEndpointAsyncResult]
 
@@ -121,24 +121,31 @@ class AsyncInvoker:
 
     def _wait(self, marker: dict[str, Any]) -> bytes:
         output_uri = str(marker["output_location"])
-        failure_uri = marker.get("failure_location")
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self.storage.stat(output_uri) is not None:
-                return self.storage.read_bytes(output_uri)
-            if failure_uri and self.storage.stat(failure_uri) is not None:
-                message = self.storage.read_bytes(failure_uri, max_bytes=FAILURE_MESSAGE_BYTES)
-                raise ModelInputError(
-                    f"async inference {marker['inference_id']} failed (failure object {failure_uri}); the "
-                    "endpoint's message is kept with the failed rows",
-                    code="AsyncInferenceFailure",
-                    original_message=message.decode("utf-8", errors="replace"),
-                )
-            if time.monotonic() > deadline:
-                raise TransportError(
-                    f"async inference {marker['inference_id']} produced no output within {self.timeout:.0f} s "
-                    f"(watching {output_uri}); it is polled again on retry",
-                    code="AsyncInferenceTimeout",
-                )
-            if self.cancel.wait(self.poll_interval):
-                raise TransportError("stopped while waiting for async inference output", code="Cancelled")
+        invocation = AsyncInvocation(
+            output_location=output_uri,
+            failure_location=marker.get("failure_location"),
+            inference_id=marker.get("inference_id"),
+            input=marker.get("input_location"),
+        )
+        tracker = AsyncInferenceTracker([invocation])
+        watch = Watch.for_timeout(tracker, timeout=self.timeout, poke_interval=self.poll_interval)
+        outcome = wait_sync(
+            watch, self.storage.s3, poll=lambda t, c: poll_sync(t, c, max_parallel=1), cancel=self.cancel
+        )
+        if outcome.status == SUCCESS:
+            return self.storage.read_bytes(output_uri)
+        if outcome.status == FAILURE:
+            (status,) = tracker.failed
+            raise ModelInputError(
+                f"async inference {marker['inference_id']} failed (failure object {invocation.failure_location}); "
+                "the endpoint's message is kept with the failed rows",
+                code="AsyncInferenceFailure",
+                original_message=status.failure_message,
+            )
+        if outcome.status == CANCELLED:
+            raise TransportError("stopped while waiting for async inference output", code="Cancelled")
+        raise TransportError(
+            f"async inference {marker['inference_id']} produced no output within {self.timeout:.0f} s "
+            f"(watching {output_uri}); it is polled again on retry",
+            code="AsyncInferenceTimeout",
+        )

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_smrt.exceptions import InputDataError
-from airflow_provider_smrt.scoring.storage import ObjectInfo, Storage, basename, is_s3
+from airflow_provider_smrt.s3 import ObjectInfo, basename, is_s3
+from airflow_provider_smrt.scoring.storage import Storage
 
 #: Rows per work unit (the resume granularity and the size of one output part).
 UNIT_ROWS = 131_072

@@ -8,11 +8,12 @@ from typing import Any
 import orjson
 
 from airflow_provider_smrt import __version__
+from airflow_provider_smrt.s3 import join_uri
 from airflow_provider_smrt.scoring.config import ScoringConfig
 from airflow_provider_smrt.scoring.plan import ScoringPlan
 from airflow_provider_smrt.scoring.sink import ERRORS_DIR
 from airflow_provider_smrt.scoring.stats import RunStats
-from airflow_provider_smrt.scoring.storage import Storage, join_uri
+from airflow_provider_smrt.scoring.storage import Storage
 
 __all__ = ["MANIFEST_FORMAT", "build_manifest", "build_summary", "write_manifest"]
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import InputDataError, OutputError
+from airflow_provider_smrt.s3 import basename, error_code, is_s3_client_error
 from airflow_provider_smrt.scoring.codecs import check_features_encodable
 from airflow_provider_smrt.scoring.codecs.templates import RequestTemplateEncoder, template_columns
 from airflow_provider_smrt.scoring.config import ScoringConfig
@@ -31,7 +32,7 @@ from airflow_provider_smrt.scoring.sink import (
     parse_part_name,
     part_name,
 )
-from airflow_provider_smrt.scoring.storage import Storage, basename
+from airflow_provider_smrt.scoring.storage import Storage
 
 __all__ = ["ScoringPlan", "plan_scoring"]
 
@@ -164,18 +165,13 @@ def _load_output_state(storage: Storage, output_uri: str) -> OutputState:
     try:
         return OutputState.load(storage, output_uri)
     except Exception as err:
-        if not _is_s3_error(err):
+        if not is_s3_client_error(err):
             raise
-        code = getattr(err, "response", {}).get("Error", {}).get("Code", type(err).__name__)
+        code = error_code(err) or type(err).__name__
         raise OutputError(
             f"cannot list output_uri {output_uri!r} ({code}): check that the bucket exists and that the "
             "connection's identity may s3:ListBucket on it"
         ) from err
-
-
-def _is_s3_error(err: Exception) -> bool:
-    """An error of the S3 client (not of our code)."""
-    return type(err).__module__.startswith("botocore")
 
 
 def _owned_part(files_by_slug: dict[str, InputFile], name: str) -> bool:

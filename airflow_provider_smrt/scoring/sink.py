@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_smrt.exceptions import OutputError
+from airflow_provider_smrt.s3 import ObjectInfo, join_uri
 from airflow_provider_smrt.scoring.dataset import InputFile, WorkUnit
-from airflow_provider_smrt.scoring.storage import ObjectInfo, Storage, join_uri
+from airflow_provider_smrt.scoring.storage import Storage
 
 ERRORS_DIR = "_errors"
 #: Rows per row group of an output part (rows of many requests are buffered into one).

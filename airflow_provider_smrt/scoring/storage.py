@@ -6,8 +6,8 @@ local: a staged file is renamed into place) and leaves nothing behind when the b
 
 Reads of S3 objects go through :class:`S3RangeReader`: one bounded, ranged GetObject per read, pinned
 to the object's ETag or version. A Parquet reader seeks (footer, then each coalesced range of column
-chunks); smart-open's reader opens an open-ended GET at every seek, which made 11 GETs per input file
-in a run instead of 3 and cost moto 2.5 times the CPU (docs/performance.md). Airflow-free.
+chunks); smart-open's reader opens an open-ended GET at every seek, several times the requests
+(measured in docs/performance.md). Airflow-free.
 """
 
 from __future__ import annotations
@@ -18,45 +18,23 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from airflow_provider_smrt.exceptions import InputDataError, OutputError
+from airflow_provider_smrt.s3 import (
+    ObjectInfo,
+    describe_s3_error,
+    error_code,
+    is_not_found,
+    is_s3,
+    is_s3_client_error,
+    split_s3,
+)
+
+__all__ = ["S3RangeReader", "Storage"]
 
 _DELETE_BATCH = 1000
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """One object (or local file): its URI, size, and identity for change detection."""
-
-    uri: str
-    size: int
-    etag: str | None = None
-    version_id: str | None = None
-
-
-def is_s3(uri: str) -> bool:
-    return uri.startswith("s3://")
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/key`` → ``(bucket, key)``."""
-    parts = urlsplit(uri)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3:// URI: {uri!r}")
-    return parts.netloc, parts.path.lstrip("/")
-
-
-def join_uri(base: str, name: str) -> str:
-    """Join a prefix/directory URI and a relative name with exactly one slash."""
-    return base.rstrip("/") + "/" + name.lstrip("/")
-
-
-def basename(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1]
 
 
 class Storage:
@@ -93,20 +71,13 @@ class Storage:
             bucket, key = split_s3(uri)
             if not key or key.endswith("/"):
                 return None
-            from botocore.exceptions import ClientError
-
             try:
                 head = self.s3.head_object(Bucket=bucket, Key=key, **self._owner)
-            except ClientError as err:
-                if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            except Exception as err:
+                if is_not_found(err):
                     return None
                 raise
-            return ObjectInfo(
-                uri=uri,
-                size=int(head.get("ContentLength", 0)),
-                etag=str(head.get("ETag", "")).strip('"') or None,
-                version_id=head.get("VersionId"),
-            )
+            return ObjectInfo.from_head(uri, head)
         path = Path(uri)
         if not path.is_file():
             return None
@@ -122,14 +93,7 @@ class Storage:
             found: list[ObjectInfo] = []
             paginator = self.s3.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix, **self._owner):
-                for item in page.get("Contents", []):
-                    found.append(
-                        ObjectInfo(
-                            uri=f"s3://{bucket}/{item['Key']}",
-                            size=int(item.get("Size", 0)),
-                            etag=str(item.get("ETag", "")).strip('"') or None,
-                        )
-                    )
+                found.extend(ObjectInfo.from_listing(bucket, item) for item in page.get("Contents", []))
             return sorted(found, key=lambda info: info.uri)
         root = Path(uri)
         if not root.is_dir():
@@ -196,10 +160,10 @@ class Storage:
                         body_failed = True
                         raise
             except Exception as err:
-                if body_failed and not _is_s3_error(err):
+                if body_failed and not is_s3_client_error(err):
                     raise
                 raise OutputError(
-                    f"could not write {uri} ({_describe_s3_error(err)}): check that the bucket exists and that the "
+                    f"could not write {uri} ({describe_s3_error(err)}): check that the bucket exists and that the "
                     "connection's identity may s3:PutObject there (and use the KMS key of s3_write_args, if any); "
                     "objects committed before this one are kept, and a rerun resumes from them"
                 ) from err
@@ -245,23 +209,6 @@ class Storage:
                     raise OSError(
                         f"could not delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} {first.get('Message')}"
                     )
-
-
-def _is_s3_error(err: BaseException) -> bool:
-    """A botocore error (the S3 call itself failed), as opposed to an error of the caller's block."""
-    return type(err).__module__.startswith("botocore")
-
-
-def _describe_s3_error(err: BaseException) -> str:
-    """The S3 error code and message (never a payload or a credential), or the exception's type."""
-    response = getattr(err, "response", None)
-    if isinstance(response, dict):
-        error = response.get("Error") or {}
-        return f"{error.get('Code', 'Unknown')}: {error.get('Message', '')}".strip()
-    cause = err.__cause__ or err.__context__
-    if cause is not None and cause is not err and _is_s3_error(cause):
-        return _describe_s3_error(cause)
-    return f"{type(err).__name__}: {err}"
 
 
 class S3RangeReader(io.RawIOBase):
@@ -324,16 +271,13 @@ class S3RangeReader(io.RawIOBase):
         end = self._size if size is None or size < 0 else min(self._size, self._position + size)
         if end <= self._position:
             return b""
-        from botocore.exceptions import ClientError
-
         try:
             response = self._client.get_object(
                 Bucket=self._bucket, Key=self._key, Range=f"bytes={self._position}-{end - 1}", **self._params
             )
             data = bytes(response["Body"].read())
-        except ClientError as err:
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if code in ("PreconditionFailed", "412"):
+        except Exception as err:
+            if error_code(err) in ("PreconditionFailed", "412"):
                 raise InputDataError(
                     f"{self.uri} changed while it was being read (its ETag is no longer the one seen when the run "
                     "was planned): rerun the task once the input is final; parts already written are kept, and "

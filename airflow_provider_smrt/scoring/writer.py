@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import OutputError, ScoringCancelledError, SmrtError
+from airflow_provider_smrt.s3 import basename
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
 from airflow_provider_smrt.scoring.sink import (
@@ -25,7 +26,6 @@ from airflow_provider_smrt.scoring.sink import (
     PartWriter,
 )
 from airflow_provider_smrt.scoring.stats import RunStats
-from airflow_provider_smrt.scoring.storage import basename
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task
 
 __all__ = ["COMMIT_THREADS", "InOrderWriter", "TaskWriter"]

@@ -18,17 +18,20 @@ from airflow_provider_smrt.async_inference import (
     AsyncInferenceTracker,
     AsyncInvocation,
     default_timeout_seconds,
+    outcome_result,
     poll_sync,
+    verdict,
 )
-from airflow_provider_smrt.exceptions import AsyncInferenceFailedError, ParameterValidationError, SmrtError
+from airflow_provider_smrt.exceptions import ParameterValidationError
+from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.retry import RetryPolicy
-from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
+from airflow_provider_smrt.triggers.async_inference import defer_wait, resume_from_event
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-class SageMakerAsyncInferenceSensor(AwsBaseSensor[S3Hook]):
+class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
     """Wait until every async invocation's output object exists; fail when a failure object appears.
 
     Give either ``invocations`` (the XCom of
@@ -129,63 +132,26 @@ class SageMakerAsyncInferenceSensor(AwsBaseSensor[S3Hook]):
         if result:
             return result.xcom_value if isinstance(result, PokeReturnValue) else None
         self.log.info("deferring: %s", self._tracker.summary())
-        self.defer(
-            trigger=SageMakerAsyncInferenceTrigger(
-                invocations=[inv.to_dict() for inv in invocations],
-                aws_conn_id=self.aws_conn_id,
-                region_name=self.region_name,
-                verify=self.verify,
-                botocore_config=self.botocore_config,
-                poke_interval=self.poke_interval,
-                timeout=self.timeout,
-                max_failures=self.max_failures,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout + 300),
-        )
+        defer_wait(self, [inv.to_dict() for inv in invocations], timeout=self.timeout)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
+        """One poll and the one verdict of :mod:`~airflow_provider_smrt.async_inference.wait` (raises on failure)."""
         tracker = self._tracker
         if tracker is None:  # poke() called directly
             tracker = self._tracker = AsyncInferenceTracker(self.resolve_invocations())
-        poll_sync(tracker, self.hook.conn, retry_policy=self.s3_retry_policy)
-        if len(tracker.failed) > self.max_failures:
-            raise tracker.failure_error()
-        if not tracker.done:
+        # poll_sync is looked up here, at call time, so it can be instrumented (bench).
+        poll_sync(tracker, self.s3_client, retry_policy=self.s3_retry_policy)
+        outcome = verdict(tracker, self.max_failures)
+        if outcome is None:
             self.log.info("waiting for async results: %s (%d S3 requests so far)", tracker.summary(), tracker.requests)
             return False
-        for status in tracker.failed:
-            self.log.warning("tolerated failure: %s", status.describe_failure())
+        statuses = outcome_result(outcome.event(tracker), log=self.log, timeout_error=AirflowSensorTimeout)
         self.log.info("async results ready: %s (%d S3 requests)", tracker.summary(), tracker.requests)
-        return PokeReturnValue(is_done=True, xcom_value=tracker.to_dicts())
+        return PokeReturnValue(is_done=True, xcom_value=statuses)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Resume after the trigger fired: return the statuses, or raise."""
-        if not event:
-            raise SmrtError("the async inference trigger returned no event")
-        status = event.get("status")
-        self.log.info(
-            "trigger finished: %s after %s poll(s), %s S3 request(s): %s",
-            status,
-            event.get("polls"),
-            event.get("requests"),
-            event.get("summary"),
-        )
-        if status == "success":
-            for entry in event["invocations"]:
-                if entry.get("status") == "failed":
-                    self.log.warning(
-                        "tolerated failure: inference_id=%s input=%s: %s",
-                        entry.get("inference_id"),
-                        entry.get("input"),
-                        entry.get("failure_message"),
-                    )
-            return event["invocations"]
-        if status == "failure":
-            raise AsyncInferenceFailedError(str(event.get("message")), failures=event.get("failures") or [])
-        if status == "timeout":
-            raise AirflowSensorTimeout(str(event.get("message")))
-        raise SmrtError(str(event.get("message") or f"unexpected trigger event status {status!r}"))
+        """Resume after the trigger fired: return the statuses, or raise (a timeout as Airflow's sensor timeout)."""
+        return resume_from_event(event, log=self.log)
 
 
 def _parse_literal(text: str) -> Any:

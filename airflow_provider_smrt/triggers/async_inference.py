@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_smrt._compat import AirflowSensorTimeout
 from airflow_provider_smrt.async_inference import AsyncInferenceTracker, poll_async
+from airflow_provider_smrt.async_inference.wait import ERROR, Log, WaitOutcome, Watch, outcome_result, wait_async
 from airflow_provider_smrt.exceptions import InvocationError
-
-#: The longest pause between polls after transient S3 errors.
-_MAX_ERROR_BACKOFF_SECONDS = 120.0
+from airflow_provider_smrt.hooks.s3 import async_s3_client
 
 
 class SageMakerAsyncInferenceTrigger(BaseTrigger):
@@ -23,7 +22,8 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
 
     Each poll makes the fewest S3 requests (one listing per output directory with several pending
     keys, a HEAD otherwise; finished locations are never polled again; see
-    :mod:`airflow_provider_smrt.async_inference`). Transient S3 errors back off and retry until the
+    :mod:`airflow_provider_smrt.async_inference`), in the one wait loop of
+    :mod:`airflow_provider_smrt.async_inference.wait`. Transient S3 errors back off and retry until the
     deadline. The single event's payload is ``{"status": ..., "message": ..., "invocations": [...],
     "summary": {...}, "requests": n, "polls": n}`` with status ``success`` (every invocation done and
     at most ``max_failures`` failed), ``failure`` (more failed: ``failures`` lists them with the head of
@@ -83,85 +83,71 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
             },
         )
 
-    def _hook(self) -> AwsBaseHook:
-        return AwsBaseHook(
-            aws_conn_id=self.aws_conn_id,
-            client_type="s3",
-            region_name=self.region_name,
-            verify=self.verify,
-            config=self.botocore_config,
-        )
-
-    def _event(self, tracker: AsyncInferenceTracker, status: str, message: str, **extra: Any) -> TriggerEvent:
-        return TriggerEvent(
-            {
-                "status": status,
-                "message": message,
-                "invocations": tracker.to_dicts(),
-                "summary": tracker.summary(),
-                "requests": tracker.requests,
-                "polls": tracker.polls,
-                **extra,
-            }
-        )
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         tracker = AsyncInferenceTracker(self.invocations)
         try:
-            event = await self._watch(tracker)
+            outcome = await self._watch(tracker)
         except asyncio.CancelledError:
             raise  # the triggerer moves or stops this trigger: no event, it will be recreated
+        except InvocationError as err:  # not retryable
+            outcome = WaitOutcome(ERROR, f"S3 error while waiting for async results: {err}")
         except Exception as err:  # noqa: BLE001 - always end with an event the task can report
-            event = self._event(tracker, "error", f"waiting for async results failed: {type(err).__name__}: {err}")
-        yield event
+            outcome = WaitOutcome(ERROR, f"waiting for async results failed: {type(err).__name__}: {err}")
+        yield TriggerEvent(outcome.event(tracker))
 
-    async def _watch(self, tracker: AsyncInferenceTracker) -> TriggerEvent:
-        errors = 0
-        final = False  # the deadline passed: one last poll, then a timeout event
-        async with await self._hook().get_async_conn() as client:
-            while True:
-                try:
-                    await poll_async(tracker, client)
-                    errors = 0
-                except InvocationError as err:
-                    if not err.retryable:
-                        return self._event(tracker, "error", f"S3 error while waiting for async results: {err}")
-                    if final:
-                        return self._timeout(tracker)
-                    errors += 1
-                    pause = min(_MAX_ERROR_BACKOFF_SECONDS, self.poke_interval * 2 ** min(errors, 6))
-                    self.log.warning("transient S3 error (%s); polling again in up to %.0fs", err.code, pause)
-                    final = await self._sleep_or_deadline(random.uniform(pause / 2, pause))
-                    continue
-                if len(tracker.failed) > self.max_failures:
-                    error = tracker.failure_error()
-                    return self._event(tracker, "failure", str(error), failures=error.failures)
-                if tracker.done:
-                    return self._event(
-                        tracker,
-                        "success",
-                        f"{len(tracker.succeeded)} succeeded, {len(tracker.failed)} failed (tolerated)",
-                    )
-                if final:
-                    return self._timeout(tracker)
-                self.log.info("waiting for async results: %s", tracker.summary())
-                final = await self._sleep_or_deadline(self.poke_interval)
-
-    async def _sleep_or_deadline(self, seconds: float) -> bool:
-        """Sleep ``seconds`` (less if the deadline is nearer); True once the deadline has passed."""
-        if self.deadline is not None:
-            remaining = self.deadline - time.time()
-            if remaining <= 0:
-                return True
-            seconds = min(seconds, remaining)
-        await asyncio.sleep(seconds)
-        return self.deadline is not None and time.time() >= self.deadline
-
-    def _timeout(self, tracker: AsyncInferenceTracker) -> TriggerEvent:
-        pending = tracker.pending
-        shown = ", ".join(str(s.invocation.inference_id) for s in pending[:5])
-        return self._event(
+    async def _watch(self, tracker: AsyncInferenceTracker) -> WaitOutcome:
+        watch = Watch(
             tracker,
-            "timeout",
-            f"timed out with {len(pending)} invocation(s) still pending (e.g. {shown}): {tracker.summary()}",
+            poke_interval=self.poke_interval,
+            max_failures=self.max_failures,
+            deadline=self.deadline,
+            log=self.log,
         )
+        client_context = await async_s3_client(
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region_name,
+            verify=self.verify,
+            botocore_config=self.botocore_config,
+        )
+        async with client_context as client:
+            # poll_async is looked up here, at call time, so it can be instrumented (tests, bench).
+            return await wait_async(watch, client, poll=poll_async)
+
+
+def defer_wait(task: Any, invocations: list[dict[str, Any]], *, timeout: float) -> None:
+    """Defer ``task`` (the sensor, the invoke operator) to this trigger; it resumes in ``execute_complete``.
+
+    The trigger gets the task's connection parameters, ``poke_interval`` and ``max_failures``.
+    """
+    task.defer(
+        trigger=SageMakerAsyncInferenceTrigger(
+            invocations=invocations,
+            aws_conn_id=task.aws_conn_id,
+            region_name=task.region_name,
+            verify=task.verify,
+            botocore_config=task.botocore_config,
+            poke_interval=task.poke_interval,
+            timeout=timeout,
+            max_failures=task.max_failures,
+        ),
+        method_name="execute_complete",
+        timeout=timedelta(seconds=timeout + 300),
+    )
+
+
+def resume_from_event(event: Mapping[str, Any] | None, *, log: Log) -> list[dict[str, Any]]:
+    """The one ``execute_complete`` of the tasks that defer to this trigger (the sensor, the invoke operator).
+
+    Returns the invocations' statuses; raises :class:`~airflow_provider_smrt.exceptions.AsyncInferenceFailedError`
+    on ``failure``, Airflow's sensor timeout on ``timeout``, :class:`~airflow_provider_smrt.exceptions.SmrtError`
+    otherwise (see :func:`~airflow_provider_smrt.async_inference.wait.outcome_result`).
+    """
+    if event:
+        log.info(
+            "trigger finished: %s after %s poll(s), %s S3 request(s): %s",
+            event.get("status"),
+            event.get("polls"),
+            event.get("requests"),
+            event.get("summary"),
+        )
+    return outcome_result(event, log=log, timeout_error=AirflowSensorTimeout)

@@ -1,4 +1,4 @@
-"""DAGs for the async operator's Parquet mode (tests/operators/test_async_parquet_mode.py)."""
+"""DAGs for Parquet scoring through async inference (tests/operators/test_async_parquet_mode.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 from airflow.sdk import DAG, Param
 
+from airflow_provider_smrt.operators.async_batch_score import SageMakerAsyncBatchScoreOperator
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
-from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 from tests.support.dag_shells import dag_args, from_params, params
 
 PARAMS = params("endpoint_name", "output_uri", input_uri=Param("s3://smrt-local/none/", type="string"))
@@ -25,7 +25,7 @@ def _parquet_args() -> dict[str, Any]:
 
 
 with DAG(**dag_args("t_async_parquet", PARAMS)) as t_async_parquet:
-    SageMakerInvokeEndpointAsyncOperator(**_parquet_args(), poke_interval=0.2)
+    SageMakerAsyncBatchScoreOperator(**_parquet_args(), poke_interval=0.2)
 
 with DAG(**dag_args("t_batch_wide", PARAMS)) as t_batch_wide:
     SageMakerBatchScoreOperator(**_parquet_args())

@@ -8,6 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from airflow_provider_smrt.operators._scoring import scoring_config
+from airflow_provider_smrt.operators.async_batch_score import SageMakerAsyncBatchScoreOperator
+from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 from tests.support.dag_runs import run_dag
 from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
@@ -57,3 +60,25 @@ def test_parquet_mode_matches_batch_scoring(
 
     assert parts(s3_prefix + "async/") == parts(s3_prefix + "batch/")
     assert read_parts(s3_client, s3_prefix + "batch/").sort_by("id").equals(out)
+
+
+def test_input_uri_on_the_invoke_operator_is_deprecated_and_still_runs_the_new_operator() -> None:
+    with pytest.warns(DeprecationWarning, match="SageMakerAsyncBatchScoreOperator"):
+        old = SageMakerInvokeEndpointAsyncOperator(
+            task_id="score",
+            endpoint_name="e",
+            input_uri="s3://b/in/",
+            output_uri="s3://b/out/",
+            staging_uri="s3://b/stage/",
+            passthrough_columns=["id"],
+            max_payload_bytes=8 * 1024 * 1024,
+            content_type="text/csv",
+            concurrency=3,
+            aws_conn_id="my_aws",
+        )
+    new = SageMakerAsyncBatchScoreOperator.from_invoke_operator(old, old._parquet_params)
+    assert (new.input_uri, new.output_uri, new.staging_uri) == ("s3://b/in/", "s3://b/out/", "s3://b/stage/")
+    assert new.passthrough_columns == ["id"] and new.max_payload_bytes == 8 * 1024 * 1024
+    assert (new.concurrency, new.content_type, new.aws_conn_id) == (3, "text/csv", "my_aws")
+    built = scoring_config(new, map_index=None, invoke_params={})
+    assert built.passthrough_columns == ["id"] and built.input_uri == "s3://b/in/" and built.concurrency == 3

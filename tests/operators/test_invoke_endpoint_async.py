@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from airflow_provider_smrt.async_inference import S3Location
 from airflow_provider_smrt.exceptions import ParameterValidationError, ThrottlingError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, InvokeEndpointAsyncResult
 from airflow_provider_smrt.operators.invoke_endpoint_async import (
@@ -24,6 +23,7 @@ from airflow_provider_smrt.operators.invoke_endpoint_async import (
     SageMakerInvokeEndpointAsyncOperator,
     deterministic_inference_id,
 )
+from airflow_provider_smrt.s3 import S3Location
 from tests.support.dag_runs import run_dag
 
 RECORD_KEYS = {"input", "inference_id", "output_location", "failure_location", "submitted_at"}
@@ -272,3 +272,23 @@ def test_operator_waits_in_worker_and_in_triggerer(make_endpoint: Any, s3_client
         assert [r["status"] for r in records] == ["succeeded"] * 3
         assert [float(_read(s3_client, r["output_location"])) for r in records] == [1.0, 2.0, 3.0]
         assert run.deferred("invoke") == dag_id.endswith("defers")
+
+
+def test_waiting_in_the_worker_times_out_as_the_sensor_does(s3_client: Any, s3_prefix: str) -> None:
+    """The operator's synchronous wait is the shared loop: a timeout is Airflow's sensor timeout."""
+    from airflow_provider_smrt._compat import AirflowSensorTimeout
+
+    op = _op(input_location=f"{s3_prefix}in/x.csv", wait_timeout=0.3, poke_interval=0.1, wait_for_completion=True)
+    records = [
+        {
+            "input": f"{s3_prefix}in/x.csv",
+            "inference_id": "never",
+            "output_location": f"{s3_prefix}out/never.out",
+            "failure_location": f"{s3_prefix}fail/never-error.out",
+        }
+    ]
+    with pytest.raises(AirflowSensorTimeout, match="1 invocation\\(s\\) still pending"):
+        op._wait(_context(), records)  # type: ignore[arg-type]
+    _upload(s3_client, f"{s3_prefix}out/never.out", b"42\n")
+    (status,) = op._wait(_context(), records)  # type: ignore[arg-type]
+    assert status["status"] == "succeeded" and status["output_size"] == 3 and status["inference_id"] == "never"

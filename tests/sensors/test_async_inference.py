@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_smrt.async_inference import S3Location
 from airflow_provider_smrt.exceptions import ParameterValidationError
+from airflow_provider_smrt.s3 import S3Location
 from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
 from tests.support.dag_runs import run_dag
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_smrt.async_inference import S3Location
 from airflow_provider_smrt.exceptions import CredentialsError, ServiceError
+from airflow_provider_smrt.s3 import S3Location
 from airflow_provider_smrt.triggers import async_inference as trigger_module
 from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
 

@@ -1,0 +1,276 @@
+"""The invoke operator's submission records: deterministic ids, and a ledger object in S3.
+
+Idempotency (task retries, cleared tasks, a worker killed mid-submission)
+------------------------------------------------------------------------
+SageMaker does not deduplicate async requests: the same request sent twice is scored twice. The
+operator therefore makes every submission *deterministic* and *recorded*:
+
+1. **Deterministic inference id.** Each request's ``InferenceId`` is
+   ``<task_id slug>-<sha256(dag_id, task_id, run_id, map_index, input)[:40]>`` (at most 64
+   characters), where *input* is the InputLocation URI or ``inline:sha256:<hex>`` of the body. The
+   same task instance always sends the same id for the same input.
+2. **Deterministic output key.** ``Filename`` defaults to ``"{inference_id}.out"``, so a request
+   that *is* sent twice writes the same output key with the same content: a duplicate costs model
+   time but never produces a second, divergent result.
+3. **A ledger in S3.** The records of submitted requests (input, inference id, OutputLocation,
+   FailureLocation, submitted_at) are written to one JSON object per task instance (map index
+   included), at ``ledger_uri`` or by default under the first input's directory:
+   ``<input dir>/_smrt_async_ledger/<dag_id>/<task_id>/<sha256(run_id, map_index)[:32]>.json``.
+   The ledger is written every ``ledger_flush_seconds`` while submitting and always at the end (also
+   when a submission fails). A later try of the same task instance reads it first and does not
+   resubmit what it lists; its records (with their original ``submitted_at``) are returned again.
+   For inputs the ledger lacks (the worker died between a submission and the next flush), the
+   operator predicts the output (and failure) key from a recorded sibling and the deterministic
+   ``Filename`` and skips the request when that object already exists.
+
+Why not XCom: Airflow clears a task instance's XCom when a new try starts. Why not a ledger "next
+to the output": the OutputLocation is only known from the first response, so a retry could not
+find it. Inline bodies without any S3 input need ``ledger_uri`` for the ledger; without it the
+operator still relies on (1) and (2) and logs a warning. ``resubmit=True`` ignores the ledger.
+
+:func:`deterministic_inference_id` makes (1), :class:`SubmissionLedger` is (3), and
+:func:`recover_unrecorded` finds the requests a killed try submitted without recording. Airflow-free.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow_provider_smrt.async_inference.poll import poll_sync
+from airflow_provider_smrt.async_inference.tracker import AsyncInferenceTracker, InvocationState
+from airflow_provider_smrt.async_inference.wait import Log
+from airflow_provider_smrt.exceptions import SmrtError
+from airflow_provider_smrt.s3 import S3Location, error_code, is_not_found
+
+LEDGER_DIRNAME = "_smrt_async_ledger"
+_LEDGER_VERSION = 1
+_SLUG = re.compile(r"[^A-Za-z0-9-]+")
+
+#: A submission record: input, inference_id, output_location, failure_location, submitted_at, ttl, timeout.
+Record = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AsyncRequest:
+    """One InvokeEndpointAsync request to make: exactly one of an S3 ``input_location`` or an inline ``body``.
+
+    :param input_location: an ``s3://`` (or ``https://``) URI of the payload.
+    :param body: an inline payload of at most 128,000 bytes.
+    """
+
+    input_location: str | None = None
+    body: bytes | None = None
+
+    @property
+    def identity(self) -> str:
+        """What the request is keyed by: the URI, or ``inline:sha256:<hex>`` (never the body itself)."""
+        if self.input_location is not None:
+            return self.input_location
+        return "inline:sha256:" + hashlib.sha256(self.body or b"").hexdigest()
+
+    def __repr__(self) -> str:  # keep payloads out of logs and tracebacks
+        if self.body is not None:
+            return f"AsyncRequest(body=<{len(self.body)} bytes>)"
+        return f"AsyncRequest(input_location={self.input_location!r})"
+
+
+def deterministic_inference_id(
+    *, dag_id: str, task_id: str, run_id: str, map_index: int, identity: str, prefix: str | None = None
+) -> str:
+    """The InferenceId of one request of one task instance: stable across tries, at most 64 characters."""
+    digest = hashlib.sha256(json.dumps([dag_id, task_id, run_id, map_index, identity]).encode()).hexdigest()[:40]
+    slug = _SLUG.sub("-", prefix if prefix is not None else task_id).strip("-")[:23] or "smrt"
+    return f"{slug}-{digest}"
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def task_key(ti: Any) -> dict[str, Any]:
+    """What identifies a task instance's submissions: ``dag_id``, ``task_id``, ``run_id``, ``map_index``."""
+    map_index = getattr(ti, "map_index", None)
+    return {
+        "dag_id": ti.dag_id,
+        "task_id": ti.task_id,
+        "run_id": ti.run_id,
+        "map_index": map_index if map_index is not None else -1,
+    }
+
+
+def ledger_location(
+    key: dict[str, Any], requests: Sequence[AsyncRequest], *, ledger_uri: str | None
+) -> S3Location | None:
+    """Where a task instance's ledger lives: ``ledger_uri`` (an object, or a prefix ending in ``/``), else
+    ``<first S3 input's dir>/_smrt_async_ledger/<dag>/<task>/<sha256(run_id, map_index)[:32]>.json``; None
+    when there is neither."""
+    name = hashlib.sha256(json.dumps([key["run_id"], key["map_index"]]).encode()).hexdigest()[:32] + ".json"
+    suffix = f"{_SLUG.sub('_', key['dag_id'])}/{_SLUG.sub('_', key['task_id'])}/{name}"
+    if ledger_uri:
+        if ledger_uri.endswith("/"):
+            return S3Location.parse(ledger_uri + suffix)
+        return S3Location.parse(ledger_uri)
+    first = next((r.input_location for r in requests if (r.input_location or "").startswith("s3://")), None)
+    if first is None:
+        return None
+    loc = S3Location.parse(first)
+    return S3Location(bucket=loc.bucket, key=f"{loc.directory}{LEDGER_DIRNAME}/{suffix}")
+
+
+@dataclass(frozen=True)
+class SubmissionLedger:
+    """The JSON object recording one task instance's submissions.
+
+    :param client: a boto3 S3 client.
+    :param location: the ledger object.
+    :param key: ``dag_id``, ``task_id``, ``run_id``, ``map_index`` (written into the document).
+    :param endpoint_name: written into the document.
+    """
+
+    client: Any
+    location: S3Location
+    key: dict[str, Any]
+    endpoint_name: str
+
+    @classmethod
+    def for_task(
+        cls,
+        client: Any,
+        key: dict[str, Any],
+        requests: Sequence[AsyncRequest],
+        *,
+        ledger_uri: str | None,
+        endpoint_name: str,
+    ) -> SubmissionLedger | None:
+        """The ledger of the task instance ``key`` (see :func:`ledger_location`); None when it has no place."""
+        location = ledger_location(key, requests, ledger_uri=ledger_uri)
+        if location is None:
+            return None
+        return cls(client=client, location=location, key=key, endpoint_name=endpoint_name)
+
+    def read(self) -> dict[str, Record]:
+        """The records by input; empty when there is no ledger yet."""
+        loc = self.location
+        try:
+            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+        except Exception as err:
+            if is_not_found(err):
+                return {}
+            code = error_code(err) or ""
+            raise SmrtError(f"cannot read the submission ledger {loc.uri}: {type(err).__name__} {code}") from err
+        with response["Body"] as stream:
+            document = json.loads(stream.read())
+        return {entry["input"]: entry for entry in document.get("invocations", [])}
+
+    def previous_submissions(
+        self,
+        requests: Sequence[AsyncRequest],
+        ids: dict[str, str],
+        *,
+        filename: str | None,
+        record: Callable[..., Record],
+        log: Log,
+    ) -> dict[str, Record]:
+        """What earlier tries submitted: the ledger's records, plus unrecorded requests that have a result.
+
+        The recovered ones are written back to the ledger. See :func:`recover_unrecorded` for the arguments.
+        """
+        recorded = self.read()
+        recovered = recover_unrecorded(self.client, requests, ids, recorded, filename=filename, record=record)
+        if recovered:
+            log.info("%d request(s) missing from the ledger already have a result; not resubmitting", len(recovered))
+        recorded.update(recovered)
+        if recorded:
+            log.info(
+                "%d of %d request(s) were already submitted by an earlier try (ledger %s); not resubmitting them",
+                sum(1 for r in requests if r.identity in recorded),
+                len(requests),
+                self.location.uri,
+            )
+            if recovered:
+                self.write(recorded)
+        return recorded
+
+    def write(self, records: dict[str, Record]) -> None:
+        document = {
+            "version": _LEDGER_VERSION,
+            **self.key,
+            "endpoint_name": self.endpoint_name,
+            "written_at": now_iso(),
+            "invocations": list(records.values()),
+        }
+        self.client.put_object(
+            Bucket=self.location.bucket,
+            Key=self.location.key,
+            Body=json.dumps(document, indent=1).encode(),
+            ContentType="application/json",
+        )
+
+
+def recover_unrecorded(
+    client: Any,
+    requests: Sequence[AsyncRequest],
+    ids: dict[str, str],
+    recorded: dict[str, Record],
+    *,
+    filename: str | None,
+    record: Callable[..., Record],
+) -> dict[str, Record]:
+    """Requests the ledger lacks whose output or failure object already exists.
+
+    Their keys are predicted from a recorded sibling and the deterministic ``filename`` (a template with
+    ``{inference_id}``); ``record(request, inference_id, output_location=, failure_location=,
+    submitted_at=)`` builds each record. Nothing can be predicted without a sibling or when the service did
+    not use the ``Filename`` as the key name.
+    """
+    if not recorded or filename is None or "{inference_id}" not in filename:
+        return {}
+    template = filename
+
+    def filename_for(inference_id: str) -> str:
+        return template.replace("{inference_id}", inference_id)
+
+    sibling = next(iter(recorded.values()))
+    if not sibling["output_location"].endswith("/" + filename_for(sibling["inference_id"])):
+        return {}  # the service did not use Filename as the key name: nothing can be predicted
+    out = S3Location.parse(sibling["output_location"])
+    fail_template: tuple[str, str, str] | None = None
+    if sibling.get("failure_location"):
+        fail = S3Location.parse(sibling["failure_location"])
+        stem = sibling["inference_id"]
+        base = fail.key[len(fail.directory) :]
+        if stem in base:
+            fail_template = (fail.bucket, fail.directory, base.replace(stem, "{inference_id}"))
+    candidates = []
+    for request in requests:
+        if request.identity in recorded:
+            continue
+        inference_id = ids[request.identity]
+        failure = None
+        if fail_template is not None:
+            bucket, directory, base = fail_template
+            failure = f"s3://{bucket}/{directory}{base.replace('{inference_id}', inference_id)}"
+        candidates.append(
+            record(
+                request,
+                inference_id,
+                output_location=f"s3://{out.bucket}/{out.directory}{filename_for(inference_id)}",
+                failure_location=failure,
+                submitted_at=None,
+            )
+        )
+    if not candidates:
+        return {}
+    tracker = AsyncInferenceTracker(candidates)
+    poll_sync(tracker, client)
+    return {
+        entry["input"]: entry
+        for status, entry in zip(tracker.statuses, candidates, strict=True)
+        if status.state is not InvocationState.PENDING
+    }
