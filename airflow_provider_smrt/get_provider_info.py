@@ -19,6 +19,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_provider_smrt.hooks.sagemaker_runtime",
                     "airflow_provider_smrt.hooks.s3",
+                    "airflow_provider_smrt.hooks.transport",
                 ],
             }
         ],
