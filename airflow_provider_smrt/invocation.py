@@ -27,6 +27,10 @@ DEFAULT_READ_TIMEOUT_SECONDS = 70
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 _VISIBLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
 _INFERENCE_ID = re.compile(r"^[\x20-\x7e]{1,64}$")
+#: InvokeEndpointAsync's Filename (botocore's service model: 1-32 characters, at most one dot).
+MAX_FILENAME_CHARS = 32
+_FILENAME = re.compile(r"^(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]*$")
+_S3_OUTPUT_PATH_EXTENSION = re.compile(r"^(?!s3:|https:)[a-zA-Z0-9!_.*'()/-]{1,512}$")
 
 
 @dataclass(frozen=True)
@@ -128,4 +132,25 @@ def validate_max_payload_bytes(max_payload_bytes: int, *, limit: int = MAX_PAYLO
         raise ParameterValidationError(
             f"max_payload_bytes is {max_payload_bytes:,}; it must be between 1 and {limit:,} "
             + ("(the InvokeEndpoint body limit)" if limit == MAX_PAYLOAD_BYTES else "(the service limit)")
+        )
+
+
+def validate_filename(filename: str | None) -> None:
+    """InvokeEndpointAsync's Filename: 1-32 letters, digits, ``-``, ``_`` and at most one dot."""
+    if filename is None:
+        return
+    if len(filename) > MAX_FILENAME_CHARS or not _FILENAME.match(filename):
+        raise ParameterValidationError(
+            f"filename {filename!r} is not a valid InvokeEndpointAsync Filename: use 1-{MAX_FILENAME_CHARS} "
+            "letters, digits, '-' and '_', starting with a letter or digit, with at most one '.'; the "
+            "operator's '{output_id}' placeholder gives each request a unique 24-character name"
+        )
+
+
+def validate_s3_output_path_extension(extension: str | None) -> None:
+    """InvokeEndpointAsync's S3OutputPathExtension: 1-512 characters of a key path, not a URI."""
+    if extension is not None and not _S3_OUTPUT_PATH_EXTENSION.match(extension):
+        raise ParameterValidationError(
+            f"s3_output_path_extension {extension!r} is invalid: use a relative key path of 1-512 letters, "
+            "digits and !_.*'()/- (not an s3:// or https:// URI)"
         )

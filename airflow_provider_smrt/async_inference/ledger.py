@@ -9,7 +9,8 @@ operator therefore makes every submission *deterministic* and *recorded*:
    ``<task_id slug>-<sha256(dag_id, task_id, run_id, map_index, input)[:40]>`` (at most 64
    characters), where *input* is the InputLocation URI or ``inline:sha256:<hex>`` of the body. The
    same task instance always sends the same id for the same input.
-2. **Deterministic output key.** ``Filename`` defaults to ``"{inference_id}.out"``, so a request
+2. **Deterministic output key.** ``Filename`` defaults to ``"{output_id}.out"`` (a digest of the
+   inference id: the service allows 32 characters), so a request
    that *is* sent twice writes the same output key with the same content: a duplicate costs model
    time but never produces a second, divergent result.
 3. **A ledger in S3.** The records of submitted requests (input, inference id, OutputLocation,
@@ -87,6 +88,28 @@ def deterministic_inference_id(
     digest = hashlib.sha256(json.dumps([dag_id, task_id, run_id, map_index, identity]).encode()).hexdigest()[:40]
     slug = _SLUG.sub("-", prefix if prefix is not None else task_id).strip("-")[:23] or "smrt"
     return f"{slug}-{digest}"
+
+
+#: The default ``Filename`` of a request: ``{output_id}`` is a 24-character digest of its inference id,
+#: so the name fits the service's 32-character limit and is the same on every try.
+DEFAULT_FILENAME = "{output_id}.out"
+
+
+def output_id(inference_id: str) -> str:
+    """A 24-character name derived from an inference id (for ``Filename``, which allows 32 characters)."""
+    return hashlib.sha256(inference_id.encode()).hexdigest()[:24]
+
+
+def render_filename(template: str | None, inference_id: str) -> str | None:
+    """The ``Filename`` of one request: ``{output_id}`` and ``{inference_id}`` replaced; None stays None."""
+    if template is None:
+        return None
+    return template.replace("{output_id}", output_id(inference_id)).replace("{inference_id}", inference_id)
+
+
+def is_per_request(template: str | None) -> bool:
+    """Whether a ``Filename`` template names each request differently."""
+    return template is not None and ("{output_id}" in template or "{inference_id}" in template)
 
 
 def now_iso() -> str:
@@ -225,16 +248,15 @@ def recover_unrecorded(
     """Requests the ledger lacks whose output or failure object already exists.
 
     Their keys are predicted from a recorded sibling and the deterministic ``filename`` (a template with
-    ``{inference_id}``); ``record(request, inference_id, output_location=, failure_location=,
+    ``{output_id}`` or ``{inference_id}``); ``record(request, inference_id, output_location=, failure_location=,
     submitted_at=)`` builds each record. Nothing can be predicted without a sibling or when the service did
     not use the ``Filename`` as the key name.
     """
-    if not recorded or filename is None or "{inference_id}" not in filename:
+    if not recorded or not is_per_request(filename):
         return {}
-    template = filename
 
     def filename_for(inference_id: str) -> str:
-        return template.replace("{inference_id}", inference_id)
+        return render_filename(filename, inference_id) or ""
 
     sibling = next(iter(recorded.values()))
     if not sibling["output_location"].endswith("/" + filename_for(sibling["inference_id"])):

@@ -26,8 +26,10 @@ from airflow_provider_smrt.invocation import (
     validate_body,
     validate_custom_attributes,
     validate_endpoint_name,
+    validate_filename,
     validate_inference_id,
     validate_range,
+    validate_s3_output_path_extension,
 )
 from airflow_provider_smrt.retry import OnRetry, RetryPolicy
 
@@ -38,6 +40,12 @@ _NO_BOTOCORE_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
 #: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
 Transport = Literal["auto", "botocore"]
 _TRANSPORTS = ("auto", "botocore")
+
+
+def check_transport(transport: str) -> None:
+    """A ``transport`` value must be ``"auto"`` or ``"botocore"`` (checked when a DAG is parsed)."""
+    if transport not in _TRANSPORTS:
+        raise ParameterValidationError(f"transport={transport!r} is not one of {list(_TRANSPORTS)}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -116,8 +124,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
         transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:
-        if transport not in _TRANSPORTS:
-            raise ParameterValidationError(f"transport={transport!r} is not one of {list(_TRANSPORTS)}")
+        check_transport(transport)
         kwargs["client_type"] = "sagemaker-runtime"
         super().__init__(*args, **kwargs)
         self.retry_policy = retry_policy or RetryPolicy()
@@ -325,6 +332,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
             inference_id=inference_id,
             request_ttl_seconds=request_ttl_seconds,
             invocation_timeout_seconds=invocation_timeout_seconds,
+            s3_output_path_extension=s3_output_path_extension,
+            filename=filename,
         )
         client, lean = self._conn_transport()
         params = _request_params(
@@ -370,6 +379,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
         inference_id: str | None = None,
         request_ttl_seconds: int | None = None,
         invocation_timeout_seconds: int | None = None,
+        s3_output_path_extension: str | None = None,
+        filename: str | None = None,
     ) -> None:
         """Check InvokeEndpointAsync parameters without sending anything."""
         validate_endpoint_name(endpoint_name)
@@ -390,6 +401,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
         validate_inference_id(inference_id)
         validate_range("request_ttl_seconds", request_ttl_seconds, REQUEST_TTL_RANGE)
         validate_range("invocation_timeout_seconds", invocation_timeout_seconds, INVOCATION_TIMEOUT_RANGE)
+        validate_s3_output_path_extension(s3_output_path_extension)
+        validate_filename(filename)
 
     # -- InvokeEndpointWithResponseStream --------------------------------------------------------
 

@@ -12,7 +12,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow_provider_smrt.async_inference import service_deadline_seconds
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
-from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
+from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import scoring_config
@@ -71,6 +71,8 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
     :param invoke_retry_policy: attempts and backoff of each request (default: the hook's).
     :param poke_interval: seconds between checks of a pending invocation (at most 2 s are used).
     :param wait_timeout: seconds to wait for one invocation (default: its TTL + invocation timeout + 60).
+    :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
+        connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection. (templated)
     :param str|None region_name: the AWS region. (templated)
     :param bool|str|None verify: SSL certificate verification. (templated)
@@ -115,9 +117,12 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         invoke_retry_policy: RetryPolicy | None = None,
         poke_interval: float = 10.0,
         wait_timeout: float | None = None,
+        transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_transport(transport)
+        self.transport = transport
         if concurrency < 1:
             raise ParameterValidationError("concurrency must be at least 1")
         self.endpoint_name = endpoint_name
@@ -162,7 +167,11 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
 
     @property
     def _hook_parameters(self) -> dict[str, Any]:
-        params = {**super()._hook_parameters, "max_pool_connections": max(10, self.concurrency)}
+        params = {
+            **super()._hook_parameters,
+            "transport": self.transport,
+            "max_pool_connections": max(10, self.concurrency),
+        }
         if self.invoke_retry_policy is not None:
             params["retry_policy"] = self.invoke_retry_policy
         return params

@@ -10,7 +10,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_provider_smrt.exceptions import ModelError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
-from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
+from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
@@ -74,6 +74,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     :param expected_bucket_owner: account id sent as ``ExpectedBucketOwner`` on every S3 call.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
+    :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
+        connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
     :param str|None region_name: AWS region (default: the connection's).
     :param bool|str|None verify: TLS verification for boto3.
@@ -129,9 +131,12 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         expected_bucket_owner: str | None = None,
         max_attempts: int = 8,
         progress_interval: float = 5.0,
+        transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check_transport(transport)
+        self.transport = transport
         self.endpoint_name = endpoint_name
         self.input_uri = input_uri
         self.output_uri = output_uri
@@ -167,7 +172,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
 
     @property
     def _hook_parameters(self) -> dict[str, Any]:
-        return {**super()._hook_parameters, "max_pool_connections": self.concurrency + 2}
+        return {**super()._hook_parameters, "transport": self.transport, "max_pool_connections": self.concurrency + 2}
 
     def _invoke_params(self) -> dict[str, Any]:
         """InvokeEndpoint parameters; empty strings (e.g. from an unset templated param) mean "not set"."""

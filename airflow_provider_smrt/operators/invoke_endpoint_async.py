@@ -35,17 +35,20 @@ from airflow_provider_smrt.async_inference import (
     wait_sync,
 )
 from airflow_provider_smrt.async_inference.ledger import (
+    DEFAULT_FILENAME,
     LEDGER_DIRNAME,
     AsyncRequest,
     Record,
     SubmissionLedger,
     deterministic_inference_id,
+    is_per_request,
     now_iso,
+    render_filename,
     task_key,
 )
 from airflow_provider_smrt.exceptions import InvocationError, ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
-from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
+from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES
 from airflow_provider_smrt.lineage import RunLineage, async_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
@@ -63,8 +66,6 @@ from airflow_provider_smrt.triggers.async_inference import defer_wait, resume_fr
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Default ``filename``: the output key ends with the (deterministic) inference id.
-DEFAULT_FILENAME = "{inference_id}.out"
 __all__ = [
     "DEFAULT_ASYNC_PAYLOAD_BYTES",
     "DEFAULT_FILENAME",
@@ -102,9 +103,11 @@ class SageMakerInvokeEndpointAsyncOperator(
     :param request_ttl_seconds: seconds a request may wait in the queue (60-21600; service default 21600).
     :param invocation_timeout_seconds: seconds the model may take (1-3600; service default 900).
     :param s3_output_path_extension: a path appended to the endpoint's S3OutputPath. (templated)
-    :param filename: the output object's name; ``{inference_id}`` is replaced by each request's id
-        (default ``"{inference_id}.out"``; ``None`` lets the service choose). A name without
-        ``{inference_id}`` is only allowed for a single request. (templated)
+    :param filename: the output object's name (the service allows 1-32 characters, at most one dot);
+        ``{output_id}`` is replaced by a 24-character digest of each request's inference id (default
+        ``"{output_id}.out"``; ``None`` lets the service choose). ``{inference_id}`` is replaced by the id
+        itself, which fits only with short ids (``deterministic_ids=False``). A name without a placeholder
+        is only allowed for a single request. (templated)
     :param deterministic_ids: derive inference ids from the task instance and the input (default True).
     :param concurrency: requests in flight at most.
     :param invoke_retry_policy: attempts and backoff of each request (default: the hook's). Not named
@@ -123,6 +126,8 @@ class SageMakerInvokeEndpointAsyncOperator(
         ``input_uri`` (with ``output_uri``, ``staging_uri``, ``feature_columns``, ``passthrough_columns``,
         ``prediction_columns``, ``max_payload_bytes``, ``max_rows_per_request``, ``max_error_ratio``,
         ``if_exists``) still runs, with the parameters of the same names. (templated)
+    :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
+        connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection. (templated)
     :param str|None region_name: the AWS region. (templated)
     :param bool|str|None verify: SSL certificate verification. (templated)
@@ -172,10 +177,13 @@ class SageMakerInvokeEndpointAsyncOperator(
         poke_interval: float = 10.0,
         max_failures: int = 0,
         wait_timeout: float | None = None,
+        transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:
         parquet = {name: kwargs.pop(name) for name in PARQUET_PARAMETERS if name in kwargs}
         super().__init__(**kwargs)
+        check_transport(transport)
+        self.transport = transport
         if parquet.get("input_uri") is not None:
             warnings.warn(
                 "SageMakerInvokeEndpointAsyncOperator(input_uri=...) is deprecated: score Parquet datasets "
@@ -220,7 +228,11 @@ class SageMakerInvokeEndpointAsyncOperator(
 
     @property
     def _hook_parameters(self) -> dict[str, Any]:
-        params = {**super()._hook_parameters, "max_pool_connections": max(10, self.concurrency)}
+        params = {
+            **super()._hook_parameters,
+            "transport": self.transport,
+            "max_pool_connections": max(10, self.concurrency),
+        }
         if self.invoke_retry_policy is not None:
             params["retry_policy"] = self.invoke_retry_policy
         return params
@@ -330,12 +342,16 @@ class SageMakerInvokeEndpointAsyncOperator(
                 inference_id=None,
                 request_ttl_seconds=self.request_ttl_seconds,
                 invocation_timeout_seconds=self.invocation_timeout_seconds,
+                s3_output_path_extension=self.s3_output_path_extension or None,
+                # Generated inference ids have up to 64 characters: the longest name a request can get.
+                filename=render_filename(self.filename, "x" * 64),
             )
-        if self.filename is not None and "{inference_id}" not in self.filename and len(requests) > 1:
+        if self.filename is not None and not is_per_request(self.filename) and len(requests) > 1:
             raise ParameterValidationError(
                 f"filename {self.filename!r} would give all {len(requests)} outputs the same name: include "
-                "'{inference_id}' in it, or pass filename=None"
+                "'{output_id}' in it, or pass filename=None"
             )
+
 
     def _inference_id_for(self, key: dict[str, Any], request: AsyncRequest, count: int) -> str:
         if not self.deterministic_ids and self.inference_id and count == 1:
@@ -343,9 +359,7 @@ class SageMakerInvokeEndpointAsyncOperator(
         return deterministic_inference_id(**key, identity=request.identity, prefix=self.inference_id)
 
     def _filename_for(self, inference_id: str) -> str | None:
-        if self.filename is None:
-            return None
-        return self.filename.replace("{inference_id}", inference_id)
+        return render_filename(self.filename, inference_id)
 
     # -- submission ------------------------------------------------------------------------------
 

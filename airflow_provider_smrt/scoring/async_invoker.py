@@ -96,7 +96,8 @@ class AsyncInvoker:
         if marker is None:
             self.storage.write_bytes(payload_uri, body)
             inference_id = f"smrt-{name}"
-            result = self.submit(input_location=payload_uri, inference_id=inference_id, filename=f"{inference_id}.out")
+            # The service's Filename takes 32 characters: 28 of the digest and ".out".
+            result = self.submit(input_location=payload_uri, inference_id=inference_id, filename=f"{name[:28]}.out")
             marker = {
                 "inference_id": result.inference_id,
                 "output_location": result.output_location,

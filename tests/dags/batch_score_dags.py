@@ -78,3 +78,6 @@ with DAG(**dag_args("t_score_mapped", PARAMS)) as t_score_mapped:
         concurrency=4,
         pool="default_pool",
     ).expand(input_uri=["{{ params.inputs[0] }}", "{{ params.inputs[1] }}", "{{ params.inputs[2] }}"])
+
+t_score_botocore = _features_dag("t_score_botocore", max_rows_per_request=100, concurrency=2, transport="botocore")
+t_score_lean = _features_dag("t_score_lean", max_rows_per_request=100, concurrency=2)

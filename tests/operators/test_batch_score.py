@@ -14,6 +14,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
+from tests.scoring.fakes import numeric_table
 from tests.support.dag_runs import ROOT, run_dag
 from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
@@ -205,3 +207,29 @@ def test_mapped_fan_out_equals_single_run(s3_client: Any, make_endpoint: Any, s3
     assert a.equals(b) and a.num_rows == 1_050
     manifests = [k for k in list_keys(s3_client, s3_prefix + "mapped/") if k.startswith("_manifest")]
     assert manifests == ["_manifest-00000.json", "_manifest-00001.json", "_manifest-00002.json"]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "path"), [("t_score_lean", "transport: lean"), ("t_score_botocore", "transport: botocore client")]
+)
+def test_transport_parameter_picks_the_path_and_both_score_every_row(
+    dag_id: str, path: str, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    table = numeric_table(300)
+    put_parquet(s3_client, s3_prefix + "in/a.parquet", table, 100)
+    endpoint = make_endpoint("sum")
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    run = run_dag(dag_id, conf)
+    assert run.state == "success", run.states
+    assert path in run.log_text
+    out = read_parts(s3_client, s3_prefix + "out/")
+    assert out.num_rows == 300 == endpoint_stats(endpoint)["rows_ok"]
+
+
+def test_an_unknown_transport_fails_when_the_dag_is_parsed() -> None:
+    from airflow_provider_smrt.exceptions import ParameterValidationError
+
+    with pytest.raises(ParameterValidationError, match="transport='fast'"):
+        SageMakerBatchScoreOperator(
+            task_id="t", endpoint_name="e", input_uri="s3://b/i/", output_uri="s3://b/o/", transport="fast"
+        )

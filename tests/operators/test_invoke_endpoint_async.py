@@ -216,7 +216,7 @@ def test_inline_body_every_parameter_and_wait(make_endpoint: Any, endpoint_stats
         request_ttl_seconds=120,
         invocation_timeout_seconds=30,
         s3_output_path_extension="ext/a",
-        filename="{inference_id}.json",
+        filename="{output_id}.json",
         wait_for_completion=True,
         poke_interval=0.2,
         ledger_uri=None,
@@ -229,6 +229,18 @@ def test_inline_body_every_parameter_and_wait(make_endpoint: Any, endpoint_stats
     assert record["request_ttl_seconds"] == 120
     assert json.loads(_read(s3_client, record["output_location"])) == {"predictions": [6.0, 15.0]}
     assert endpoint_stats(endpoint)["async_submitted"] == 1
+    assert len(record["output_location"].rsplit("/", 1)[1]) == len("0" * 24 + ".json")
+
+
+def test_filename_longer_than_the_service_allows_is_refused_before_sending(
+    make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    endpoint = make_endpoint("sum")
+    inputs = ["s3://smrt-local/a", "s3://smrt-local/b"]
+    op = _op(endpoint_name=endpoint, input_location=inputs, filename="{inference_id}.out")
+    with pytest.raises(ParameterValidationError, match=r"1-32 .*'\{output_id\}'"):
+        op.execute(_context())
+    assert endpoint_stats(endpoint)["async_submitted"] == 0
 
 
 def test_large_payload_through_dag(make_endpoint: Any, s3_client: Any, s3_prefix: str) -> None:
