@@ -149,7 +149,7 @@ class SignatureVerifier:
         request = AWSRequest(method=method, url=f"http://{headers.get('Host') or 'localhost'}{raw_path}", data=body)
         for name in parsed.signed_headers:
             for value in headers.get_all(name) or []:
-                request.headers[name] = value  # a repeated header keeps all its values (signed as "a,b")
+                request.headers[name] = _wire_text(value)  # a repeated header keeps all its values ("a,b")
         request.context["timestamp"] = amz_date
         signer = _ChosenHeadersSigV4Auth(
             Credentials(parsed.access_key, secret, token), region_name=self.region, signed_headers=parsed.signed_headers
@@ -158,6 +158,15 @@ class SignatureVerifier:
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
         if not hmac.compare_digest(expected, parsed.signature):
             raise _denied("InvalidSignatureException", _MISMATCH)
+
+
+def _wire_text(value: str) -> str:
+    """A header value as the client signed it: the server decodes header bytes as Latin-1, clients sign the
+    UTF-8 text those bytes encode."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _parse(authorization: str) -> _Parsed | None:
