@@ -11,6 +11,7 @@ import boto3
 import pyarrow as pa
 import pytest
 
+from tests import local_control
 from tests.airflow_support import ROOT, dagbag, ensure_db
 from tests.reliability.proxy import FaultProxy
 from tests.reliability.support import (
@@ -73,6 +74,10 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(
     for half, rows in (("a", range(0, 150)), ("b", range(150, 300))):
         put_parquet(s3_client, f"{s3_prefix}in/{half}.parquet", _dataset().slice(rows.start, len(rows)))
     endpoint = make_endpoint("sum", faults={"poison_value": -999})
+    # the local endpoint verifies SigV4: it must know the connection's key pair
+    local_control.control_request(
+        local_stack.runtime_endpoint_url, "PUT", "credentials", {"access_key_id": LOGIN, "secret_access_key": PASSWORD}
+    )
     op = {
         "passthrough_columns": ["id", "note"],
         "max_error_ratio": 0.05,
