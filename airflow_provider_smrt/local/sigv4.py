@@ -43,7 +43,9 @@ def _denied(code: str, message: str) -> ServiceError:
 
 
 @dataclass(frozen=True)
-class _Parsed:
+class SignedRequest:
+    """The parts of an ``Authorization: AWS4-HMAC-SHA256 ...`` header."""
+
     access_key: str
     date: str
     region: str
@@ -96,7 +98,7 @@ class SignatureVerifier:
         with self._lock:
             return sorted(self._secrets)
 
-    def check_header(self, headers: Message) -> _Parsed | None:
+    def check_header(self, headers: Message) -> SignedRequest | None:
         """What can be decided before the body is read: raise the 403 for a missing or unknown key.
 
         Returns the parsed ``Authorization``, or ``None`` when verification is off.
@@ -119,7 +121,9 @@ class SignatureVerifier:
             raise _denied("UnrecognizedClientException", "The security token included in the request is invalid.")
         return parsed
 
-    def verify(self, parsed: _Parsed | None, *, method: str, raw_path: str, headers: Message, body: bytes) -> None:
+    def verify(
+        self, parsed: SignedRequest | None, *, method: str, raw_path: str, headers: Message, body: bytes
+    ) -> None:
         """Raise the service's 403 unless the request is signed for this stack (a no-op when off)."""
         if parsed is None:
             return
@@ -169,7 +173,7 @@ def _wire_text(value: str) -> str:
         return value
 
 
-def _parse(authorization: str) -> _Parsed | None:
+def _parse(authorization: str) -> SignedRequest | None:
     match = _AUTHORIZATION.match(authorization.strip())
     if match is None:
         return None
@@ -177,7 +181,7 @@ def _parse(authorization: str) -> _Parsed | None:
     if len(scope) != 5:
         return None
     access_key, date, region, service, terminator = scope
-    return _Parsed(
+    return SignedRequest(
         access_key=access_key,
         date=date,
         region=region,

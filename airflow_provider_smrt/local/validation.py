@@ -105,8 +105,11 @@ def check_headers(kind: str, headers: Message, *, extra: Callable[[str, str], st
     :param extra: a further check ``(member, value) -> problem or None`` for rules the model cannot state.
     """
     problems = []
+    present: dict[str, str] = {}
+    for name, text in headers.items():
+        present.setdefault(name.lower(), text)  # the first of a repeated header, as Message.get
     for rule in header_rules(OPERATIONS[kind]):
-        value = headers.get(rule.header)
+        value = present.get(rule.header.lower())
         if value is None:
             continue
         problem = rule.problem(value) or (extra(rule.member, value) if extra else None)
