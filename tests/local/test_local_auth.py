@@ -172,3 +172,10 @@ def test_verification_default_follows_the_environment(
     else:
         monkeypatch.setenv("SMRT_LOCAL_VERIFY_SIGNATURES", value)
     assert verify_signatures_default() is expected
+
+
+def test_cli_flag_switches_verification_off() -> None:
+    from airflow_provider_smrt.local.__main__ import _parser
+
+    assert _parser().parse_args(["up"]).verify_signatures is None  # the environment decides
+    assert _parser().parse_args(["run", "--no-verify-signatures", "--", "true"]).verify_signatures is False
