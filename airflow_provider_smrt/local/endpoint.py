@@ -2,8 +2,11 @@
 
 ``POST /endpoints/{name}/invocations``, ``/async-invocations`` and ``/invocations-response-stream``
 answer exactly as botocore's ``sagemaker-runtime`` model expects, so a plain
-``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. Request and response bodies,
-CustomAttributes values and credentials are never logged.
+``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. Each invocation is checked as the
+service checks it before anything else happens: its SigV4 signature (:mod:`.sigv4`), its body size counted
+on the wire, its headers against the service model's rules (:mod:`.validation`), its target variant,
+inference component and session. Request and response bodies, CustomAttributes values and credentials are
+never logged.
 """
 
 from __future__ import annotations
