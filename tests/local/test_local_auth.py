@@ -124,6 +124,11 @@ def test_registered_key_pair_is_accepted(local_stack: Any, make_endpoint: Any) -
     assert key in listed["access_key_ids"] and secret not in json.dumps(listed)
     wrong = _client(local_stack, aws_access_key_id=key, aws_secret_access_key="other")
     assert _error(wrong, name).response["Error"]["Code"] == "InvalidSignatureException"
+    # a registered key used as session credentials: the signature (over the token header too) is verified
+    session = _client(local_stack, aws_access_key_id=key, aws_secret_access_key=secret, aws_session_token="tok")
+    assert session.invoke_endpoint(EndpointName=name, Body=BODY, ContentType="text/csv")["Body"].read()
+    wrong_session = _client(local_stack, aws_access_key_id=key, aws_secret_access_key="other", aws_session_token="t")
+    assert _error(wrong_session, name).response["Error"]["Code"] == "InvalidSignatureException"
 
 
 def test_session_credentials_of_another_sts_have_their_scope_checked(local_stack: Any, make_endpoint: Any) -> None:
