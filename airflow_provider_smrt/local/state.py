@@ -177,6 +177,7 @@ class Endpoint:
             "/"
         )
         self.created = time.monotonic()
+        self._not_ready_answers = 0
         self.stats = Stats()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -209,7 +210,13 @@ class Endpoint:
             return self._executor
 
     def not_ready(self) -> bool:
-        """True while the endpoint is within ``model_not_ready_seconds`` of its creation (or the container is down)."""
+        """True for the first ``model_not_ready_requests`` requests, while the endpoint is within
+        ``model_not_ready_seconds`` of its creation, or while a forwarded container does not answer ``/ping``."""
+        if self.faults.model_not_ready_requests:
+            with self._lock:
+                if self._not_ready_answers < self.faults.model_not_ready_requests:
+                    self._not_ready_answers += 1
+                    return True
         if time.monotonic() - self.created < self.faults.model_not_ready_seconds:
             return True
         ping = getattr(self.model, "ping", None)
