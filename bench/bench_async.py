@@ -28,9 +28,9 @@ from typing import Any
 
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="smrt-bench-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 
-import local_control  # tests/local_control.py: the local stack's control API
+import local_control  # tests/support/local_control.py: the local stack's control API
 
 
 class PollMeter:

@@ -29,6 +29,14 @@ def _add_stack_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--s3-port", type=int, default=0, help="moto S3 port (default: a free one)")
     parser.add_argument("--runtime-port", type=int, default=0, help="SageMaker Runtime port (default: a free one)")
+    parser.add_argument(
+        "--no-verify-signatures",
+        dest="verify_signatures",
+        action="store_false",
+        default=None,
+        help="accept invocations without a valid SigV4 signature (default: verify, unless "
+        "SMRT_LOCAL_VERIFY_SIGNATURES=0)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,7 +89,12 @@ def _up(args: argparse.Namespace) -> int:
     stop = _Stop()
     stop.install()
     state_file: Path | None = args.state_file
-    with LocalStack(host=args.host, s3_port=args.s3_port, runtime_port=args.runtime_port) as stack:
+    with LocalStack(
+        host=args.host,
+        s3_port=args.s3_port,
+        runtime_port=args.runtime_port,
+        verify_signatures=args.verify_signatures,
+    ) as stack:
         try:
             print(f"export AIRFLOW_CONN_AWS_DEFAULT={shlex.quote(stack.airflow_connection())}")
             print(f"export SMRT_S3_ENDPOINT_URL={stack.s3_endpoint_url}")
@@ -115,7 +128,12 @@ def _run(args: argparse.Namespace) -> int:
     if not cmd:
         print("smrt-local run: give a command after --", file=sys.stderr)
         return 2
-    with LocalStack(host=args.host, s3_port=args.s3_port, runtime_port=args.runtime_port) as stack:
+    with LocalStack(
+        host=args.host,
+        s3_port=args.s3_port,
+        runtime_port=args.runtime_port,
+        verify_signatures=args.verify_signatures,
+    ) as stack:
         env = {**os.environ, **stack.environment()}
         try:
             child = subprocess.Popen(cmd, env=env)

@@ -2,28 +2,35 @@
 
 ``POST /endpoints/{name}/invocations``, ``/async-invocations`` and ``/invocations-response-stream``
 answer exactly as botocore's ``sagemaker-runtime`` model expects, so a plain
-``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. Request and response bodies,
-CustomAttributes values and credentials are never logged.
+``boto3.client("sagemaker-runtime", endpoint_url=...)`` works against it. Each invocation is checked as the
+service checks it before anything else happens: its SigV4 signature (:mod:`.sigv4`), its body size counted
+on the wire, its headers against the service model's rules (:mod:`.validation`), its target variant,
+inference component and session. Request and response bodies, CustomAttributes values and credentials are
+never logged.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import struct
 import threading
 import time
 import urllib.parse
 import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
 
-from airflow_provider_smrt.local import async_jobs, wire
-from airflow_provider_smrt.local.models import ModelFailure, Prediction
-from airflow_provider_smrt.local.state import Endpoint, Registry, Stats
+from airflow_provider_smrt.local import async_jobs, validation, wire
+from airflow_provider_smrt.local.models import Model, ModelFailure, Prediction
+from airflow_provider_smrt.local.sigv4 import SignatureVerifier
+from airflow_provider_smrt.local.state import DEFAULT_MAX_PAYLOAD_BYTES, Endpoint, Registry, Stats
 from airflow_provider_smrt.local.wire import ServiceError
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,17 @@ RECORDED_HEADERS = (
 _MODEL_HEADERS = (*RECORDED_HEADERS, "X-Amzn-SageMaker-Custom-Attributes")
 _DRAIN_CHUNK = 1 << 20
 _RESET = object()
+#: Set to ``0`` (or ``false``/``no``/``off``) to accept unsigned requests (the default of ``verify_signatures``).
+VERIFY_SIGNATURES_ENV = "SMRT_LOCAL_VERIFY_SIGNATURES"
+#: The key pair the stack accepts from the start (the one ``smrt-local run`` exports).
+DEFAULT_CREDENTIALS: dict[str, str] = {"testing": "testing"}
+SESSION_ID_HEADER = "X-Amzn-SageMaker-Session-Id"
+NEW_SESSION = "NEW_SESSION"
+
+
+def verify_signatures_default() -> bool:
+    """``True`` unless ``SMRT_LOCAL_VERIFY_SIGNATURES`` is set to 0/false/no/off."""
+    return os.environ.get(VERIFY_SIGNATURES_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 class EndpointServer(ThreadingHTTPServer):
@@ -52,6 +70,10 @@ class EndpointServer(ThreadingHTTPServer):
     :param port: the port; 0 picks a free one (see :attr:`url`).
     :param s3_endpoint_url: the S3 server async invocations read from and write to.
     :param default_endpoints: create ``smrt-demo`` (diabetes), ``smrt-sum`` (sum) and ``smrt-llm`` (llm) at start.
+    :param verify_signatures: check the SigV4 signature of every invocation (``None``: on unless
+        ``SMRT_LOCAL_VERIFY_SIGNATURES=0``); the control API is never signed.
+    :param credentials: access key id → secret accepted (default ``testing``/``testing``); more can be
+        registered with ``PUT /_local/credentials``.
     """
 
     daemon_threads = True
@@ -66,9 +88,16 @@ class EndpointServer(ThreadingHTTPServer):
         port: int = 0,
         s3_endpoint_url: str | None = None,
         default_endpoints: bool = True,
+        verify_signatures: bool | None = None,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__((host, port), _Handler)
         self.registry = Registry()
+        self.verifier = SignatureVerifier(
+            credentials=DEFAULT_CREDENTIALS if credentials is None else credentials,
+            region=wire.REGION,
+            enabled=verify_signatures_default() if verify_signatures is None else verify_signatures,
+        )
         self.s3_endpoint_url = s3_endpoint_url
         self.async_processor = async_jobs.AsyncProcessor(
             s3_factory=functools.partial(_s3_client, s3_endpoint_url) if s3_endpoint_url else None
@@ -178,29 +207,49 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunked(self) -> bool:
         return "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
 
-    def _read_body(self) -> bytes:
+    def _read_body(self, limit: int | None = None) -> tuple[bytes, int]:
+        """The body and its size in bytes, counted as read (Content-Length or chunked transfer encoding).
+
+        Past ``limit`` bytes the rest is read and counted but not kept (the body returned is then incomplete).
+        """
+        kept: list[bytes] = []
+        size = 0
+
+        def take(data: bytes) -> None:
+            nonlocal size
+            size += len(data)
+            if limit is None or size <= limit:
+                kept.append(data)
+
         if self._chunked():
-            parts: list[bytes] = []
             while True:
-                size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
-                if size == 0:
+                line = self.rfile.readline()
+                if not line:
+                    raise ConnectionError("the client closed the connection inside a chunked body")
+                chunk = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if chunk == 0:
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
+                    break
+                while chunk > 0:
+                    data = self.rfile.read(min(chunk, _DRAIN_CHUNK))
+                    if not data:
+                        raise ConnectionError("the client closed the connection inside a chunk")
+                    take(data)
+                    chunk -= len(data)
                 self.rfile.readline()
-        return self.rfile.read(self._content_length()) if self._content_length() else b""
+        else:
+            remaining = self._content_length()
+            while remaining > 0:
+                data = self.rfile.read(min(remaining, _DRAIN_CHUNK))
+                if not data:
+                    raise ConnectionError("the client closed the connection inside the body")
+                take(data)
+                remaining -= len(data)
+        return b"".join(kept), size
 
     def _drain_body(self) -> None:
-        if self._chunked():
-            self._read_body()
-            return
-        remaining = self._content_length()
-        while remaining > 0:
-            chunk = self.rfile.read(min(remaining, _DRAIN_CHUNK))
-            if not chunk:
-                break
-            remaining -= len(chunk)
+        self._read_body(limit=0)
 
     # ---------------------------------------------------------------- responses
     def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -225,44 +274,111 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---------------------------------------------------------------- invocations
     def _invoke(self, name: str, kind: str) -> None:
-        endpoint = self.server.registry.get(name)
-        if endpoint is None:
+        verifier = self.server.verifier
+        try:
+            signed = verifier.check_header(self.headers)
+        except ServiceError as error:
             self._drain_body()
+            self._send_error(error)
+            return
+        endpoint = self.server.registry.get(name)
+        if kind == "async":
+            limit = async_jobs.MAX_INLINE_BYTES
+        else:
+            limit = endpoint.max_payload_bytes if endpoint is not None else DEFAULT_MAX_PAYLOAD_BYTES
+        body, size = self._read_body(limit)
+        if size <= limit:
+            try:
+                verifier.verify(signed, method=self.command, raw_path=self.path, headers=self.headers, body=body)
+            except ServiceError as error:
+                self._send_error(error)
+                return
+        if endpoint is None:
             self._send_error(wire.endpoint_not_found(name))
             return
         stats = endpoint.stats
         stats.arrived()
         try:
-            limit = async_jobs.MAX_INLINE_BYTES if kind == "async" else endpoint.max_payload_bytes
-            if self._content_length() > limit:
-                self._drain_body()
+            try:
+                if size > limit:
+                    raise ServiceError(
+                        "ValidationError", f"Request payload size {size} bytes exceeds the limit of {limit} bytes."
+                    )
+                validation.check_headers(kind, self.headers, extra=_extra_problem)
+                self._check_mode(endpoint, kind)
+                session = self._check_realtime(endpoint) if kind != "async" else None
+            except ServiceError:
                 stats.add("validation_errors")
-                raise ServiceError(
-                    "ValidationError",
-                    f"Request payload size {self._content_length()} bytes exceeds the limit of {limit} bytes.",
-                )
-            body = self._read_body()
+                raise
             if kind == "sync":
                 with stats.lock:
                     stats.last_request_headers = {h: v for h in RECORDED_HEADERS if (v := self.headers.get(h))}
-            if self._front_door(endpoint, check_ready=kind != "async") is _RESET:
-                return
             if kind == "async":
+                if self._front_door(endpoint, check_ready=False) is _RESET:
+                    return
                 self._submit_async(endpoint, body)
                 return
+            if session is not None and session != NEW_SESSION and _is_close_request(self.headers, body):
+                self._answer_close(endpoint, session)
+                return
+            if self._front_door(endpoint, check_ready=True) is _RESET:
+                return
             variant = endpoint.pick_variant(self.headers.get("X-Amzn-SageMaker-Target-Variant"))
+            model = endpoint.pick_model(variant, self.headers.get("X-Amzn-SageMaker-Inference-Component"))
             accept_header = "Accept" if kind == "sync" else "X-Amzn-SageMaker-Accept"
             prediction = self._predict(
-                endpoint, body, self.headers.get("Content-Type"), self.headers.get(accept_header)
+                endpoint, model, body, self.headers.get("Content-Type"), self.headers.get(accept_header)
             )
             if kind == "sync":
-                self._answer_sync(endpoint, prediction, variant)
+                extra_headers = {}
+                if session == NEW_SESSION:
+                    session_id, expiry = endpoint.open_session()
+                    stamp = datetime.fromtimestamp(expiry, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+                    extra_headers["X-Amzn-SageMaker-New-Session-Id"] = f"{session_id}; Expires={stamp}"
+                self._answer_sync(endpoint, prediction, variant, extra_headers)
             else:
                 self._answer_stream(endpoint, prediction, variant)
         except ServiceError as error:
             self._send_error(error)
         finally:
             stats.responded()
+
+    def _check_mode(self, endpoint: Endpoint, kind: str) -> None:
+        """An endpoint is real-time or asynchronous in SageMaker (``mode``; ``any`` accepts both)."""
+        if endpoint.mode == "async" and kind != "async":
+            raise ServiceError(
+                "ValidationError",
+                f"Endpoint {endpoint.name} is an asynchronous endpoint: invoke it with InvokeEndpointAsync.",
+            )
+        if endpoint.mode == "realtime" and kind == "async":
+            raise ServiceError(
+                "ValidationError",
+                f"Endpoint {endpoint.name} is a real-time endpoint: InvokeEndpointAsync needs an endpoint "
+                "created with an AsyncInferenceConfig.",
+            )
+
+    def _check_realtime(self, endpoint: Endpoint) -> str | None:
+        """Reject an unknown target variant, inference component or session; return the SessionId sent."""
+        h = self.headers
+        target = h.get("X-Amzn-SageMaker-Target-Variant")
+        if target:
+            endpoint.pick_variant(target)
+        endpoint.pick_model(target or "", h.get("X-Amzn-SageMaker-Inference-Component"))
+        session = h.get(SESSION_ID_HEADER)
+        if session and session != NEW_SESSION:
+            endpoint.check_session(session)
+        return session or None
+
+    def _answer_close(self, endpoint: Endpoint, session: str) -> None:
+        """Close a stateful session: the service's ``X-Amzn-SageMaker-Closed-Session-Id`` answer."""
+        endpoint.close_session(session)
+        headers = {
+            "Content-Type": "application/json",
+            "x-Amzn-Invoked-Production-Variant": self.headers.get("X-Amzn-SageMaker-Target-Variant")
+            or next(iter(endpoint.variants)),
+            "X-Amzn-SageMaker-Closed-Session-Id": session,
+        }
+        self._send(200, orjson.dumps({"closed_session_id": session}), headers)
 
     def _front_door(self, endpoint: Endpoint, *, check_ready: bool) -> object | None:
         """Faults decided before the model: reset, stall, not ready, throttle, 5xx."""
@@ -290,7 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise ServiceError(faults.error_5xx_code, messages[faults.error_5xx_code])
         return None
 
-    def _predict(self, endpoint: Endpoint, body: bytes, content_type: str | None, accept: str | None) -> Prediction:
+    def _predict(
+        self, endpoint: Endpoint, model: Model, body: bytes, content_type: str | None, accept: str | None
+    ) -> Prediction:
         """Take a capacity slot, wait the latency, run the model; model failures become ModelError."""
         faults, stats = endpoint.faults, endpoint.stats
         slot = endpoint.capacity
@@ -302,7 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
                 if delay_ms > 0:
                     time.sleep(delay_ms / 1000.0)
                 headers = {h: v for h in _MODEL_HEADERS if (v := self.headers.get(h))}
-                return endpoint.model.predict(
+                return model.predict(
                     body,
                     content_type,
                     accept,
@@ -318,8 +436,14 @@ class _Handler(BaseHTTPRequestHandler):
             if slot is not None:
                 slot.release()
 
-    def _answer_sync(self, endpoint: Endpoint, prediction: Prediction, variant: str) -> None:
-        headers = {"Content-Type": prediction.content_type, "x-Amzn-Invoked-Production-Variant": variant}
+    def _answer_sync(
+        self, endpoint: Endpoint, prediction: Prediction, variant: str, extra_headers: dict[str, str]
+    ) -> None:
+        headers = {
+            "Content-Type": prediction.content_type,
+            "x-Amzn-Invoked-Production-Variant": variant,
+            **extra_headers,
+        }
         if prediction.custom_attributes:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = prediction.custom_attributes
         self._send(200, prediction.body, headers)
@@ -365,8 +489,6 @@ class _Handler(BaseHTTPRequestHandler):
         location = h.get("X-Amzn-SageMaker-InputLocation")
         if bool(location) == bool(body):
             raise ServiceError("ValidationError", "Exactly one of InputLocation and Body must be given.")
-        if location and not location.startswith(("s3://", "https://", "http://")):
-            raise ServiceError("ValidationError", "InputLocation must be an s3:// or https:// URI.")
         ttl = _int_header(
             h.get("X-Amzn-SageMaker-RequestTTLSeconds"), async_jobs.DEFAULT_TTL_SECONDS, 60, 21_600, "RequestTTLSeconds"
         )
@@ -406,7 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
     # ---------------------------------------------------------------- control API
     def _control(self, method: str, parts: list[str]) -> None:
         registry = self.server.registry
-        raw = self._read_body()
+        raw, _ = self._read_body()
         try:
             doc = orjson.loads(raw) if raw.strip() else {}
         except orjson.JSONDecodeError:
@@ -414,8 +536,32 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if parts == ["health"] and method == "GET":
             self._send_json(
-                200, {"status": "ok", "endpoints": registry.names(), "s3_endpoint_url": self.server.s3_endpoint_url}
+                200,
+                {
+                    "status": "ok",
+                    "endpoints": registry.names(),
+                    "s3_endpoint_url": self.server.s3_endpoint_url,
+                    "verify_signatures": self.server.verifier.enabled,
+                },
             )
+            return
+        if parts == ["credentials"] and method == "GET":
+            self._send_json(
+                200,
+                {
+                    "verify_signatures": self.server.verifier.enabled,
+                    "access_key_ids": self.server.verifier.access_key_ids(),
+                },
+            )
+            return
+        if parts == ["credentials"] and method == "PUT":
+            key_id = doc.get("access_key_id") if isinstance(doc, dict) else None
+            secret = doc.get("secret_access_key") if isinstance(doc, dict) else None
+            if not (isinstance(key_id, str) and key_id and isinstance(secret, str) and secret):
+                self._send_json(400, {"error": "give access_key_id and secret_access_key (non-empty strings)"})
+                return
+            self.server.verifier.register(key_id, secret)
+            self._send_json(200, {"registered": key_id})
             return
         if parts == ["endpoints"] and method == "GET":
             self._send_json(200, {"endpoints": registry.names()})
@@ -458,6 +604,28 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, endpoint.stats.snapshot())
         else:
             self._send_json(404, {"error": f"no route for {method} /_local/{'/'.join(parts)}"})
+
+
+def _extra_problem(member: str, value: str) -> str | None:
+    """Rules the model's patterns do not state: an InputLocation must name an object, not only a bucket."""
+    if member == "InputLocation":
+        _, _, rest = value.partition("://")
+        bucket, _, key = rest.partition("/")
+        if not bucket or not key:
+            return "Member must name an object (s3://bucket/key or https://host/path), not only a bucket"
+    return None
+
+
+def _is_close_request(headers: Any, body: bytes) -> bool:
+    """A request closing its stateful session: JSON ``{"requestType": "CLOSE"}`` (the convention of
+    SageMaker's stateful-session examples; the local endpoint answers it instead of the model)."""
+    if "json" not in (headers.get("Content-Type") or "") or len(body) > 1024:
+        return False
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("requestType") == "CLOSE"
 
 
 def _int_header(value: str | None, default: int, low: int, high: int, name: str) -> int:

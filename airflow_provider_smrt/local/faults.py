@@ -28,6 +28,8 @@ class Faults:
     error_5xx_rate: float = 0.0
     error_5xx_code: str = "ServiceUnavailable"
     model_not_ready_seconds: float = 0.0
+    #: The first N real-time requests answer ModelNotReadyException (counted, so tests do not race the clock).
+    model_not_ready_requests: int = 0
     poison_value: float | None = None
     reset_rate: float = 0.0
     stall_rate: float = 0.0
@@ -70,6 +72,8 @@ class Faults:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+        if not isinstance(self.model_not_ready_requests, int) or self.model_not_ready_requests < 0:
+            raise ValueError(f"model_not_ready_requests must be an integer >= 0; got {self.model_not_ready_requests!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ValueError(f"capacity must be a positive integer or null; got {self.capacity!r}")
         if not isinstance(self.async_capacity, int) or self.async_capacity < 1:

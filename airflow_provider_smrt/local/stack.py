@@ -21,12 +21,21 @@ class LocalStack:
     :param s3_port: moto's port (0: a free one).
     :param runtime_port: the endpoint server's port (0: a free one).
     :param default_endpoints: create ``smrt-demo``, ``smrt-sum`` and ``smrt-llm``.
+    :param verify_signatures: check SigV4 on every invocation (``None``: on unless
+        ``SMRT_LOCAL_VERIFY_SIGNATURES=0``).
     """
 
     def __init__(
-        self, *, host: str = "127.0.0.1", s3_port: int = 0, runtime_port: int = 0, default_endpoints: bool = True
+        self,
+        *,
+        host: str = "127.0.0.1",
+        s3_port: int = 0,
+        runtime_port: int = 0,
+        default_endpoints: bool = True,
+        verify_signatures: bool | None = None,
     ) -> None:
         self.host = host
+        self._verify_signatures = verify_signatures
         self._s3 = MotoS3Server(host=host, port=s3_port)
         self._runtime_port = runtime_port
         self._default_endpoints = default_endpoints
@@ -60,6 +69,8 @@ class LocalStack:
                 port=self._runtime_port,
                 s3_endpoint_url=self.s3_endpoint_url,
                 default_endpoints=self._default_endpoints,
+                verify_signatures=self._verify_signatures,
+                credentials={CREDENTIALS["aws_access_key_id"]: CREDENTIALS["aws_secret_access_key"]},
             )
             self._endpoint.start()
             self._s3.wait_ready()

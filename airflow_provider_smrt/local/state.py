@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -12,10 +13,14 @@ from typing import Any
 
 from airflow_provider_smrt.local.faults import Dice, Faults
 from airflow_provider_smrt.local.models import Model, build_model
+from airflow_provider_smrt.local.wire import ServiceError
 
 DEFAULT_MAX_PAYLOAD_BYTES = 6_291_456
 SERVERLESS_MAX_PAYLOAD_BYTES = 4_000_000
 LOCAL_BUCKET = "smrt-local"
+DEFAULT_SESSION_TTL_SECONDS = 1_200
+#: ``mode`` of an endpoint: which invocations it accepts (SageMaker hosts an endpoint either real-time or async).
+MODES = ("any", "realtime", "async")
 _SPEC_KEYS = frozenset(
     {
         "model",
@@ -28,8 +33,12 @@ _SPEC_KEYS = frozenset(
         "s3_failure_path",
         "serverless",
         "stream_parts",
+        "inference_components",
+        "mode",
+        "session_ttl_seconds",
     }
 )
+_TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url"})
 _COUNTERS = (
     "requests",
     "invocations_ok",
@@ -45,6 +54,8 @@ _COUNTERS = (
     "async_submitted",
     "async_succeeded",
     "async_failed",
+    "sessions_opened",
+    "sessions_closed",
 )
 
 
@@ -124,11 +135,40 @@ class Endpoint:
         self.model_url: str | None = spec.get("model_url")
         self.outputs: list[str] | None = spec.get("outputs")
         variants = spec.get("variants") or {"AllTraffic": 1.0}
-        if not isinstance(variants, dict) or not all(isinstance(w, (int, float)) and w >= 0 for w in variants.values()):
-            raise ValueError("variants must map variant names to non-negative weights")
-        if sum(variants.values()) <= 0:
+        if not isinstance(variants, dict):
+            raise ValueError("variants must map variant names to weights or to {weight, model, outputs} objects")
+        self.variants: dict[str, float] = {}
+        #: variant name → its own model (variants without a ``model`` use the endpoint's)
+        self.variant_models: dict[str, Model] = {}
+        for variant, setting in variants.items():
+            weight = setting.get("weight", 1.0) if isinstance(setting, dict) else setting
+            if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+                raise ValueError(f"variant {variant!r}: the weight must be a non-negative number")
+            self.variants[str(variant)] = float(weight)
+            if isinstance(setting, dict):
+                model = _target_model(f"variant {variant!r}", setting)
+                if model is not None:
+                    self.variant_models[str(variant)] = model
+        if sum(self.variants.values()) <= 0:
             raise ValueError("at least one variant needs a positive weight")
-        self.variants: dict[str, float] = {str(k): float(v) for k, v in variants.items()}
+        components = spec.get("inference_components") or {}
+        if not isinstance(components, dict):
+            raise ValueError("inference_components must map component names to {model, outputs} objects")
+        #: inference component name → its model (when any are set, every real-time request must name one)
+        self.inference_components: dict[str, Model] = {}
+        self._component_specs: dict[str, dict[str, Any]] = {}
+        for component, setting in components.items():
+            model = _target_model(f"inference component {component!r}", setting if isinstance(setting, dict) else {})
+            if model is None:
+                raise ValueError(f"inference component {component!r} needs a model")
+            self.inference_components[str(component)] = model
+            self._component_specs[str(component)] = dict(setting)
+        self._variant_specs = {str(k): v for k, v in variants.items()}
+        self.mode = str(spec.get("mode") or "any")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}")
+        self.session_ttl_seconds = float(spec.get("session_ttl_seconds") or DEFAULT_SESSION_TTL_SECONDS)
+        self._sessions: dict[str, float] = {}  # session id -> expiry (time.time())
         default_max = SERVERLESS_MAX_PAYLOAD_BYTES if spec.get("serverless") else DEFAULT_MAX_PAYLOAD_BYTES
         self.max_payload_bytes = int(spec.get("max_payload_bytes") or default_max)
         self.stream_parts = max(1, int(spec.get("stream_parts") or 4))
@@ -137,6 +177,7 @@ class Endpoint:
             "/"
         )
         self.created = time.monotonic()
+        self._not_ready_answers = 0
         self.stats = Stats()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -169,17 +210,84 @@ class Endpoint:
             return self._executor
 
     def not_ready(self) -> bool:
-        """True while the endpoint is within ``model_not_ready_seconds`` of its creation (or the container is down)."""
+        """True for the first ``model_not_ready_requests`` requests, while the endpoint is within
+        ``model_not_ready_seconds`` of its creation, or while a forwarded container does not answer ``/ping``."""
+        if self.faults.model_not_ready_requests:
+            with self._lock:
+                if self._not_ready_answers < self.faults.model_not_ready_requests:
+                    self._not_ready_answers += 1
+                    return True
         if time.monotonic() - self.created < self.faults.model_not_ready_seconds:
             return True
         ping = getattr(self.model, "ping", None)
         return bool(ping is not None and not ping())
 
     def pick_variant(self, target: str | None) -> str:
-        """The target variant if known, else one chosen by weight."""
-        if target and target in self.variants:
+        """The target variant; without one, a variant chosen by weight. An unknown one is the service's
+        ValidationError."""
+        if target:
+            if target not in self.variants:
+                raise ServiceError(
+                    "ValidationError",
+                    f"The variant {target} does not exist on endpoint {self.name}; its variants are "
+                    f"{', '.join(sorted(self.variants))}.",
+                )
             return target
         return self.dice.choose({k: v for k, v in self.variants.items() if v > 0})
+
+    def pick_model(self, variant: str, component: str | None) -> Model:
+        """The model answering a real-time request: the inference component's, else the variant's, else the
+        endpoint's. With inference components set, the request must name a known one."""
+        if self.inference_components:
+            if not component:
+                raise ServiceError(
+                    "ValidationError",
+                    f"Endpoint {self.name} hosts inference components: InferenceComponentName is required.",
+                )
+            model = self.inference_components.get(component)
+            if model is None:
+                raise ServiceError(
+                    "ValidationError",
+                    f"Inference component {component} not found on endpoint {self.name}.",
+                )
+            return model
+        return self.variant_models.get(variant, self.model)
+
+    def open_session(self) -> tuple[str, float]:
+        """A new stateful session: its id and expiry (epoch seconds)."""
+        session_id = secrets.token_hex(16)
+        expiry = time.time() + self.session_ttl_seconds
+        with self._lock:
+            self._sessions[session_id] = expiry
+        self.stats.add("sessions_opened")
+        return session_id, expiry
+
+    def check_session(self, session_id: str) -> None:
+        """Raise the service's ValidationError unless ``session_id`` is an open session of this endpoint."""
+        with self._lock:
+            expiry = self._sessions.get(session_id)
+            if expiry is not None and expiry < time.time():
+                del self._sessions[session_id]
+                expiry = None
+        if expiry is None:
+            raise ServiceError(
+                "ValidationError",
+                f"Session {session_id} of endpoint {self.name} does not exist or has expired or been closed; "
+                "start a new one with SessionId NEW_SESSION.",
+            )
+
+    def close_session(self, session_id: str) -> None:
+        """End an open session (requests with its id are rejected from now on)."""
+        with self._lock:
+            closed = self._sessions.pop(session_id, None) is not None
+        if closed:
+            self.stats.add("sessions_closed")
+
+    def open_sessions(self) -> int:
+        """The sessions open now."""
+        now = time.time()
+        with self._lock:
+            return sum(1 for expiry in self._sessions.values() if expiry >= now)
 
     def describe(self) -> dict[str, Any]:
         """The endpoint's settings as plain JSON."""
@@ -189,6 +297,10 @@ class Endpoint:
             "model_url": self.model_url,
             "outputs": self.outputs,
             "variants": self.variants,
+            "variant_models": {k: v for k, v in self._variant_specs.items() if isinstance(v, dict) and "model" in v},
+            "inference_components": self._component_specs,
+            "mode": self.mode,
+            "session_ttl_seconds": self.session_ttl_seconds,
             "max_payload_bytes": self.max_payload_bytes,
             "stream_parts": self.stream_parts,
             "s3_output_path": self.s3_output_path,
@@ -202,6 +314,16 @@ class Endpoint:
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
+
+
+def _target_model(label: str, setting: dict[str, Any]) -> Model | None:
+    """The model of a variant or inference component spec, or ``None`` when it names none."""
+    unknown = sorted(set(setting) - _TARGET_KEYS)
+    if unknown:
+        raise ValueError(f"{label}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_TARGET_KEYS))}")
+    if "model" not in setting:
+        return None
+    return build_model(model=str(setting["model"]), outputs=setting.get("outputs"), model_url=setting.get("model_url"))
 
 
 class Registry:

@@ -26,7 +26,21 @@ ERROR_STATUS: dict[str, int] = {
     "InternalDependencyException": 530,
     "ModelNotReadyException": 429,
     "ThrottlingException": 400,
+    "MissingAuthenticationTokenException": 403,
+    "IncompleteSignatureException": 403,
+    "UnrecognizedClientException": 403,
+    "InvalidSignatureException": 403,
 }
+#: Codes raised by the service's authentication layer (their ``x-amzn-ErrorType`` names another namespace).
+_AUTH_CODES = frozenset(
+    {
+        "MissingAuthenticationTokenException",
+        "IncompleteSignatureException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+    }
+)
+_AUTH_ERROR_TYPE_SUFFIX = ":http://internal.amazon.com/coral/com.amazon.coral.service/"
 #: Codes allowed for the ``error_5xx_code`` fault.
 FAULT_5XX_CODES = frozenset({"ServiceUnavailable", "InternalFailure", "InternalDependencyException"})
 
@@ -48,7 +62,8 @@ class ServiceError(Exception):
 
     def headers(self) -> dict[str, str]:
         """The response headers of this error."""
-        return {"x-amzn-ErrorType": self.code + _ERROR_TYPE_SUFFIX, "Content-Type": "application/json"}
+        suffix = _AUTH_ERROR_TYPE_SUFFIX if self.code in _AUTH_CODES else _ERROR_TYPE_SUFFIX
+        return {"x-amzn-ErrorType": self.code + suffix, "Content-Type": "application/json"}
 
     def body(self) -> bytes:
         """The JSON body of this error."""

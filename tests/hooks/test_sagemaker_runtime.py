@@ -29,6 +29,7 @@ from airflow_provider_smrt.exceptions import (
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES
 from airflow_provider_smrt.retry import NO_RETRY, RetryPolicy
+from tests.support import local_control
 
 FAST = RetryPolicy(max_attempts=30, base_delay=0.001, max_delay=0.02, throttle_base_delay=0.002, deadline=60)
 
@@ -237,6 +238,10 @@ def test_failing_call_logs_no_body_custom_attributes_or_credentials(
     key_id, secret = "AKIASENTINELKEY00001", "sentinel/secret/value/0000000000000000000"
     conn = json.loads(local_stack.airflow_conn)
     conn["login"], conn["password"] = key_id, secret
+    # the local endpoint verifies SigV4: it must know this key pair to let the request reach the model
+    local_control.control_request(
+        local_stack.runtime_endpoint_url, "PUT", "credentials", {"access_key_id": key_id, "secret_access_key": secret}
+    )
     monkeypatch.setenv("AIRFLOW_CONN_SENTINEL_AWS", json.dumps(conn))
     hook = SageMakerRuntimeHook(aws_conn_id="sentinel_aws", retry_policy=FAST)
     endpoint = make_endpoint("sum", faults={"poison_value": 424242})

@@ -80,17 +80,21 @@ def test_5xx_faults(runtime_client: Any, make_endpoint: Any, endpoint_stats: Any
 
 
 def test_model_not_ready_then_ready(runtime_client: Any, make_endpoint: Any, endpoint_stats: Any) -> None:
-    import time
-
-    name = make_endpoint("sum", faults={"model_not_ready_seconds": 0.6})
-    err = _invoke_error(runtime_client, name)
-    assert err.response["Error"]["Code"] == "ModelNotReadyException"
-    assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 429
-    time.sleep(0.7)
+    name = make_endpoint("sum", faults={"model_not_ready_requests": 2})
+    for _ in range(2):
+        err = _invoke_error(runtime_client, name)
+        assert err.response["Error"]["Code"] == "ModelNotReadyException"
+        assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 429
     ok = runtime_client.invoke_endpoint(EndpointName=name, Body=b"1,2,3\n", ContentType="text/csv")
     assert ok["Body"].read() == b"6.0\n"
     stats = endpoint_stats(name)
-    assert (stats["not_ready"], stats["invocations_ok"]) == (1, 1)
+    assert (stats["not_ready"], stats["invocations_ok"]) == (2, 1)
+
+
+def test_model_not_ready_for_a_time_window(runtime_client: Any, make_endpoint: Any) -> None:
+    name = make_endpoint("sum", faults={"model_not_ready_seconds": 600})
+    err = _invoke_error(runtime_client, name)
+    assert err.response["Error"]["Code"] == "ModelNotReadyException"
 
 
 def test_unsupported_content_type_is_model_error_415(runtime_client: Any, make_endpoint: Any) -> None:

@@ -9,6 +9,7 @@ import boto3
 import pyarrow as pa
 import pytest
 
+from tests.support import local_control
 from tests.support.aws_calls import record_aws_calls
 from tests.support.connections import env
 from tests.support.dag_runs import ROOT, run_dag
@@ -56,6 +57,10 @@ def test_no_secret_leaks_sse_kms_owner_and_iam_policy(capfd: pytest.CaptureFixtu
     for half, rows in (("a", range(0, 150)), ("b", range(150, 300))):
         put_parquet(rig.s3, f"{rig.prefix}in/{half}.parquet", _dataset().slice(rows.start, len(rows)))
     endpoint = rig.make_endpoint("sum", faults={"poison_value": -999})
+    # the local endpoint verifies SigV4: it must know the connection's key pair
+    local_control.control_request(
+        rig.stack.runtime_endpoint_url, "PUT", "credentials", {"access_key_id": LOGIN, "secret_access_key": PASSWORD}
+    )
     op = {
         "passthrough_columns": ["id", "note"],
         "max_error_ratio": 0.05,
