@@ -14,8 +14,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from airflow_provider_smrt.local.endpoint import EndpointServer, verify_signatures_default
-from tests.support import local_control
 from tests.local.signing import signed_headers
+from tests.support import local_control
 
 BODY = b"1,2,3\n4,5,6\n"
 _HTTP = urllib3.PoolManager()
