@@ -132,6 +132,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
         self.read_timeout = read_timeout
         self.transport = transport
         self._conn_lean: tuple[Any, LeanTransport | None] | None = None  # (hook.conn, its transport)
+        #: The path the last built invoker or client uses: ``"lean"`` or ``"botocore"`` (None before any).
+        self.transport_in_use: str | None = None
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -153,6 +155,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             lean, reason = None, 'transport="botocore"'
         else:
             lean, reason = lean_transport_for(client)
+        self.transport_in_use = "lean" if lean is not None else "botocore"
         if lean is not None:
             self.log.info(
                 "SageMaker Runtime transport: lean (botocore's signer and HTTP session to %s)", client.meta.endpoint_url

@@ -15,22 +15,22 @@ import functools
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 import urllib.parse
-import uuid
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import orjson
 
 from airflow_provider_smrt.local import async_jobs, validation, wire
+from airflow_provider_smrt.local.async_routes import AsyncRoutes
+from airflow_provider_smrt.local.control import ControlRoutes
 from airflow_provider_smrt.local.models import Model, ModelFailure, Prediction
 from airflow_provider_smrt.local.sigv4 import SignatureVerifier
-from airflow_provider_smrt.local.state import DEFAULT_MAX_PAYLOAD_BYTES, Endpoint, Registry, Stats
+from airflow_provider_smrt.local.state import DEFAULT_MAX_PAYLOAD_BYTES, Endpoint, Registry
 from airflow_provider_smrt.local.wire import ServiceError
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,6 @@ RECORDED_HEADERS = (
     "X-Amzn-SageMaker-Session-Id",
 )
 _MODEL_HEADERS = (*RECORDED_HEADERS, "X-Amzn-SageMaker-Custom-Attributes")
-_DRAIN_CHUNK = 1 << 20
 _RESET = object()
 #: Set to ``0`` (or ``false``/``no``/``off``) to accept unsigned requests (the default of ``verify_signatures``).
 VERIFY_SIGNATURES_ENV = "SMRT_LOCAL_VERIFY_SIGNATURES"
@@ -150,7 +149,7 @@ def _s3_client(endpoint_url: str) -> Any:
     )
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(ControlRoutes, AsyncRoutes):
     protocol_version = "HTTP/1.1"
     server_version = "smrt-local"
     wbufsize = 1 << 16  # one send per response; BaseHTTPRequestHandler flushes after each request
@@ -196,81 +195,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": f"no route for {method} {path}"})
         except (ConnectionError, TimeoutError):
             self.close_connection = True
-
-    # ---------------------------------------------------------------- bodies
-    def _content_length(self) -> int:
-        try:
-            return max(0, int(self.headers.get("Content-Length") or 0))
-        except ValueError:
-            return 0
-
-    def _chunked(self) -> bool:
-        return "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-
-    def _read_body(self, limit: int | None = None) -> tuple[bytes, int]:
-        """The body and its size in bytes, counted as read (Content-Length or chunked transfer encoding).
-
-        Past ``limit`` bytes the rest is read and counted but not kept (the body returned is then incomplete).
-        """
-        kept: list[bytes] = []
-        size = 0
-
-        def take(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if limit is None or size <= limit:
-                kept.append(data)
-
-        if self._chunked():
-            while True:
-                line = self.rfile.readline()
-                if not line:
-                    raise ConnectionError("the client closed the connection inside a chunked body")
-                chunk = int(line.split(b";", 1)[0].strip() or b"0", 16)
-                if chunk == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                while chunk > 0:
-                    data = self.rfile.read(min(chunk, _DRAIN_CHUNK))
-                    if not data:
-                        raise ConnectionError("the client closed the connection inside a chunk")
-                    take(data)
-                    chunk -= len(data)
-                self.rfile.readline()
-        else:
-            remaining = self._content_length()
-            while remaining > 0:
-                data = self.rfile.read(min(remaining, _DRAIN_CHUNK))
-                if not data:
-                    raise ConnectionError("the client closed the connection inside the body")
-                take(data)
-                remaining -= len(data)
-        return b"".join(kept), size
-
-    def _drain_body(self) -> None:
-        self._read_body(limit=0)
-
-    # ---------------------------------------------------------------- responses
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _send_error(self, error: ServiceError) -> None:
-        self._send(error.status, error.body(), error.headers())
-
-    def _send_json(self, status: int, doc: Any) -> None:
-        self._send(status, orjson.dumps(doc), {"Content-Type": "application/json"})
-
-    def _reset(self) -> None:
-        """Close the socket without answering (RST), as a broken connection does."""
-        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.close_connection = True
 
     # ---------------------------------------------------------------- invocations
     def _invoke(self, name: str, kind: str) -> None:
@@ -450,162 +374,6 @@ class _Handler(BaseHTTPRequestHandler):
         endpoint.stats.add("invocations_ok")
         endpoint.stats.add("rows_ok", prediction.rows)
 
-    def _answer_stream(self, endpoint: Endpoint, prediction: Prediction, variant: str) -> None:
-        """Event-stream framing over chunked transfer encoding; optionally break off with an exception event."""
-        self.send_response(200)
-        self.send_header("Content-Type", "application/vnd.amazon.eventstream")
-        self.send_header("X-Amzn-SageMaker-Content-Type", prediction.content_type)
-        self.send_header("x-Amzn-Invoked-Production-Variant", variant)
-        if prediction.custom_attributes:
-            self.send_header("X-Amzn-SageMaker-Custom-Attributes", prediction.custom_attributes)
-        self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        data = prediction.body
-        n_parts = max(1, min(endpoint.stream_parts, len(data)))
-        bounds = [len(data) * i // n_parts for i in range(n_parts + 1)]
-        fail_after = endpoint.faults.stream_error_after_parts
-        for index in range(n_parts):
-            if fail_after is not None and index >= fail_after:
-                break
-            self._write_chunk(wire.payload_part(data[bounds[index] : bounds[index + 1]]))
-        if fail_after is not None and fail_after < n_parts:
-            kind = endpoint.faults.stream_error_type
-            message = "The model stream broke off." if kind == "ModelStreamError" else "Internal stream failure."
-            code = "ModelStreamError" if kind == "ModelStreamError" else None
-            self._write_chunk(wire.stream_exception(kind, message, error_code=code))
-            endpoint.stats.add("stream_errors")
-        else:
-            endpoint.stats.add("invocations_ok")
-            endpoint.stats.add("rows_ok", prediction.rows)
-        self.wfile.write(b"0\r\n\r\n")
-
-    def _write_chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
-
-    def _submit_async(self, endpoint: Endpoint, body: bytes) -> None:
-        h = self.headers
-        location = h.get("X-Amzn-SageMaker-InputLocation")
-        if bool(location) == bool(body):
-            raise ServiceError("ValidationError", "Exactly one of InputLocation and Body must be given.")
-        ttl = _int_header(
-            h.get("X-Amzn-SageMaker-RequestTTLSeconds"), async_jobs.DEFAULT_TTL_SECONDS, 60, 21_600, "RequestTTLSeconds"
-        )
-        timeout = _int_header(
-            h.get("X-Amzn-SageMaker-InvocationTimeoutSeconds"),
-            async_jobs.DEFAULT_TIMEOUT_SECONDS,
-            1,
-            3_600,
-            "InvocationTimeoutSeconds",
-        )
-        inference_id = h.get("X-Amzn-SageMaker-Inference-Id") or str(uuid.uuid4())
-        extension = (h.get("X-Amzn-SageMaker-S3OutputPathExtension") or "").strip("/")
-        prefix = f"{extension}/" if extension else ""
-        filename = h.get("X-Amzn-SageMaker-Filename") or f"{inference_id}.out"
-        job = async_jobs.AsyncJob(
-            endpoint=endpoint,
-            inference_id=inference_id,
-            input_location=location or None,
-            inline_body=body or None,
-            content_type=h.get("X-Amzn-SageMaker-Content-Type"),
-            accept=h.get("X-Amzn-SageMaker-Accept"),
-            custom_attributes=h.get("X-Amzn-SageMaker-Custom-Attributes"),
-            ttl_seconds=ttl,
-            timeout_seconds=timeout,
-            output_location=f"{endpoint.s3_output_path}/{prefix}{filename}",
-            failure_location=f"{endpoint.s3_failure_path}/{prefix}{inference_id}-error.out",
-            enqueued=time.monotonic(),
-        )
-        self.server.async_processor.submit(job)
-        headers = {
-            "Content-Type": "application/json",
-            "X-Amzn-SageMaker-OutputLocation": job.output_location,
-            "X-Amzn-SageMaker-FailureLocation": job.failure_location,
-        }
-        self._send(202, orjson.dumps({"InferenceId": inference_id}), headers)
-
-    # ---------------------------------------------------------------- control API
-    def _control(self, method: str, parts: list[str]) -> None:
-        registry = self.server.registry
-        raw, _ = self._read_body()
-        try:
-            doc = orjson.loads(raw) if raw.strip() else {}
-        except orjson.JSONDecodeError:
-            self._send_json(400, {"error": "the body is not JSON"})
-            return
-        if parts == ["health"] and method == "GET":
-            self._send_json(
-                200,
-                {
-                    "status": "ok",
-                    "endpoints": registry.names(),
-                    "s3_endpoint_url": self.server.s3_endpoint_url,
-                    "verify_signatures": self.server.verifier.enabled,
-                },
-            )
-            return
-        if parts == ["credentials"] and method == "GET":
-            self._send_json(
-                200,
-                {
-                    "verify_signatures": self.server.verifier.enabled,
-                    "access_key_ids": self.server.verifier.access_key_ids(),
-                },
-            )
-            return
-        if parts == ["credentials"] and method == "PUT":
-            key_id = doc.get("access_key_id") if isinstance(doc, dict) else None
-            secret = doc.get("secret_access_key") if isinstance(doc, dict) else None
-            if not (isinstance(key_id, str) and key_id and isinstance(secret, str) and secret):
-                self._send_json(400, {"error": "give access_key_id and secret_access_key (non-empty strings)"})
-                return
-            self.server.verifier.register(key_id, secret)
-            self._send_json(200, {"registered": key_id})
-            return
-        if parts == ["endpoints"] and method == "GET":
-            self._send_json(200, {"endpoints": registry.names()})
-            return
-        if len(parts) < 2 or parts[0] != "endpoints":
-            self._send_json(404, {"error": "unknown control path"})
-            return
-        name, rest = parts[1], parts[2:]
-        if not rest and method == "PUT":
-            if not isinstance(doc, dict):
-                self._send_json(400, {"error": "the body must be a JSON object"})
-                return
-            try:
-                created = registry.put(name, doc)
-            except (ValueError, TypeError) as err:
-                self._send_json(400, {"error": str(err)})
-                return
-            self._send_json(200, created.describe())
-            return
-        endpoint = registry.get(name)
-        if endpoint is None:
-            self._send_json(404, {"error": f"no endpoint {name}"})
-            return
-        if not rest and method == "GET":
-            self._send_json(200, endpoint.describe())
-        elif not rest and method == "DELETE":
-            registry.delete(name)
-            self._send_json(200, {"deleted": name})
-        elif rest == ["faults"] and method in ("PATCH", "PUT"):
-            try:
-                endpoint.set_faults(doc if isinstance(doc, dict) else None, merge=method == "PATCH")
-            except (ValueError, TypeError) as err:
-                self._send_json(400, {"error": str(err)})
-                return
-            self._send_json(200, endpoint.describe()["faults"])
-        elif rest == ["stats"] and method == "GET":
-            self._send_json(200, endpoint.stats.snapshot())
-        elif rest == ["stats"] and method == "DELETE":
-            endpoint.stats = Stats()
-            self._send_json(200, endpoint.stats.snapshot())
-        else:
-            self._send_json(404, {"error": f"no route for {method} /_local/{'/'.join(parts)}"})
-
-
 def _extra_problem(member: str, value: str) -> str | None:
     """Rules the model's patterns do not state: an InputLocation must name an object, not only a bucket."""
     if member == "InputLocation":
@@ -626,15 +394,3 @@ def _is_close_request(headers: Any, body: bytes) -> bool:
     except orjson.JSONDecodeError:
         return False
     return isinstance(doc, dict) and doc.get("requestType") == "CLOSE"
-
-
-def _int_header(value: str | None, default: int, low: int, high: int, name: str) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except ValueError as err:
-        raise ServiceError("ValidationError", f"{name} must be an integer.") from err
-    if not low <= number <= high:
-        raise ServiceError("ValidationError", f"{name} must be between {low} and {high}.")
-    return number

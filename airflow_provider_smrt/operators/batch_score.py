@@ -229,6 +229,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self._job = self.build_job(map_index)
         try:
             summary = self._job.run()
+            summary["transport"] = self.hook.transport_in_use
         finally:
             if self._model_log_stream_arn:
                 SageMakerModelLogsLink.persist_arn(context, self, self._model_log_stream_arn)

@@ -210,7 +210,7 @@ def test_mapped_fan_out_equals_single_run(s3_client: Any, make_endpoint: Any, s3
 
 
 @pytest.mark.parametrize(
-    ("dag_id", "path"), [("t_score_lean", "transport: lean"), ("t_score_botocore", "transport: botocore client")]
+    ("dag_id", "path"), [("t_score_lean", "lean"), ("t_score_botocore", "botocore")]
 )
 def test_transport_parameter_picks_the_path_and_both_score_every_row(
     dag_id: str, path: str, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
@@ -221,7 +221,7 @@ def test_transport_parameter_picks_the_path_and_both_score_every_row(
     conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
     run = run_dag(dag_id, conf)
     assert run.state == "success", run.states
-    assert path in run.log_text
+    assert run.xcom("score")["transport"] == path
     out = read_parts(s3_client, s3_prefix + "out/")
     assert out.num_rows == 300 == endpoint_stats(endpoint)["rows_ok"]
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from airflow_provider_smrt.async_inference.ledger import output_id
 from airflow_provider_smrt.exceptions import ParameterValidationError, ThrottlingError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, InvokeEndpointAsyncResult
 from airflow_provider_smrt.operators.invoke_endpoint_async import (
@@ -134,7 +135,7 @@ def test_bounded_concurrency_and_ledger_on_failure(s3_client: Any, s3_prefix: st
     assert hook.calls == 40 and hook.max_in_flight == 3
     assert [r["input"] for r in records] == inputs
     assert all(RECORD_KEYS <= set(r) for r in records)
-    assert all(r["output_location"].endswith(f"/{r['inference_id']}.out") for r in records)
+    assert all(r["output_location"].endswith(f"/{output_id(r['inference_id'])}.out") for r in records)
 
     # A failure stops new submissions; what was submitted is in the ledger, so a retry skips it.
     failing = _FakeHook(fail_at=10)
