@@ -13,15 +13,26 @@ The variants run paired and interleaved (A, B, C, A, B, C, ...) in ``--rounds`` 
 over the rounds of its ratio to the reference in the same round, so load that drifts during the run
 meets every variant alike. Target: the lean path <= 0.45x boto3's default client.
 
-With ``--profile``, also profiles the lean invoker with cProfile.
+With ``--floor``, the same rounds also measure, as references for where the lean path's floor is
+(none of them is a transport the hook could use):
 
-Run: ``.venv/bin/python bench/bench_hook.py [--rounds 9] [--calls 300] [--threads 8] [--profile]``
+- ``SigV4Auth + urllib3 pool``: botocore's signer on an ``AWSRequest`` and a plain urllib3
+  connection pool's ``urlopen``, nothing else (the least these parts can do per call);
+- ``SigV4Auth + http.client``: the same signer and the standard library's HTTP connection, one per
+  thread (what is left without urllib3's layers);
+- ``SigV4Auth alone`` and ``SHA-256 of the body alone`` (no request sent).
+
+With ``--profile``, also profiles the lean invoker with cProfile (CPU time of the calling thread).
+
+Run: ``.venv/bin/python bench/bench_hook.py [--rounds 9] [--calls 300] [--threads 8] [--floor] [--profile]``
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
+import http.client
 import io
 import pstats
 import statistics
@@ -91,11 +102,51 @@ def paired(variants: dict[str, Callable[[], object]], *, rounds: int, calls: int
         )
 
 
+def floor_variants(url: str, name: str, credentials: object, pool_size: int) -> dict[str, Callable[[], object]]:
+    """The reference pieces of ``--floor`` (see the module docstring), against endpoint ``name``."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from urllib3 import HTTPConnectionPool
+    from urllib3.util.retry import Retry
+
+    target = f"{url}/endpoints/{name}/invocations"
+    path = f"/endpoints/{name}/invocations"
+    host = url.split("//", 1)[1]
+    headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+    pool = HTTPConnectionPool(*host.split(":"), maxsize=pool_size, block=True)
+    local = threading.local()
+
+    def signed() -> dict[str, str]:
+        request = AWSRequest(method="POST", url=target, headers=headers, data=BODY)
+        frozen = credentials.get_frozen_credentials()  # type: ignore[attr-defined]
+        SigV4Auth(frozen, "sagemaker", "us-east-1").add_auth(request)
+        return dict(request.headers.items())
+
+    def with_urllib3() -> bytes:
+        response = pool.urlopen("POST", path, body=BODY, headers=signed(), retries=Retry(False))
+        return bytes(response.data)
+
+    def with_http_client() -> bytes:
+        connection = getattr(local, "connection", None)
+        if connection is None:
+            connection = local.connection = http.client.HTTPConnection(host)
+        connection.request("POST", path, body=BODY, headers=signed())
+        return connection.getresponse().read()
+
+    return {
+        "floor: SigV4Auth + urllib3 pool": with_urllib3,
+        "floor: SigV4Auth + http.client": with_http_client,
+        "floor: SigV4Auth alone": signed,
+        "floor: SHA-256 of the body alone": lambda: hashlib.sha256(BODY).hexdigest(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9, help="paired rounds (>= 5)")
     parser.add_argument("--calls", type=int, default=300, help="calls per variant per round")
     parser.add_argument("--threads", type=int, default=8, help="threads for the threaded section (0: skip it)")
+    parser.add_argument("--floor", action="store_true", help="also measure the floor's pieces (see the docstring)")
     parser.add_argument("--profile", action="store_true", help="profile the lean invoker with cProfile")
     args = parser.parse_args()
     if args.rounds < 5:
@@ -131,12 +182,15 @@ def main() -> None:
             "hook.make_invoker, botocore path": lambda: botocore_path(BODY),
             "hook.make_invoker, lean path": lambda: lean_path(BODY),
         }
+        if args.floor:
+            variants.update(floor_variants(url, name, boto3_client._request_signer._credentials, pool))
         expected = boto3_call()
         for label, fn in variants.items():  # warm up: connections, lazy imports, caches; and the same answer
             for _ in range(50):
                 result = fn()
-            body = result if isinstance(result, bytes) else result.body  # type: ignore[attr-defined]
-            assert body == expected, label
+            if not label.startswith("floor: SigV4Auth alone") and not label.startswith("floor: SHA"):
+                body = result if isinstance(result, bytes) else result.body  # type: ignore[attr-defined]
+                assert body == expected, label
 
         paired(variants, rounds=args.rounds, calls=args.calls, threads=1)
         if args.threads:
@@ -145,7 +199,7 @@ def main() -> None:
         print(f"\nendpoint: {stats['requests']} requests, max {stats['max_concurrent']} at once; {load()}")
 
         if args.profile:
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.thread_time)
             profiler.enable()
             for _ in range(args.calls):
                 lean_path(BODY)

@@ -64,6 +64,37 @@ _CALL_EVENTS = (
 #: The operations this transport sends.
 LEAN_OPERATIONS = ("InvokeEndpoint", "InvokeEndpointAsync")
 
+#: One attempt, as botocore's session asks urllib3 (``Retry(False)``); urllib3 derives a new one on each
+#: increment, so one instance serves every call.
+_NO_RETRIES = Retry(False)
+_HEADERS_TO_SIGN = "smrt_headers_to_sign"
+
+
+class _Request(AWSRequest):
+    """botocore's :class:`~botocore.awsrequest.AWSRequest` with a bytes body, read as given.
+
+    ``AWSRequest.body`` prepares the whole request (URL, headers, body) on every read to return the
+    body; for bytes that is the bytes themselves (``None`` when empty), which this returns directly.
+    """
+
+    @property
+    def body(self) -> bytes | None:
+        return self.data or None
+
+
+class _SigV4Auth(SigV4Auth):
+    """botocore's SigV4 signer, selecting the headers to sign once per request.
+
+    ``add_auth`` selects them twice (for the canonical request, then for the Authorization header's
+    SignedHeaders), from the same headers; the second selection is the first one's result.
+    """
+
+    def headers_to_sign(self, request: Any) -> Any:
+        selected = request.context.get(_HEADERS_TO_SIGN)
+        if selected is None:
+            selected = request.context[_HEADERS_TO_SIGN] = super().headers_to_sign(request)
+        return selected
+
 
 def _handler_key(handler: Any) -> tuple[str, str]:
     func = getattr(handler, "func", handler)  # functools.partial
@@ -131,7 +162,7 @@ class PreparedCall:
     url: str
     path: str
     headers: tuple[tuple[str, str], ...]
-    #: The output's (member, header name) pairs when the output is a blob payload and string headers, else None.
+    #: The output's (member, lower-case header name) pairs for a blob payload and string headers, else None.
     header_members: tuple[tuple[str, str], ...] | None
     payload_member: str | None
 
@@ -186,8 +217,8 @@ class LeanTransport:
 
     def signed_request(self, call: PreparedCall, body: bytes | None) -> AWSRequest:
         """The request of ``call`` with ``body``, signed with the credentials as they are now."""
-        request = AWSRequest(method=call.method, url=call.url, headers=dict(call.headers), data=body or b"")
-        SigV4Auth(self._credentials.get_frozen_credentials(), self._signing_name, self._region_name).add_auth(request)
+        request = _Request(method=call.method, url=call.url, headers=dict(call.headers), data=body or b"")
+        _SigV4Auth(self._credentials.get_frozen_credentials(), self._signing_name, self._region_name).add_auth(request)
         # botocore's client adds these after signing (its signer is the first request-created handler): unsigned.
         request.headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
         request.headers["amz-sdk-request"] = "attempt=1"  # botocore's value on a first attempt
@@ -206,7 +237,7 @@ class LeanTransport:
                 url=call.path,
                 body=body or None,
                 headers=dict(request.headers.items()),
-                retries=Retry(False),
+                retries=_NO_RETRIES,
                 assert_same_host=False,
                 preload_content=True,
                 decode_content=False,
@@ -232,10 +263,10 @@ class LeanTransport:
         if call.header_members is not None:
             # A blob payload and string headers (InvokeEndpoint): what the parser would return, from the model's
             # header names, without its per-call dispatch.
-            headers = response.headers
+            headers = lowercase_dict(response.headers)
             parsed = {member: headers[name] for member, name in call.header_members if name in headers}
             parsed[call.payload_member or "Body"] = response.data
-            metadata = {"HTTPStatusCode": response.status, "HTTPHeaders": lowercase_dict(headers)}
+            metadata = {"HTTPStatusCode": response.status, "HTTPHeaders": headers}
             if "x-amzn-requestid" in headers:
                 metadata["RequestId"] = headers["x-amzn-requestid"]
             parsed["ResponseMetadata"] = metadata
@@ -251,7 +282,7 @@ def _output_layout(shape: Any) -> dict[str, Any]:
     payload = shape.serialization.get("payload")
     members = shape.members
     headers = tuple(
-        (name, member.serialization["name"])
+        (name, member.serialization["name"].lower())
         for name, member in members.items()
         if name != payload and member.serialization.get("location") == "header" and member.type_name == "string"
     )

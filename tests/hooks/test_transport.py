@@ -177,6 +177,25 @@ def test_lean_signature_is_botocores(monkeypatch: pytest.MonkeyPatch, make_endpo
     assert "x-amzn-sagemaker-custom-attributes" in lean_request.headers["Authorization"]
 
 
+def test_the_body_is_hashed_once_per_signed_request(monkeypatch: pytest.MonkeyPatch, make_endpoint: Any) -> None:
+    """SigV4 signs the payload's SHA-256: one hash of the body per request, the signer's own."""
+    hashed: list[int] = []
+    real_sha256 = botocore.auth.sha256
+
+    def counting_sha256(data: bytes = b"") -> Any:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(botocore.auth, "sha256", counting_sha256)
+    client = make_hook().conn
+    transport = LeanTransport(client)
+    call = transport.prepare("InvokeEndpoint", {"EndpointName": make_endpoint("sum"), "ContentType": "text/csv"})
+    body = b"1,2\n" * 1000
+    for _ in range(3):
+        assert transport.send(call, body)["Body"].count(b"\n") == 1000
+    assert hashed.count(len(body)) == 3  # the other hashes are the canonical requests' (short strings)
+
+
 # -- errors classified the same on both paths -----------------------------------------------------
 
 
