@@ -160,6 +160,7 @@ class InOrderWriter:
         #: per part: the checkpoints and the commit still to run, one at a time, in order
         self._queues: dict[int, deque[Callable[[], None]]] = {}
         self._queue_lock = threading.Lock()
+        self._failed_writing = False
 
     def post(self, kind: str, payload: Any, *, drain: bool = True) -> None:
         """Add an event; with ``drain=False`` only add it (the caller holds a lock and drains later)."""
@@ -219,6 +220,7 @@ class InOrderWriter:
             elif written and self.checkpoint_policy is not None:
                 self._maybe_checkpoint(unit, part, written)
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
+            self._failed_writing = True  # a part may hold part of a task: none is checkpointed any more
             self.coordinator.fail(err)
             for items in self._pending.values():  # unblock the workers: nothing more will be written
                 for _ in items:
@@ -286,10 +288,15 @@ class InOrderWriter:
             self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
 
     def close(self) -> None:
-        """After the last event: wait for the commits, then abort the parts still open (a failed run)."""
+        """After the last event: wait for the commits, then abort the parts still open (a failed or
+        cancelled run), checkpointing first the rows written into them since their last checkpoint."""
         self._committer.shutdown(wait=True)
         reason = self.coordinator.error or ScoringCancelledError("scoring stopped")
-        for part in self._parts.values():
+        for unit, part in self._parts.items():
+            if self.checkpoint_policy is not None and not self._failed_writing and part.written_end < unit.end:
+                segment = part.take_segment()
+                if segment is not None:
+                    self._checkpoint(part, segment)
             part.abort(reason)
         self._parts.clear()
         self._since.clear()
