@@ -22,6 +22,8 @@ from airflow_provider_smrt.exceptions import ErrorRatioExceededError
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.checkpoints import (
+    DEFAULT_CHECKPOINT_EVERY_REQUESTS,
+    DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
     UnitCheckpoints,
     checkpoint_folder,
     delete_checkpoint_objects,
@@ -45,6 +47,8 @@ from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_EVERY_REQUESTS",
+    "DEFAULT_CHECKPOINT_INTERVAL_SECONDS",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "IfExists",
