@@ -16,10 +16,10 @@ from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLog
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_PAYLOAD_BYTES,
     DEFAULT_CHECKPOINT_EVERY_REQUESTS,
     DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_MAX_PAYLOAD_BYTES,
     IfExists,
     ScoringConfig,
     ScoringJob,
