@@ -17,6 +17,8 @@ from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
+    DEFAULT_CHECKPOINT_EVERY_REQUESTS,
+    DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_PAYLOAD_BYTES,
     IfExists,
@@ -72,6 +74,11 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     :param s3_write_args: extra arguments for every S3 write of outputs, e.g.
         ``{"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "arn:aws:kms:..."}``.
     :param expected_bucket_owner: account id sent as ``ExpectedBucketOwner`` on every S3 call.
+    :param checkpoint_interval_seconds: a unit (up to 131,072 rows, one output part) being scored leaves
+        durable progress under ``_checkpoints/`` this often (seconds; default 10; None: no time trigger)...
+    :param checkpoint_every_requests: ... or after this many requests, whichever comes first (default 64;
+        None: no request trigger). A rerun sends only the rows no checkpoint or part holds, so a kill
+        loses at most the requests in flight and one interval. Both None: no checkpoints.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
     :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
@@ -129,6 +136,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         enable_explanations: str | None = None,
         s3_write_args: dict[str, Any] | None = None,
         expected_bucket_owner: str | None = None,
+        checkpoint_interval_seconds: float | None = DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+        checkpoint_every_requests: int | None = DEFAULT_CHECKPOINT_EVERY_REQUESTS,
         max_attempts: int = 8,
         progress_interval: float = 5.0,
         transport: Transport = "auto",
@@ -164,6 +173,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.enable_explanations = enable_explanations
         self.s3_write_args = dict(s3_write_args or {})
         self.expected_bucket_owner = expected_bucket_owner
+        self.checkpoint_interval_seconds = checkpoint_interval_seconds
+        self.checkpoint_every_requests = checkpoint_every_requests
         self.max_attempts = max_attempts
         self.progress_interval = progress_interval
         self._job: ScoringJob | None = None

@@ -8,6 +8,11 @@ from typing import Any, Literal
 
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes
+from airflow_provider_smrt.scoring.checkpoints import (
+    DEFAULT_CHECKPOINT_EVERY_REQUESTS,
+    DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+    CheckpointPolicy,
+)
 from airflow_provider_smrt.scoring.codecs.templates import template_columns
 from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
 
@@ -62,6 +67,11 @@ class ScoringConfig:
     response_field: str | None = None
     #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
     invoke_params: dict[str, Any] = field(default_factory=dict)
+    #: A unit being scored leaves a checkpoint this often (seconds; None: no time trigger) ...
+    checkpoint_interval_seconds: float | None = DEFAULT_CHECKPOINT_INTERVAL_SECONDS
+    #: ... or after this many requests written, whichever comes first (None: no request trigger; both
+    #: None: no checkpoints, a kill loses the units not committed). See :mod:`~.checkpoints`.
+    checkpoint_every_requests: int | None = DEFAULT_CHECKPOINT_EVERY_REQUESTS
 
     def validate(self) -> None:
         """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
@@ -78,6 +88,16 @@ class ScoringConfig:
             raise ParameterValidationError("output_uri is required: an s3:// prefix or a local directory")
         if self.manifest_name and not self.manifest_name.startswith("_"):
             raise ParameterValidationError("manifest_name must start with '_' (names starting with '_' are not data)")
+        if self.checkpoint_interval_seconds is not None and not self.checkpoint_interval_seconds > 0:
+            raise ParameterValidationError(
+                f"checkpoint_interval_seconds={self.checkpoint_interval_seconds} must be more than 0 "
+                "(or None for no time trigger)"
+            )
+        if self.checkpoint_every_requests is not None and self.checkpoint_every_requests < 1:
+            raise ParameterValidationError(
+                f"checkpoint_every_requests={self.checkpoint_every_requests} must be at least 1 "
+                "(or None for no request trigger)"
+            )
         if self.request_template is not None:
             template_columns(self.request_template)  # validates the template
             if self.max_rows_per_request not in (None, 1):
@@ -90,6 +110,13 @@ class ScoringConfig:
     def input_uris(self) -> list[str]:
         """``input_uri`` as a list."""
         return [self.input_uri] if isinstance(self.input_uri, str) else list(self.input_uri)
+
+    @property
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        """When a unit being scored leaves a checkpoint."""
+        return CheckpointPolicy(
+            every_seconds=self.checkpoint_interval_seconds, every_requests=self.checkpoint_every_requests
+        )
 
     @property
     def rows_per_request(self) -> int | None:

@@ -21,6 +21,14 @@ import pyarrow.parquet as pq
 from airflow_provider_smrt.exceptions import ErrorRatioExceededError
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
+from airflow_provider_smrt.scoring.checkpoints import (
+    DEFAULT_CHECKPOINT_EVERY_REQUESTS,
+    DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
+    UnitCheckpoints,
+    checkpoint_folder,
+    delete_checkpoint_objects,
+    skip_checkpointed,
+)
 from airflow_provider_smrt.scoring.codecs import get_codec
 from airflow_provider_smrt.scoring.config import (
     DEFAULT_CONCURRENCY,
@@ -39,6 +47,8 @@ from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_EVERY_REQUESTS",
+    "DEFAULT_CHECKPOINT_INTERVAL_SECONDS",
     "DEFAULT_CONCURRENCY",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "IfExists",
@@ -116,9 +126,12 @@ class ScoringJob:
             self.stats.part_rows[part.name] = (scored, failed)
             resumed_rows += scored
             resumed_failed += failed
+        checkpointed = plan.checkpointed_rows
+        checkpointed_failed = sum(checkpoint.failed for checkpoint in plan.checkpoints.values())
         self.stats.rows_total = rows_total
-        self.stats.rows_scored = resumed_rows
-        self.stats.rows_failed = resumed_failed
+        self.stats.rows_scored = resumed_rows + checkpointed - checkpointed_failed
+        self.stats.rows_failed = resumed_failed + checkpointed_failed
+        self.stats.rows_resumed_from_checkpoints = checkpointed
         self.log.info(
             "scoring %d input file(s), %d rows in %d unit(s) against endpoint %r; %d unit(s) already done "
             "(%d rows), %d to score; output %s",
@@ -131,6 +144,14 @@ class ScoringJob:
             len(todo),
             config.output_uri,
         )
+        if plan.checkpoints:
+            self.log.info(
+                "%d unit(s) resume from checkpoints of an earlier run: %d rows not scored again",
+                len(plan.checkpoints),
+                checkpointed,
+            )
+        if plan.stale_checkpoints:  # before the run: it may write checkpoints of the same names
+            delete_checkpoint_objects(self.storage, plan.stale_checkpoints)
         if plan.stale:
             self.log.warning(
                 "%d part(s) under the output were written from a different version of the input or a different "
@@ -177,13 +198,28 @@ class ScoringJob:
             max_rows_per_request=config.rows_per_request,
         )
 
+        policy = config.checkpoint_policy
+
         def open_part(unit: WorkUnit) -> PartWriter:
+            name = plan.names[unit]
+            resumed = plan.checkpoints.get(unit)
+            checkpoints = (
+                UnitCheckpoints(
+                    storage=self.storage,
+                    folder=checkpoint_folder(config.output_uri, name),
+                    unit=unit,
+                    resumed=resumed,
+                )
+                if policy.enabled or resumed is not None
+                else None
+            )
             return PartWriter(
                 storage=self.storage,
                 output_uri=config.output_uri,
-                name=plan.names[unit],
+                name=name,
                 error_passthrough_schema=plan.passthrough_schema,
-                stale_error_part=plan.names[unit] in plan.error_rewrites,
+                stale_error_part=name in plan.error_rewrites,
+                checkpoints=checkpoints,
             )
 
         return Pipeline(
@@ -202,6 +238,8 @@ class ScoringJob:
             coordinator=self.coordinator,
             on_progress=self._progress,
             progress_interval=self.progress_interval,
+            checkpoint_policy=policy,
+            unit_offsets={unit: checkpoint.rows for unit, checkpoint in plan.checkpoints.items()},
         )
 
     def _batches(self, plan: ScoringPlan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
@@ -217,7 +255,7 @@ class ScoringJob:
                 # The planning footer is reused; pre_buffer coalesces each window's column chunks into
                 # one read (one ranged GET on S3).
                 parquet = pq.ParquetFile(handle, metadata=file.metadata, pre_buffer=True)
-                yield from iter_units(parquet, units, columns=columns)
+                yield from skip_checkpointed(iter_units(parquet, units, columns=columns), plan.checkpoints)
 
     def _progress(self, stats: RunStats) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-9)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 import pyarrow as pa
@@ -42,6 +42,7 @@ from airflow_provider_smrt.exceptions import (
 )
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
+from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.codecs import Codec
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
@@ -86,6 +87,8 @@ class Pipeline:
     :param variant_column: if set, an output column holding each row's invoked production variant.
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
+    :param checkpoint_policy: when the writer leaves checkpoints of the units being written (None: never).
+    :param unit_offsets: the first row to score of each unit resumed from checkpoints (within the unit).
     """
 
     def __init__(
@@ -106,6 +109,8 @@ class Pipeline:
         coordinator: Coordinator | None = None,
         on_progress: Callable[[RunStats], None] | None = None,
         progress_interval: float = 10.0,
+        checkpoint_policy: CheckpointPolicy | None = None,
+        unit_offsets: Mapping[WorkUnit, int] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -131,7 +136,9 @@ class Pipeline:
             buffer=self.buffer,
             coordinator=self.coordinator,
             stats=self.stats,
+            checkpoint_policy=checkpoint_policy,
         )
+        self.unit_offsets = unit_offsets or {}
         self._on_progress = on_progress
         self._progress_interval = progress_interval
         self._last_progress = time.monotonic()
@@ -147,6 +154,7 @@ class Pipeline:
             passthrough_columns=self.passthrough_columns,
             events=self.writer,
             stop=self.coordinator.stop,
+            unit_offsets=self.unit_offsets,
         )
         workers = [
             threading.Thread(target=self._work_loop, args=(source,), name=f"smrt-invoke-{i}", daemon=True)

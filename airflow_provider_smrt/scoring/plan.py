@@ -7,12 +7,13 @@ earlier runs become stale, and which error parts are rewritten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import InputDataError, OutputError
 from airflow_provider_smrt.s3 import basename, error_code, is_s3_client_error
+from airflow_provider_smrt.scoring.checkpoints import UnitCheckpoint, resolve_checkpoints
 from airflow_provider_smrt.scoring.codecs import check_features_encodable
 from airflow_provider_smrt.scoring.codecs.templates import RequestTemplateEncoder, template_columns
 from airflow_provider_smrt.scoring.config import ScoringConfig
@@ -64,6 +65,10 @@ class ScoringPlan:
     error_rewrites: set[str]
     #: Error parts without a data part that this plan does not write again: deleted after the run.
     stale_errors: list[str]
+    #: Units not done that an earlier run checkpointed: their first rows are not scored again.
+    checkpoints: dict[WorkUnit, UnitCheckpoint] = field(default_factory=dict)
+    #: Checkpoint objects of these inputs that this plan does not resume from: deleted before the run.
+    stale_checkpoints: list[str] = field(default_factory=list)
 
     @property
     def todo(self) -> list[WorkUnit]:
@@ -76,8 +81,13 @@ class ScoringPlan:
 
     @property
     def resumed_rows(self) -> int:
-        """Rows of the units already done."""
-        return sum(unit.num_rows for unit in self.done)
+        """Rows of the units already done and of the checkpoints resumed from."""
+        return sum(unit.num_rows for unit in self.done) + self.checkpointed_rows
+
+    @property
+    def checkpointed_rows(self) -> int:
+        """Rows of the checkpoints resumed from (scored or failed)."""
+        return sum(checkpoint.rows for checkpoint in self.checkpoints.values())
 
 
 def check_locations(config: ScoringConfig) -> None:
@@ -144,6 +154,10 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
     # Units about to be written whose name already has an error part: removed if they now have no errors.
     error_rewrites = {name for name in current if name in orphan_names}
     error_rewrites |= {part.name for part in replaced if part.error_uri}
+    # Checkpoints: only of units scored again from where an earlier run left them (resume); every other
+    # checkpoint of these inputs is stale (committed unit, another input version or configuration).
+    resumable = {names[unit]: unit for unit in units if unit not in done} if config.if_exists == "resume" else {}
+    checkpoints, stale_checkpoints = resolve_checkpoints(storage, state.checkpoints_of(slugs), resumable)
     passthrough_schema = pa.schema([schema.field(name) for name in passthrough]) if files else pa.schema([])
     return ScoringPlan(
         files=files,
@@ -158,6 +172,8 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
         replaced=len(replaced),
         error_rewrites=error_rewrites,
         stale_errors=[uri for uri in orphans if basename(uri) not in current],
+        checkpoints=checkpoints,
+        stale_checkpoints=stale_checkpoints,
     )
 
 

@@ -4,12 +4,14 @@ Layout under ``output_uri``::
 
     part-<file slug>-<first row>-<end row>-<fingerprint>.parquet     scored rows of one work unit
     _errors/part-<same name>.parquet                                 rows that could not be scored
+    _checkpoints/part-<same name without .parquet>/seg-*.parquet     progress of a unit not yet committed
     _manifest.json                                                   written last, when the run completes
 
 The fingerprint hashes the input object's identity (ETag, version, size) with the scoring
 configuration, so one LIST of the output tells which units are done and still valid: resume
-needs no state of its own. Names starting with ``_`` are never data parts. The manifest is built and
-written by :mod:`~airflow_provider_smrt.scoring.manifest`. Airflow-free.
+needs no state of its own. Names starting with ``_`` are never data parts. Checkpoints are described
+in :mod:`~airflow_provider_smrt.scoring.checkpoints`; the manifest is built and written by
+:mod:`~airflow_provider_smrt.scoring.manifest`. Airflow-free.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ import pyarrow.parquet as pq
 
 from airflow_provider_smrt.exceptions import OutputError
 from airflow_provider_smrt.s3 import ObjectInfo, join_uri
+from airflow_provider_smrt.scoring.checkpoints import (
+    CHECKPOINTS_DIR,
+    CheckpointObject,
+    UnitCheckpoints,
+    parse_checkpoint,
+)
 from airflow_provider_smrt.scoring.dataset import InputFile, WorkUnit
 from airflow_provider_smrt.scoring.storage import Storage
 
@@ -57,6 +65,10 @@ def parse_part_name(name: str) -> tuple[str, int, int] | None:
     """``(file slug, first row, end row)`` of a part called ``name``; None if it is not a part's name."""
     match = _PART.match(name)
     return None if match is None else (match["slug"], int(match["start"]), int(match["end"]))
+def part_slug(name: str) -> str | None:
+    """The input file's slug in a part name (None if ``name`` is not a part name)."""
+    match = _PART.match(name)
+    return match["slug"] if match else None
 
 
 def error_schema(passthrough: pa.Schema) -> pa.Schema:
@@ -90,6 +102,8 @@ class OutputState:
     output_uri: str
     parts: dict[str, ExistingPart] = field(default_factory=dict)
     others: list[ObjectInfo] = field(default_factory=list)
+    #: objects under ``_checkpoints/`` whose folder is named after a part
+    checkpoints: list[CheckpointObject] = field(default_factory=list)
 
     @classmethod
     def load(cls, storage: Storage, output_uri: str) -> OutputState:
@@ -101,6 +115,11 @@ class OutputState:
             if relative.startswith(ERRORS_DIR + "/"):
                 errors[relative[len(ERRORS_DIR) + 1 :]] = info.uri
                 continue
+            if relative.startswith(CHECKPOINTS_DIR + "/"):
+                checkpoint = parse_checkpoint(relative, info.uri)
+                if checkpoint is not None and _PART.match(checkpoint.part):
+                    state.checkpoints.append(checkpoint)
+                    continue
             match = _PART.match(relative)
             if match is None:
                 state.others.append(info)
@@ -122,11 +141,15 @@ class OutputState:
 
     @property
     def is_empty(self) -> bool:
-        return not self.parts and not self.others
+        return not self.parts and not self.others and not self.checkpoints
 
     def parts_of(self, slugs: Iterable[str]) -> list[ExistingPart]:
         wanted = set(slugs)
         return [part for part in self.parts.values() if part.slug in wanted]
+
+    def checkpoints_of(self, slugs: Iterable[str]) -> list[CheckpointObject]:
+        wanted = set(slugs)
+        return [obj for obj in self.checkpoints if part_slug(obj.part) in wanted]
 
     def orphan_errors_of(self, slugs: Iterable[str]) -> list[str]:
         prefix = join_uri(self.output_uri, ERRORS_DIR) + "/part-"
@@ -134,11 +157,25 @@ class OutputState:
         return [info.uri for info in self.others if info.uri.startswith(wanted)] if wanted else []
 
 
+@dataclass
+class PendingSegment:
+    """Rows ``[start, end)`` written since the previous checkpoint, about to be written as a segment."""
+
+    start: int
+    end: int
+    data: list[tuple[pa.Table, pa.Table]]
+    errors: list[pa.Table]
+
+
 class PartWriter:
     """Streams the scored rows of one work unit into one Parquet part, committed atomically.
 
     Error rows of the unit go to a twin part under ``_errors/``, committed before the data part,
-    so a committed data part always means the whole unit is done.
+    so a committed data part always means the whole unit is done. With ``checkpoints``, the rows
+    written since the previous checkpoint are also kept for the next segment (:meth:`take_segment`,
+    :meth:`write_segment`); segments an earlier run left are merged first when the part commits
+    (so a resumed part buffers its new rows until then), and every segment of the unit is deleted
+    once the part is committed.
     """
 
     def __init__(
@@ -150,12 +187,14 @@ class PartWriter:
         error_passthrough_schema: pa.Schema,
         compression: str = "snappy",
         stale_error_part: bool = False,
+        checkpoints: UnitCheckpoints | None = None,
     ) -> None:
         self.storage = storage
         #: An error part of an earlier run sits at ``error_uri`` (this part replaces one of the same name).
         self._stale_error_part = stale_error_part
         self.uri = join_uri(output_uri, name)
         self.error_uri = join_uri(join_uri(output_uri, ERRORS_DIR), name)
+        self._passthrough_schema = error_passthrough_schema
         self._error_schema = error_schema(error_passthrough_schema)
         self._compression = compression
         self._stack = contextlib.ExitStack()
@@ -164,8 +203,22 @@ class PartWriter:
         self._errors: list[pa.Table] = []
         self._pending: list[tuple[pa.Table, pa.Table]] = []
         self._pending_rows = 0
-        self.rows = 0
-        self.error_rows = 0
+        self._checkpoints = checkpoints
+        resumed = checkpoints.resumed if checkpoints is not None else None
+        #: segments of an earlier run still to merge (at commit)
+        self._resumed = resumed is not None
+        self._segment: list[tuple[pa.Table, pa.Table]] = []
+        self._segment_errors: list[pa.Table] = []
+        #: the first row (of the input file) of the next segment, and the end of the rows written so far
+        self.segment_start = self.written_end = checkpoints.first_row if checkpoints is not None else 0
+        #: a segment of this part is being written
+        self.checkpoint_busy = False
+        self.rows = resumed.rows - resumed.failed if resumed is not None else 0
+        self.error_rows = resumed.failed if resumed is not None else 0
+
+    @property
+    def checkpointing(self) -> bool:
+        return self._checkpoints is not None
 
     def write(self, passthrough: pa.Table, predictions: pa.Table) -> None:
         """Append scored rows: their pass-through columns and their predictions (as many rows).
@@ -174,34 +227,36 @@ class PartWriter:
         table validates it, and every such call releases the GIL, which costs a thread switch when the
         workers are busy.
         """
+        predictions = self._conform(predictions)
+        if predictions.num_rows:
+            self._pending.append((passthrough, predictions))
+            self._pending_rows += predictions.num_rows
+            if self._checkpoints is not None:
+                self._segment.append((passthrough, predictions))
+            if self._pending_rows >= ROW_GROUP_ROWS and not self._resumed:
+                self._flush()
+        self.rows += predictions.num_rows
+
+    def _conform(self, predictions: pa.Table) -> pa.Table:
+        """``predictions`` with the part's prediction schema (the first one seen fixes it)."""
         if self._prediction_schema is None:
             self._prediction_schema = predictions.schema
         elif predictions.schema != self._prediction_schema:
             try:
-                predictions = predictions.cast(self._prediction_schema)
+                return predictions.cast(self._prediction_schema)
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as err:
                 raise OutputError(
                     f"predictions changed type within {self.uri}: {predictions.schema} vs "
                     f"{self._prediction_schema}; make the model return one type per output, or set "
                     "prediction_columns and a decoder"
                 ) from err
-        if predictions.num_rows:
-            self._pending.append((passthrough, predictions))
-            self._pending_rows += predictions.num_rows
-            if self._pending_rows >= ROW_GROUP_ROWS:
-                self._flush()
-        self.rows += predictions.num_rows
+        return predictions
 
     def _flush(self) -> None:
         """Write the buffered requests' rows as one row group (requests are far smaller than a good row group)."""
         if not self._pending:
             return
-        passthrough = pa.concat_tables([pair[0] for pair in self._pending])
-        predictions = pa.concat_tables([pair[1] for pair in self._pending])
-        table = pa.Table.from_arrays(
-            [*passthrough.columns, *predictions.columns],
-            names=[*passthrough.column_names, *predictions.column_names],
-        )
+        table = _join(self._pending)
         if self._writer is None:
             handle: IO[bytes] = self._stack.enter_context(self.storage.open_write(self.uri))
             self._writer = pq.ParquetWriter(handle, table.schema, compression=self._compression)
@@ -211,15 +266,66 @@ class PartWriter:
     def write_errors(self, table: pa.Table) -> None:
         """Keep error rows (pass-through columns, input row, error class and message) for the error part."""
         if table.num_rows:
-            self._errors.append(table.cast(self._error_schema))
+            table = table.cast(self._error_schema)
+            self._errors.append(table)
+            if self._checkpoints is not None:
+                self._segment_errors.append(table)
             self.error_rows += table.num_rows
 
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def advance(self, end: int) -> None:
+        """Every row before ``end`` (of the input file) is written (scored or failed)."""
+        self.written_end = end
+
+    def take_segment(self) -> PendingSegment | None:
+        """The rows written since the previous checkpoint (None if none or not checkpointing); marks the
+        part :attr:`checkpoint_busy` until :meth:`write_segment` has written them."""
+        if self._checkpoints is None or self.written_end <= self.segment_start:
+            return None
+        segment = PendingSegment(self.segment_start, self.written_end, self._segment, self._segment_errors)
+        self._segment, self._segment_errors = [], []
+        self.segment_start = self.written_end
+        self.checkpoint_busy = True
+        return segment
+
+    def write_segment(self, segment: PendingSegment) -> None:
+        """Write a segment (on a committer thread; the segments of one part one at a time, in order)."""
+        assert self._checkpoints is not None
+        try:
+            data = _join(segment.data) if segment.data else self._passthrough_schema.empty_table()
+            errors = pa.concat_tables(segment.errors) if segment.errors else None
+            self._checkpoints.write(segment.start, segment.end, data, errors)
+        finally:
+            self.checkpoint_busy = False
+
+    def _merge_resumed(self) -> None:
+        """Put the resumed segments' rows before this run's (read on the committer thread, at commit)."""
+        if not self._resumed or self._checkpoints is None:
+            return
+        self._resumed = False
+        data, errors = self._checkpoints.read_resumed()
+        width = len(self._passthrough_schema)
+        pairs = []
+        for table in data:
+            if table.num_rows:
+                passthrough = table.select(list(range(width)))
+                predictions = self._conform(table.select(list(range(width, table.num_columns))))
+                pairs.append((passthrough, predictions))
+        self._pending = pairs + self._pending
+        self._pending_rows += sum(pair[1].num_rows for pair in pairs)
+        self._errors = [table.cast(self._error_schema) for table in errors] + self._errors
+
+    # -- commit ----------------------------------------------------------------------------------
+
     def commit(self, empty_schema: pa.Schema) -> None:
-        """Commit the error part (if any) and then the data part."""
+        """Commit the error part (if any) and then the data part, then delete the unit's checkpoints."""
+        self._merge_resumed()
         if self._errors:
             with self.storage.open_write(self.error_uri) as handle:
                 pq.write_table(pa.concat_tables(self._errors), handle, compression=self._compression)
             self._errors = []
+        self._segment, self._segment_errors = [], []
         self._flush()
         if self._writer is None:  # every row failed: still mark the unit done
             handle = self._stack.enter_context(self.storage.open_write(self.uri))
@@ -228,15 +334,28 @@ class PartWriter:
         self._stack.close()  # completes the upload / renames the staged file
         if self._stale_error_part and not self.error_rows:
             self.storage.delete([self.error_uri])  # the rows that failed before were scored this time
+        if self._checkpoints is not None:
+            self._checkpoints.delete()
 
     def abort(self, err: BaseException) -> None:
-        """Drop everything of this part: nothing partial becomes visible."""
+        """Drop everything of this part: nothing partial becomes visible (its checkpoints stay for a rerun)."""
         self._errors, self._pending = [], []
+        self._segment, self._segment_errors = [], []
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
         with contextlib.suppress(Exception):
             self._stack.__exit__(type(err), err, err.__traceback__)
+
+
+def _join(pairs: list[tuple[pa.Table, pa.Table]]) -> pa.Table:
+    """One table of buffered ``(pass-through, predictions)`` pairs: pass-through columns, then predictions."""
+    passthrough = pa.concat_tables([pair[0] for pair in pairs])
+    predictions = pa.concat_tables([pair[1] for pair in pairs])
+    return pa.Table.from_arrays(
+        [*passthrough.columns, *predictions.columns],
+        names=[*passthrough.column_names, *predictions.column_names],
+    )
 
 
 def read_part_counts(storage: Storage, part: ExistingPart) -> tuple[int, int]:

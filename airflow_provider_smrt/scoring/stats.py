@@ -21,6 +21,10 @@ class RunStats:
     throttles: int = 0
     bisections: int = 0
     parts_written: int = 0
+    #: checkpoint segments written (see :mod:`~airflow_provider_smrt.scoring.checkpoints`)
+    checkpoints_written: int = 0
+    #: rows of checkpoints an earlier run left, not scored again
+    rows_resumed_from_checkpoints: int = 0
     variants: Counter[str] = field(default_factory=Counter)
     #: part name → (rows scored, rows failed), for the manifest
     part_rows: dict[str, tuple[int, int]] = field(default_factory=dict)

@@ -7,7 +7,7 @@ writer (through :class:`UnitEvents`) where each unit begins and ends.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -68,6 +68,8 @@ class TaskSource:
 
     :param batches: ``(unit, batch)`` pairs, units in order, each unit's batches contiguous.
     :param stop: the run's stop event: once set, :meth:`next` returns None.
+    :param unit_offsets: where the batches of a unit start within it (a unit resumed from checkpoints;
+        default 0).
     """
 
     def __init__(
@@ -79,8 +81,10 @@ class TaskSource:
         passthrough_columns: list[str],
         events: UnitEvents,
         stop: threading.Event,
+        unit_offsets: Mapping[WorkUnit, int] | None = None,
     ) -> None:
         self.planner = planner
+        self.unit_offsets = unit_offsets or {}
         self.feature_columns = feature_columns
         self.passthrough_columns = passthrough_columns
         self.events = events
@@ -131,7 +135,7 @@ class TaskSource:
                 if unit is not self._unit:
                     if self._unit is not None:
                         events.post("end", (self._unit, self._seq), drain=False)
-                    self._unit, self._seq, self._rows_in_unit = unit, 0, 0
+                    self._unit, self._seq, self._rows_in_unit = unit, 0, self.unit_offsets.get(unit, 0)
                     events.post("begin", unit, drain=False)
                 table = pa.Table.from_batches([batch])
                 self._features = table.select(self.feature_columns)

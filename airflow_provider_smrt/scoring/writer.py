@@ -2,13 +2,16 @@
 
 :class:`TaskWriter` joins one task's predictions to its pass-through rows and writes them, and the
 rows the model rejected, into a :class:`~airflow_provider_smrt.scoring.sink.PartWriter`; it tracks
-the prediction schema. :class:`InOrderWriter` puts the tasks of each unit back in input order and
-commits complete parts on :data:`COMMIT_THREADS` committer threads.
+the prediction schema. :class:`InOrderWriter` puts the tasks of each unit back in input order,
+leaves checkpoints of the units being written (see :mod:`~airflow_provider_smrt.scoring.checkpoints`)
+and commits complete parts, both on :data:`COMMIT_THREADS` committer threads.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -17,6 +20,7 @@ import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import OutputError, ScoringCancelledError, SmrtError
 from airflow_provider_smrt.s3 import basename
+from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
 from airflow_provider_smrt.scoring.sink import (
@@ -24,14 +28,15 @@ from airflow_provider_smrt.scoring.sink import (
     ERROR_MESSAGE_COLUMN,
     ERROR_ROW_COLUMN,
     PartWriter,
+    PendingSegment,
 )
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task
 
 __all__ = ["COMMIT_THREADS", "InOrderWriter", "TaskWriter"]
 
-#: Threads committing complete parts (the last row group, closing the Parquet writer, the upload),
-#: so an upload never holds up the writing.
+#: Threads writing checkpoints and committing complete parts (the last row group, closing the Parquet
+#: writer, the upload), so an upload never holds up the writing.
 COMMIT_THREADS = 2
 
 
@@ -112,8 +117,13 @@ class InOrderWriter:
     are committed on the committer threads.
 
     Each ``result`` holds one slot of ``buffer``, released once it is written (or dropped). Once the
-    run has failed or been cancelled, results are dropped and nothing more is written; :meth:`close`
-    aborts the parts left open.
+    run has failed or been cancelled, results are dropped and nothing more is written (checkpoints
+    already taken are still written); :meth:`close` aborts the parts left open.
+
+    With a ``checkpoint_policy``, once a unit's written requests or the time since its previous
+    checkpoint call for one (and the unit is neither about to commit nor writing one), the rows
+    written since then are handed to a committer thread as a segment: taking them costs the writing
+    a list swap. The checkpoints and the commit of one part run one at a time, in order.
 
     :param open_part: ``open_part(unit) -> PartWriter`` for a unit about to be written.
     :param task_writer: writes a task's results into its part.
@@ -129,8 +139,10 @@ class InOrderWriter:
         buffer: threading.Semaphore,
         coordinator: Coordinator,
         stats: RunStats,
+        checkpoint_policy: CheckpointPolicy | None = None,
     ) -> None:
         self.open_part = open_part
+        self.checkpoint_policy = checkpoint_policy if checkpoint_policy and checkpoint_policy.enabled else None
         self.task_writer = task_writer
         self.buffer = buffer
         self.coordinator = coordinator
@@ -142,7 +154,13 @@ class InOrderWriter:
         self._pending: dict[WorkUnit, dict[int, Any]] = {}
         self._next_seq: dict[WorkUnit, int] = {}
         self._expected: dict[WorkUnit, int] = {}
+        #: per unit: (monotonic time of the previous checkpoint, requests written since)
+        self._since: dict[WorkUnit, tuple[float, int]] = {}
         self._committer = ThreadPoolExecutor(max_workers=COMMIT_THREADS, thread_name_prefix="smrt-commit")
+        #: per part: the checkpoints and the commit still to run, one at a time, in order
+        self._queues: dict[int, deque[Callable[[], None]]] = {}
+        self._queue_lock = threading.Lock()
+        self._failed_writing = False
 
     def post(self, kind: str, payload: Any, *, drain: bool = True) -> None:
         """Add an event; with ``drain=False`` only add it (the caller holds a lock and drains later)."""
@@ -174,6 +192,7 @@ class InOrderWriter:
             if kind == "begin":
                 self._parts[payload] = self.open_part(payload)
                 self._pending[payload], self._next_seq[payload] = {}, 0
+                self._since[payload] = (time.monotonic(), 0)
                 return
             if kind == "end":
                 unit, count = payload
@@ -183,23 +202,76 @@ class InOrderWriter:
                 unit = task.unit
                 self._pending[unit][task.seq] = (task, pieces, errors)
             pending = self._pending[unit]
+            part = self._parts[unit]
+            written = 0
             while self._next_seq[unit] in pending:
                 task, pieces, errors = pending.pop(self._next_seq[unit])
                 try:
-                    self.task_writer.write(self._parts[unit], task, pieces, errors)
+                    self.task_writer.write(part, task, pieces, errors)
+                    part.advance(unit.start + task.offset + task.features.num_rows)
                 finally:
                     self.buffer.release()
                 self._next_seq[unit] += 1
+                written += 1
             if unit in self._expected and self._next_seq[unit] == self._expected[unit]:
-                part = self._parts.pop(unit)
-                del self._pending[unit], self._next_seq[unit], self._expected[unit]
-                self._committer.submit(self._commit, part)
+                del self._parts[unit], self._pending[unit], self._next_seq[unit], self._expected[unit]
+                del self._since[unit]
+                self._submit(part, lambda: self._commit(part))
+            elif written and self.checkpoint_policy is not None:
+                self._maybe_checkpoint(unit, part, written)
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
+            self._failed_writing = True  # a part may hold part of a task: none is checkpointed any more
             self.coordinator.fail(err)
             for items in self._pending.values():  # unblock the workers: nothing more will be written
                 for _ in items:
                     self.buffer.release()
                 items.clear()
+
+    def _maybe_checkpoint(self, unit: WorkUnit, part: PartWriter, written: int) -> None:
+        assert self.checkpoint_policy is not None
+        since, requests = self._since[unit]
+        requests += written
+        # Never the unit's last row: a unit a rerun resumes always has rows to score (and so a part to commit).
+        if (
+            self.checkpoint_policy.due(requests=requests, since=since)
+            and not part.checkpoint_busy
+            and part.written_end < unit.end
+        ):
+            segment = part.take_segment()
+            if segment is not None:
+                self._submit(part, lambda: self._checkpoint(part, segment))
+                self._since[unit] = (time.monotonic(), 0)
+                return
+        self._since[unit] = (since, requests)
+
+    def _submit(self, part: PartWriter, job: Callable[[], None]) -> None:
+        """Run ``job`` on a committer thread after the part's earlier jobs (one at a time per part)."""
+        key = id(part)
+        with self._queue_lock:
+            queue = self._queues.get(key)
+            if queue is not None:  # a job of this part is running: it runs this one next
+                queue.append(job)
+                return
+            self._queues[key] = deque([job])
+        self._committer.submit(self._run_queue, key)
+
+    def _run_queue(self, key: int) -> None:
+        while True:
+            with self._queue_lock:
+                queue = self._queues[key]
+                if not queue:
+                    del self._queues[key]
+                    return
+                job = queue.popleft()
+            job()
+
+    def _checkpoint(self, part: PartWriter, segment: PendingSegment) -> None:
+        try:
+            part.write_segment(segment)
+        except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
+            self.coordinator.fail(err)
+            return
+        self.stats.add(checkpoints_written=1)
 
     def _commit(self, part: PartWriter) -> None:
         coordinator = self.coordinator
@@ -216,9 +288,15 @@ class InOrderWriter:
             self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
 
     def close(self) -> None:
-        """After the last event: wait for the commits, then abort the parts still open (a failed run)."""
+        """After the last event: wait for the commits, then abort the parts still open (a failed or
+        cancelled run), checkpointing first the rows written into them since their last checkpoint."""
         self._committer.shutdown(wait=True)
         reason = self.coordinator.error or ScoringCancelledError("scoring stopped")
-        for part in self._parts.values():
+        for unit, part in self._parts.items():
+            if self.checkpoint_policy is not None and not self._failed_writing and part.written_end < unit.end:
+                segment = part.take_segment()
+                if segment is not None:
+                    self._checkpoint(part, segment)
             part.abort(reason)
         self._parts.clear()
+        self._since.clear()

@@ -38,6 +38,10 @@ OVERRIDABLE = frozenset(
         "s3_write_args",
         "expected_bucket_owner",
         "botocore_config",
+        "request_template",
+        "response_field",
+        "checkpoint_interval_seconds",
+        "checkpoint_every_requests",
     }
 )
 

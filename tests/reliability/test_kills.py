@@ -2,7 +2,9 @@
 
 The dataset is 20 files of 200 rows (20 work units, 4 requests each) against an endpoint answering in
 150 ms with 2 requests in flight (about 6 s of scoring). After each death, the rerun must complete the
-output with no duplicate and send again only the requests of unfinished units (counted at the endpoint).
+output with no duplicate and send again only the requests of rows that no committed part and no checkpoint
+holds (counted at the endpoint; a SIGTERM or a timeout checkpoints the rows already written). Checkpoints
+within a unit under SIGKILL are tested in ``test_checkpoint_kills.py``.
 """
 
 from __future__ import annotations
@@ -11,16 +13,21 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.dag_runs import ROOT, ensure_db
+from tests.support.child_runs import requests_settled, start_child
 from tests.support.datasets import expected_sum, put_files
-from tests.support.s3_objects import check_parts_complete, data_parts, incomplete_uploads, list_keys, read_output
+from tests.support.s3_objects import (
+    check_parts_complete,
+    checkpointed_rows,
+    data_parts,
+    incomplete_uploads,
+    list_keys,
+    read_output,
+)
 from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
@@ -29,29 +36,6 @@ FILES, ROWS, ROWS_PER_REQUEST = 20, 200, 50
 REQUESTS_PER_UNIT = ROWS // ROWS_PER_REQUEST
 TOTAL = FILES * ROWS
 OP = {"max_rows_per_request": ROWS_PER_REQUEST, "concurrency": 2}
-
-_CHILD = """
-import json, sys
-from tests.support.dag_runs import run_dag
-conf = json.loads(sys.argv[1])
-run = run_dag(conf.pop("dag_id"), conf)
-print("RESULT " + json.dumps({"state": run.state, "tasks": run.states}), flush=True)
-"""
-
-
-def _start(conf: dict[str, Any], report_dir: Path) -> subprocess.Popen[str]:
-    ensure_db()  # the child reuses this session's metadata database
-    report_dir.mkdir(parents=True, exist_ok=True)
-    payload = json.dumps({**conf, "dag_id": "r_score", "report_dir": str(report_dir)})
-    return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, payload],
-        cwd=ROOT,
-        env=dict(os.environ),
-        start_new_session=True,
-        stdout=(report_dir / "child.log").open("w"),
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _setup(rig: ScoringRig) -> tuple[str, dict[str, Any], Any]:
@@ -68,28 +52,19 @@ def _wait_for_parts(rig: ScoringRig, proc: subprocess.Popen[str], count: int) ->
         time.sleep(0.02)
 
 
-def _requests_settled(rig: ScoringRig, endpoint: str) -> dict[str, Any]:
-    """The endpoint's counters once nothing is in flight any more (no new request for 0.6 s)."""
-    last = rig.endpoint_stats(endpoint)
-    while True:
-        time.sleep(0.6)
-        now = rig.endpoint_stats(endpoint)
-        if now["requests"] == last["requests"] and now["rows_ok"] == last["rows_ok"]:
-            return now
-        last = now
-
-
 def _rerun_and_check(rig: ScoringRig, endpoint: str, conf: dict[str, Any], data: Any) -> dict[str, int]:
     done = check_parts_complete(rig.s3, rig.output_uri, ROWS)
-    before = _requests_settled(rig, endpoint)
+    before = requests_settled(rig, endpoint)
+    checkpointed = checkpointed_rows(rig.s3, rig.output_uri)  # a cancelled run checkpoints what it wrote
     run = rig.run(conf, "rerun")
     assert run.succeeded, run.error("score")
     after = rig.endpoint_stats(endpoint)
     resent_requests = after["requests"] - before["requests"]
     resent_rows = after["rows_ok"] - before["rows_ok"]
-    unfinished = FILES - len(done)
-    assert resent_rows == unfinished * ROWS, "rows of finished units were sent again"
-    assert resent_requests == unfinished * REQUESTS_PER_UNIT, "requests of finished units were sent again"
+    unfinished = (FILES - len(done)) * ROWS - checkpointed
+    assert resent_rows == unfinished, "rows of finished units or of checkpoints were sent again"
+    assert resent_requests == unfinished // ROWS_PER_REQUEST, "requests of finished work were sent again"
+    assert not [key for key in list_keys(rig.s3, rig.output_uri) if key.startswith("_checkpoints/")]
     out = read_output(rig.s3, rig.output_uri)
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == TOTAL
@@ -100,9 +75,10 @@ def _rerun_and_check(rig: ScoringRig, endpoint: str, conf: dict[str, Any], data:
     return {
         "units_done_before_rerun": len(done),
         "requests_first_run": before["requests"],
-        "requests_lost_in_first_run": before["requests"] - len(done) * REQUESTS_PER_UNIT,
+        "rows_in_checkpoints_before_rerun": checkpointed,
+        "requests_lost_in_first_run": before["requests"] - (len(done) * ROWS + checkpointed) // ROWS_PER_REQUEST,
         "requests_resent": resent_requests,
-        "requests_resent_expected": unfinished * REQUESTS_PER_UNIT,
+        "requests_resent_expected": unfinished // ROWS_PER_REQUEST,
         "rows_resent": resent_rows,
         "rows_lost": TOTAL - len(set(ids)),
         "rows_duplicated": len(ids) - len(set(ids)),
@@ -112,7 +88,7 @@ def _rerun_and_check(rig: ScoringRig, endpoint: str, conf: dict[str, Any], data:
 @pytest.mark.parametrize("percent", [25, 50, 90])
 def test_sigkill_then_rerun(percent: int, rig: ScoringRig) -> None:
     endpoint, conf, data = _setup(rig)
-    proc = _start(conf, rig.tmp_path / "first")
+    proc = start_child(conf, rig.tmp_path / "first")
     try:
         _wait_for_parts(rig, proc, FILES * percent // 100)
         os.killpg(proc.pid, signal.SIGKILL)
@@ -138,7 +114,7 @@ def test_sigkill_then_rerun(percent: int, rig: ScoringRig) -> None:
 def test_sigterm_on_kill_stops_cleanly(rig: ScoringRig) -> None:
     """SIGTERM makes Airflow's task runner call ``on_kill``: no new request, no partial object, the task fails."""
     endpoint, conf, data = _setup(rig)
-    proc = _start(conf, rig.tmp_path / "first")
+    proc = start_child(conf, rig.tmp_path / "first")
     try:
         _wait_for_parts(rig, proc, FILES // 2)
         os.kill(proc.pid, signal.SIGTERM)
@@ -154,7 +130,7 @@ def test_sigterm_on_kill_stops_cleanly(rig: ScoringRig) -> None:
     stopped_after = time.monotonic() - signalled
     error = (rig.tmp_path / "first" / "score.txt").read_text()
     assert "ScoringCancelledError" in error and "killed" in error, error
-    settled = _requests_settled(rig, endpoint)
+    settled = requests_settled(rig, endpoint)
     keys = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" not in keys
     assert not incomplete_uploads(rig.s3, rig.output_uri), "an aborted part left a multipart upload"
@@ -178,7 +154,7 @@ def test_execution_timeout_on_kill_stops_cleanly(rig: ScoringRig) -> None:
     assert run.states["score"] == "failed"
     assert "Timeout" in run.error("score"), run.error("score")
     ended = rig.endpoint_stats(endpoint)["requests"]
-    settled = _requests_settled(rig, endpoint)
+    settled = requests_settled(rig, endpoint)
     assert settled["requests"] - ended <= 2  # at most the requests in flight when on_kill ran
     keys = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" not in keys

@@ -125,7 +125,7 @@ class FailAfter(FakeEndpoint):
         return super().__call__(body)
 
 
-def test_crash_then_resume_sends_only_unfinished_units(tmp_path: Path) -> None:
+def test_crash_then_resume_sends_only_unfinished_rows(tmp_path: Path) -> None:
     make_inputs(tmp_path)
     with pytest.raises(ConfigurationError):
         run(tmp_path, FailAfter(25), concurrency=1)
@@ -134,9 +134,11 @@ def test_crash_then_resume_sends_only_unfinished_units(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob(".*tmp"))  # nothing staged left behind
     assert not (tmp_path / "out" / "_manifest.json").exists()
     done_rows = sum(pq.read_metadata(p).num_rows for p in committed)
+    # the failed run checkpointed the rows it had written into its open unit
+    checkpointed = sum(pq.read_metadata(p).num_rows for p in (tmp_path / "out").glob("_checkpoints/*/seg-*"))
     endpoint = FakeEndpoint()
     summary = run(tmp_path, endpoint)
-    assert endpoint.rows_ok == 4_300 - done_rows  # only unfinished units re-sent
+    assert endpoint.rows_ok == 4_300 - done_rows - checkpointed  # only unfinished work re-sent
     out = read_output(tmp_path / "out")
     ids = out["id"].to_pylist()
     assert len(ids) == len(set(ids)) == 4_300

@@ -4,6 +4,8 @@ It forwards every request unchanged and records it; on demand it
 
 - fails S3 writes (PutObject, UploadPart, CreateMultipartUpload, CompleteMultipartUpload) after ``N`` of them
   with ``403 AccessDenied``, as a bucket policy that starts denying writes would;
+- stalls the first S3 write (PUT) whose path matches a pattern until released, then drops it (answers
+  ``503 SlowDown`` without forwarding it), so a test can kill the writer while that write is in flight;
 - shortens the lifetime of credentials issued by STS ``AssumeRole`` (it rewrites ``Expiration`` in the
   response) and then rejects, as AWS does, every request signed with an access key past its expiry
   (``ExpiredToken`` for S3, ``ExpiredTokenException`` for JSON services).
@@ -47,6 +49,11 @@ class ProxyState:
     """What the proxy does; change the attributes while it runs (guarded by ``lock``)."""
 
     fail_writes_after: int | None = None
+    #: stall the next PUT whose path matches (then forget the pattern); ``stalled`` is set meanwhile
+    stall_write_matching: re.Pattern[str] | None = None
+    stalled: threading.Event = field(default_factory=threading.Event)
+    stalled_path: str | None = None
+    release: threading.Event = field(default_factory=threading.Event)
     writes: int = 0
     writes_denied: int = 0
     credential_lifetime: float | None = None
@@ -157,6 +164,19 @@ class FaultProxy:
         state = self.state
         status = 0
         try:
+            with state.lock:
+                stall = state.stall_write_matching
+                if stall is not None and handler.command == "PUT" and stall.search(split.path):
+                    state.stall_write_matching = None
+                    state.stalled_path = split.path
+                else:
+                    stall = None
+            if stall is not None:
+                state.stalled.set()
+                state.release.wait(timeout=300)
+                status = 503
+                self._error(handler, 503, "SlowDown", "Please reduce your request rate.")
+                return
             with state.lock:
                 expiry = state.issued.get(access_key or "")
                 if expiry is not None and time.time() > expiry and not is_assume_role:

@@ -85,3 +85,18 @@ def delete_prefix(s3: Any, uri: str) -> None:
     bucket, prefix = split(uri)
     for key in list_keys(s3, uri):
         s3.delete_object(Bucket=bucket, Key=prefix + key)
+
+
+#: A checkpoint segment an operator leaves: ``_checkpoints/<part name>/seg-<first row>-<end row>.parquet``.
+SEGMENT = re.compile(r"^_checkpoints/(?P<part>part-[^/]+)/seg-(?P<start>\d{10})-(?P<end>\d{10})\.parquet$")
+
+
+def checkpoint_segments(s3: Any, uri: str) -> list[tuple[str, int, int]]:
+    """``(part name stem, first row, end row)`` of every checkpoint segment under an output prefix."""
+    found = [SEGMENT.match(key) for key in list_keys(s3, uri)]
+    return [(m["part"], int(m["start"]), int(m["end"])) for m in found if m]
+
+
+def checkpointed_rows(s3: Any, uri: str) -> int:
+    """Rows the checkpoint segments under an output prefix hold (what a rerun does not send again)."""
+    return sum(end - start for _, start, end in checkpoint_segments(s3, uri))

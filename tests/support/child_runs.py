@@ -1,0 +1,53 @@
+"""Runs of the reliability DAG in a child process, to kill it (``SIGKILL``/``SIGTERM``) mid-run.
+
+The child runs ``r_score`` of ``tests/dags/reliability_dags.py`` with ``dag.test()`` on this session's
+metadata database and environment (so a connection set with ``tests.support.connections.env`` applies).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support.dag_runs import ROOT, ensure_db
+from tests.support.scoring_rig import ScoringRig
+
+_CHILD = """
+import json, sys
+from tests.support.dag_runs import run_dag
+conf = json.loads(sys.argv[1])
+run = run_dag(conf.pop("dag_id"), conf)
+print("RESULT " + json.dumps({"state": run.state, "tasks": run.states}), flush=True)
+"""
+
+
+def start_child(conf: dict[str, Any], report_dir: Path) -> subprocess.Popen[str]:
+    """Start ``r_score`` with ``conf`` in a new process group; its output goes to ``<report_dir>/child.log``."""
+    ensure_db()  # the child reuses this session's metadata database
+    report_dir.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps({**conf, "dag_id": "r_score", "report_dir": str(report_dir)})
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, payload],
+        cwd=ROOT,
+        env=dict(os.environ),
+        start_new_session=True,
+        stdout=(report_dir / "child.log").open("w"),
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def requests_settled(rig: ScoringRig, endpoint: str) -> dict[str, Any]:
+    """The endpoint's counters once nothing is in flight any more (no new request for 0.6 s)."""
+    last = rig.endpoint_stats(endpoint)
+    while True:
+        time.sleep(0.6)
+        now = rig.endpoint_stats(endpoint)
+        if now["requests"] == last["requests"] and now["rows_ok"] == last["rows_ok"]:
+            return now
+        last = now
