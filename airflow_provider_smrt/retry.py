@@ -22,6 +22,8 @@ T = TypeVar("T")
 
 #: Called before each retry sleep with (classified error, attempt number that failed, delay in s).
 OnRetry = Callable[[InvocationError, int, float], None]
+#: Called with (classified retryable error, attempt number that failed): True stops retrying it.
+GiveUp = Callable[[InvocationError, int], bool]
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,14 @@ class RetryPolicy:
         endpoint_name: str | None = None,
         on_retry: OnRetry | None = None,
         cancel: threading.Event | None = None,
+        give_up: GiveUp | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, fails with a non-retryable error, or attempts run out.
 
         Errors are classified with :func:`~airflow_provider_smrt.exceptions.classify_error` and
-        raised ``from`` their cause. ``cancel`` cuts a backoff sleep short.
+        raised ``from`` their cause, with ``attempts`` set to the attempts made. ``cancel`` cuts a
+        backoff sleep short; ``give_up(err, attempt)`` returning True stops retrying before the policy
+        would (e.g. fewer attempts for some errors).
         """
         started = time.monotonic()
         attempt = 0
@@ -77,8 +82,13 @@ class RetryPolicy:
                 return fn()
             except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
+                err.attempts = attempt
                 delay = self.delay(attempt, err)
-                if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
+                if (
+                    not self.should_retry(err, attempt, started, delay)
+                    or (cancel is not None and cancel.is_set())
+                    or (give_up is not None and give_up(err, attempt))
+                ):
                     if err is raw:
                         raise
                     raise err from raw
@@ -106,6 +116,7 @@ class RetryPolicy:
                 return await fn()
             except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
+                err.attempts = attempt
                 delay = self.delay(attempt, err)
                 if not self.should_retry(err, attempt, started, delay):
                     if err is raw:

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_smrt.exceptions import ErrorRatioExceededError
+from airflow_provider_smrt.exceptions import ErrorRatioExceededError, InvocationError
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import get_codec
@@ -200,6 +200,8 @@ class ScoringJob:
             variant_column=config.variant_column,
             stats=self.stats,
             coordinator=self.coordinator,
+            max_failed_rows=config.max_error_ratio * plan.rows_total,
+            budget_error=self._budget_error,
             on_progress=self._progress,
             progress_interval=self.progress_interval,
         )
@@ -248,3 +250,20 @@ class ScoringJob:
                 f"scored and committed under {summary['output_uri']}. Fix the rows or raise max_error_ratio, "
                 "then rerun: finished parts are not scored again"
             )
+
+    def _budget_error(self, failed: int, last: InvocationError) -> ErrorRatioExceededError:
+        """The error that stops a run as soon as more rows failed than ``max_error_ratio`` allows in all.
+
+        It names the last failure's class and the classified message (status codes, log stream,
+        request id), never the container's own message.
+        """
+        config, total = self.config, self.stats.rows_total
+        output = config.output_uri.rstrip("/") + "/"
+        return ErrorRatioExceededError(
+            f"{failed} of {total} rows ({failed / max(total, 1):.4%}) failed, more than max_error_ratio="
+            f"{config.max_error_ratio} allows for the whole input ({int(config.max_error_ratio * total)} rows): "
+            f"stopped sending after {self.stats.requests} requests. Last failure: {type(last).__name__}: {last}. "
+            f"Parts committed before the stop (and their failed rows, under {output}_errors/) are kept; the "
+            "rows of unfinished parts are not written. Fix the rows or the model (see its log stream), or raise "
+            "max_error_ratio, then rerun: finished parts are not scored again"
+        )

@@ -100,8 +100,8 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
     features, passthrough, schema = check_schemas(
         files, feature_columns=feature_columns, passthrough_columns=config.passthrough_columns
     )
-    if files:
-        check_features_encodable(schema, config.content_type if config.encoder is None else "custom")
+    if files and config.encoder is None:  # a user encoder knows its own types
+        check_features_encodable(pa.schema([schema.field(name) for name in features]), config.content_type)
     if config.request_template is not None:
         RequestTemplateEncoder(config.request_template).check_columns(features)
     chash = config_hash(config.hash_input(features, passthrough))

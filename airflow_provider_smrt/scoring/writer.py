@@ -18,12 +18,7 @@ import pyarrow as pa
 from airflow_provider_smrt.exceptions import OutputError, ScoringCancelledError, SmrtError
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
-from airflow_provider_smrt.scoring.sink import (
-    ERROR_CLASS_COLUMN,
-    ERROR_MESSAGE_COLUMN,
-    ERROR_ROW_COLUMN,
-    PartWriter,
-)
+from airflow_provider_smrt.scoring.sink import ERROR_FIELDS, ORIGINAL_MESSAGE_BYTES, PartWriter
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import basename
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task
@@ -84,22 +79,38 @@ class TaskWriter:
                 with self.stats.lock:
                     self.stats.variants[piece.variant] += 1
         for offset, count, err in errors:
-            rows = task.passthrough.slice(offset, count)
+            table = task.passthrough.slice(offset, count)
             first = task.unit.start + task.offset + offset
-            table = rows.append_column(ERROR_ROW_COLUMN, pa.array(range(first, first + count), type=pa.int64()))
-            table = table.append_column(ERROR_CLASS_COLUMN, pa.array([type(err).__name__] * count, pa.string()))
-            table = table.append_column(ERROR_MESSAGE_COLUMN, pa.array([error_text(err)] * count, pa.string()))
+            story = error_story(err)
+            for field in ERROR_FIELDS:
+                values = range(first, first + count) if field.name == "input_row" else [story[field.name]] * count
+                table = table.append_column(field, pa.array(values, type=field.type))
             part.write_errors(table)
             self.stats.add(rows_failed=count)
 
 
-def error_text(err: SmrtError) -> str:
-    """The message kept with a poison row in ``_errors/`` (data, never logged).
+def error_story(err: SmrtError) -> dict[str, Any]:
+    """The values of :data:`~airflow_provider_smrt.scoring.sink.ERROR_FIELDS` for a row that failed with ``err``.
 
-    The container's own message is included there, since it usually says what is wrong with the row.
+    Kept in ``_errors/`` only (data, never logged): ``original_message`` is the container's own
+    message, cut to :data:`~airflow_provider_smrt.scoring.sink.ORIGINAL_MESSAGE_BYTES`, since it
+    usually says what is wrong with the row.
     """
     original = getattr(err, "original_message", None)
-    return f"{err}; model said: {original}" if original else str(err)
+    if original is not None:
+        original = str(original).encode("utf-8")[:ORIGINAL_MESSAGE_BYTES].decode("utf-8", errors="ignore")
+    return {
+        "error_class": type(err).__name__,
+        "error_message": str(err),
+        "error_code": getattr(err, "code", None),
+        "http_status": getattr(err, "http_status", None),
+        "original_status_code": getattr(err, "original_status_code", None),
+        "original_message": original,
+        "log_stream_arn": getattr(err, "log_stream_arn", None),
+        "request_id": getattr(err, "request_id", None),
+        "attempts": getattr(err, "attempts", None),
+        "invoked_variant": getattr(err, "invoked_production_variant", None),
+    }
 
 
 class InOrderWriter:
