@@ -34,7 +34,7 @@ from airflow_provider_smrt.scoring.dataset import WorkUnit, iter_units
 from airflow_provider_smrt.scoring.manifest import build_manifest, build_summary, write_manifest
 from airflow_provider_smrt.scoring.pipeline import Invoker, Pipeline
 from airflow_provider_smrt.scoring.plan import ScoringPlan, plan_scoring
-from airflow_provider_smrt.scoring.sink import PartWriter, delete_parts, read_part_counts
+from airflow_provider_smrt.scoring.sink import PartWriter, delete_parts, read_part_counts, read_part_schema
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage
 
@@ -143,6 +143,9 @@ class ScoringJob:
             delete_parts(self.storage, plan.stale)
             if plan.stale_errors:
                 self.storage.delete(plan.stale_errors)
+        if plan.gone:
+            self.log.info("removing %d part(s) this task wrote for inputs that are gone", len(plan.gone))
+            delete_parts(self.storage, plan.gone)
         summary = build_summary(config, plan, self.stats, elapsed=time.monotonic() - self._started)
         write_manifest(self.storage, summary["manifest_uri"], build_manifest(config, plan, self.stats, summary))
         self._progress(self.stats)
@@ -202,9 +205,21 @@ class ScoringJob:
             coordinator=self.coordinator,
             max_failed_rows=config.max_error_ratio * plan.rows_total,
             budget_error=self._budget_error,
+            fallback_schema=lambda: self._existing_schema(plan),
             on_progress=self._progress,
             progress_interval=self.progress_interval,
         )
+
+    def _existing_schema(self, plan: ScoringPlan) -> pa.Schema | None:
+        """The schema of the first existing part of the output with prediction columns (None if none)."""
+        passthrough = set(plan.passthrough)
+        for part in plan.existing:
+            if part in plan.stale or part in plan.gone:
+                continue
+            schema = read_part_schema(self.storage, part)
+            if any(name not in passthrough for name in schema.names):
+                return schema
+        return None
 
     def _batches(self, plan: ScoringPlan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
         columns = plan.features + [name for name in plan.passthrough if name not in plan.features]

@@ -110,6 +110,8 @@ class Pipeline:
     :param max_failed_rows: the error budget: once more rows than this have failed (the ``stats``
         already counted included), the run stops with ``budget_error(failed rows, last error)``.
         None: no budget.
+    :param fallback_schema: the schema of an existing part of the output, for parts whose rows all
+        failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`).
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
     """
@@ -132,6 +134,7 @@ class Pipeline:
         coordinator: Coordinator | None = None,
         max_failed_rows: float | None = None,
         budget_error: Callable[[int, InvocationError], BaseException] | None = None,
+        fallback_schema: Callable[[], pa.Schema | None] | None = None,
         on_progress: Callable[[RunStats], None] | None = None,
         progress_interval: float = 10.0,
     ) -> None:
@@ -163,6 +166,7 @@ class Pipeline:
             buffer=self.buffer,
             coordinator=self.coordinator,
             stats=self.stats,
+            fallback_schema=fallback_schema,
         )
         self._on_progress = on_progress
         self._progress_interval = progress_interval

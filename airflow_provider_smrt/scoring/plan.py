@@ -7,8 +7,10 @@ earlier runs become stale, and which error parts are rewritten.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
+import orjson
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import InputDataError, OutputError
@@ -24,9 +26,12 @@ from airflow_provider_smrt.scoring.dataset import (
     resolve_inputs,
 )
 from airflow_provider_smrt.scoring.sink import ExistingPart, OutputState, config_hash, fingerprint, part_name
-from airflow_provider_smrt.scoring.storage import Storage, basename
+from airflow_provider_smrt.scoring.storage import ObjectInfo, Storage, basename, join_uri
 
 __all__ = ["ScoringPlan", "plan_scoring"]
+
+#: ``_manifest.json`` and the mapped tasks' ``_manifest-<map index>.json``.
+_MANIFEST = re.compile(r"^_manifest(-\d+)?\.json$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class ScoringPlan:
     error_rewrites: set[str]
     #: Error parts without a data part that this plan does not write again: deleted after the run.
     stale_errors: list[str]
+    #: Parts this task's previous manifest lists for inputs that are gone (and no other manifest of the
+    #: output lists): deleted after the run.
+    gone: list[ExistingPart] = field(default_factory=list)
+    #: Every data part under the output before the run, this plan's finished ones first (e.g. to read
+    #: the prediction schema when this run scores no row).
+    existing: list[ExistingPart] = field(default_factory=list)
 
     @property
     def todo(self) -> list[WorkUnit]:
@@ -132,6 +143,7 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
     error_rewrites = {name for name in current if name in orphan_names}
     error_rewrites |= {part.name for part in replaced if part.error_uri}
     passthrough_schema = pa.schema([schema.field(name) for name in passthrough]) if files else pa.schema([])
+    gone = _gone_parts(storage, config, state, inputs={file.uri for file in files}, current=current)
     return ScoringPlan(
         files=files,
         features=features,
@@ -145,7 +157,43 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
         replaced=len(replaced),
         error_rewrites=error_rewrites,
         stale_errors=[uri for uri in orphans if basename(uri) not in current],
+        gone=gone,
+        existing=list(done.values()) + [part for part in state.parts.values() if part not in done.values()],
     )
+
+
+def _gone_parts(
+    storage: Storage, config: ScoringConfig, state: OutputState, *, inputs: set[str], current: set[str]
+) -> list[ExistingPart]:
+    """Parts this task's previous manifest lists for inputs no longer among its inputs.
+
+    Only this task's own manifest (``config.manifest_name``) decides, so mapped tasks sharing an output
+    never delete each other's parts; a part that another manifest of the output lists is kept too.
+    """
+    own = join_uri(config.output_uri, config.manifest_name)
+    manifests = [info for info in state.others if _MANIFEST.match(basename(info.uri))]
+    previous = next((info for info in state.others if info.uri == own), None)
+    if previous is None:
+        return []
+    named = {
+        str(part.get("name")) for part in _manifest_parts(storage, previous) if part.get("input") not in inputs
+    }
+    named -= current
+    if not named:
+        return []
+    for other in manifests:
+        if other.uri != own:
+            named -= {str(part.get("name")) for part in _manifest_parts(storage, other)}
+    return [state.parts[name] for name in sorted(named) if name in state.parts]
+
+
+def _manifest_parts(storage: Storage, info: ObjectInfo) -> list[dict[str, object]]:
+    """The ``parts`` of a manifest (none if it cannot be read: it is rewritten at the end of the run)."""
+    try:
+        parts = orjson.loads(storage.read_bytes(info.uri)).get("parts")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [part for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
 
 
 def _load_output_state(storage: Storage, output_uri: str) -> OutputState:

@@ -256,6 +256,12 @@ def read_part_counts(storage: Storage, part: ExistingPart) -> tuple[int, int]:
     return rows(part.uri), (rows(part.error_uri) if part.error_uri else 0)
 
 
+def read_part_schema(storage: Storage, part: ExistingPart) -> pa.Schema:
+    """The Arrow schema of a committed data part, from its Parquet footer."""
+    with storage.open_read(ObjectInfo(uri=part.uri, size=0)) as handle:
+        return pq.ParquetFile(handle).schema_arrow
+
+
 def delete_parts(storage: Storage, parts: Sequence[ExistingPart]) -> None:
     """Delete data parts, then their error twins (a data part never outlives its error rows)."""
     data = [part.uri for part in parts]

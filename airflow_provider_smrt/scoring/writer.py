@@ -48,6 +48,13 @@ class TaskWriter:
         self.prediction_schema: pa.Schema | None = None
         self._schema_lock = threading.Lock()
 
+    def adopt(self, schema: pa.Schema) -> None:
+        """Take the prediction columns of ``schema`` (an existing part's) if no prediction is known yet."""
+        names = set(self.passthrough_schema.names)
+        with self._schema_lock:
+            if self.prediction_schema is None:
+                self.prediction_schema = pa.schema([field for field in schema if field.name not in names])
+
     def empty_schema(self) -> pa.Schema:
         """The schema of a part whose rows all failed: pass-through columns and known predictions."""
         fields = list(self.passthrough_schema)
@@ -126,6 +133,11 @@ class InOrderWriter:
     run has failed or been cancelled, results are dropped and nothing more is written; :meth:`close`
     aborts the parts left open.
 
+    Every part of one output has the same columns: a part whose rows all failed is held (uncommitted,
+    only its error rows in memory) until the run knows its prediction columns, from the first scored
+    rows, or at the end of the run from ``fallback_schema()`` (an existing part's schema). Only when
+    no row of the output was ever scored is it committed with the pass-through columns alone.
+
     :param open_part: ``open_part(unit) -> PartWriter`` for a unit about to be written.
     :param task_writer: writes a task's results into its part.
     :param buffer: the workers' buffer slots, one per task taken and not yet written.
@@ -140,8 +152,12 @@ class InOrderWriter:
         buffer: threading.Semaphore,
         coordinator: Coordinator,
         stats: RunStats,
+        fallback_schema: Callable[[], pa.Schema | None] | None = None,
     ) -> None:
         self.open_part = open_part
+        self.fallback_schema = fallback_schema
+        #: Complete parts whose rows all failed, waiting for the prediction columns to be known.
+        self._held: list[PartWriter] = []
         self.task_writer = task_writer
         self.buffer = buffer
         self.coordinator = coordinator
@@ -204,7 +220,14 @@ class InOrderWriter:
             if unit in self._expected and self._next_seq[unit] == self._expected[unit]:
                 part = self._parts.pop(unit)
                 del self._pending[unit], self._next_seq[unit], self._expected[unit]
-                self._committer.submit(self._commit, part)
+                if part.rows == 0 and self.task_writer.prediction_schema is None:
+                    self._held.append(part)  # committed once the prediction columns are known
+                else:
+                    self._committer.submit(self._commit, part)
+            if self._held and self.task_writer.prediction_schema is not None:
+                held, self._held = self._held, []
+                for part in held:
+                    self._committer.submit(self._commit, part)
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
             self.coordinator.fail(err)
             for items in self._pending.values():  # unblock the workers: nothing more will be written
@@ -227,9 +250,22 @@ class InOrderWriter:
             self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
 
     def close(self) -> None:
-        """After the last event: wait for the commits, then abort the parts still open (a failed run)."""
+        """After the last event: commit the held parts, wait for the commits, then abort the parts still
+        open (a failed run)."""
+        held, self._held = self._held, []
+        if held and not self.coordinator.stop.is_set():
+            try:
+                if self.task_writer.prediction_schema is None and self.fallback_schema is not None:
+                    schema = self.fallback_schema()
+                    if schema is not None:
+                        self.task_writer.adopt(schema)
+            except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
+                self.coordinator.fail(err)
+            for part in held:
+                self._committer.submit(self._commit, part)  # aborted there if the run failed meanwhile
+            held = []
         self._committer.shutdown(wait=True)
         reason = self.coordinator.error or ScoringCancelledError("scoring stopped")
-        for part in self._parts.values():
+        for part in [*self._parts.values(), *held]:
             part.abort(reason)
         self._parts.clear()
