@@ -175,9 +175,7 @@ def _gone_parts(
     previous = next((info for info in state.others if info.uri == own), None)
     if previous is None:
         return []
-    named = {
-        str(part.get("name")) for part in _manifest_parts(storage, previous) if part.get("input") not in inputs
-    }
+    named = {str(part.get("name")) for part in _manifest_parts(storage, previous) if part.get("input") not in inputs}
     named -= current
     if not named:
         return []

@@ -95,8 +95,9 @@ def test_a_spent_error_budget_stops_sending_at_once(rig: ScoringRig, status: int
     assert "ErrorRatioExceededError" in message and "max_error_ratio=0.01" in message
     assert "stopped sending after" in message and "poison value" not in message
     requests = rig.endpoint_stats(endpoint)["requests"]
-    # 2,000 rows that all fail, 50 a request: 21 failed rows spend a budget of 20
-    assert requests <= 150, requests
+    # 2,000 rows that all fail, 50 a request: 21 failed rows spend a budget of 20. A container 5xx costs
+    # more: 3 attempts of each first request, 2 of each failing sub-request (measured: 62 for 400, 124 for 500)
+    assert requests <= (150 if status == 400 else 200), requests
     rig.figures.record(f"error_budget_all_rows_fail_{status}", rows=TOTAL, rows_per_request=50, requests=requests)
 
 
