@@ -174,6 +174,8 @@ def classify_error(
             )
             original_message = response.get("OriginalMessage") or error.get("OriginalMessage")
             log_stream_arn = response.get("LogStreamArn") or error.get("LogStreamArn")
+            headers = meta.get("HTTPHeaders") or {}
+            variant = headers.get("x-amzn-invoked-production-variant") if isinstance(headers, dict) else None
             text = (
                 f"ModelError from {where} (HTTP {http_status}, container status {original}): "
                 f"{fix(cls)}"
@@ -189,6 +191,7 @@ def classify_error(
                 original_status_code=original,
                 original_message=original_message,
                 log_stream_arn=log_stream_arn,
+                invoked_production_variant=variant,
             )
         klass = _class_for(code, http_status, message)
         # Service messages for these codes never echo the body or CustomAttributes.

@@ -60,6 +60,9 @@ class InvocationError(SmrtError):
     :param endpoint_name: the endpoint called.
     :param http_status: the HTTP status of the response, if there was one.
     :param request_id: the request id of the response, if there was one.
+
+    ``attempts`` is set by the retry policy to the attempts made for the request that raised it
+    (None when the error did not come through the policy).
     """
 
     #: True for errors that mean "slow down" (drive adaptive concurrency).
@@ -79,6 +82,7 @@ class InvocationError(SmrtError):
         self.endpoint_name = endpoint_name
         self.http_status = http_status
         self.request_id = request_id
+        self.attempts: int | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep keyword arguments across pickling
         return (_rebuild, (type(self), str(self), self.__dict__))
@@ -123,6 +127,7 @@ class ModelError(InvocationError):
     :param original_status_code: the status code the container returned.
     :param original_message: the container's message (may be truncated).
     :param log_stream_arn: the CloudWatch log stream of the container.
+    :param invoked_production_variant: the production variant that answered, if the response named it.
     """
 
     def __init__(
@@ -132,12 +137,14 @@ class ModelError(InvocationError):
         original_status_code: int | None = None,
         original_message: str | None = None,
         log_stream_arn: str | None = None,
+        invoked_production_variant: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
         self.original_status_code = original_status_code
         self.original_message = original_message
         self.log_stream_arn = log_stream_arn
+        self.invoked_production_variant = invoked_production_variant
 
 
 class ModelInputError(ModelError):

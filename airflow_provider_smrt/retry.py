@@ -25,6 +25,8 @@ T = TypeVar("T")
 Classify = Callable[[BaseException], InvocationError]
 #: Called before each retry sleep with (classified error, attempt number that failed, delay in s).
 OnRetry = Callable[[InvocationError, int, float], None]
+#: Called after a failed attempt with (classified error, attempt number): True stops retrying it.
+GiveUp = Callable[[InvocationError, int], bool]
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,22 @@ class RetryPolicy:
         classify: Classify,
         on_retry: OnRetry | None,
         cancel: threading.Event | None = None,
+        give_up: GiveUp | None = None,
     ) -> tuple[InvocationError, float]:
         """The one decision after a failed attempt: classify, then raise, or return the error and the delay.
 
         Raises the classified error ``from`` its cause (or the raw error, already classified) when it is
-        not retryable, attempts or the deadline run out, or ``cancel`` is set; calls ``on_retry`` otherwise.
+        not retryable, attempts or the deadline run out, ``cancel`` is set or ``give_up(err, attempt)`` says so;
+        calls ``on_retry`` otherwise. The error's ``attempts`` is set to the attempts made.
         """
         err = classify(raw)
+        err.attempts = attempt
         delay = self.delay(attempt, err)
-        if not self.should_retry(err, attempt, started, delay) or (cancel is not None and cancel.is_set()):
+        if (
+            not self.should_retry(err, attempt, started, delay)
+            or (cancel is not None and cancel.is_set())
+            or (give_up is not None and give_up(err, attempt))
+        ):
             if err is raw:
                 raise raw
             raise err from raw
@@ -92,15 +101,21 @@ class RetryPolicy:
         classify: Classify | None = None,
         on_retry: OnRetry | None = None,
         cancel: threading.Event | None = None,
+        give_up: GiveUp | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, fails with a non-retryable error, or attempts run out.
 
         Errors are classified by ``classify`` (default :func:`~airflow_provider_smrt.classify.classify_error`
-        for ``endpoint_name``; pass ``classifier_for_s3(uri)`` for S3 calls) and raised ``from`` their cause.
-        ``cancel`` cuts a backoff sleep short.
+        for ``endpoint_name``; pass ``classifier_for_s3(uri)`` for S3 calls) and raised ``from`` their cause,
+        with ``attempts`` set to the attempts made. ``cancel`` cuts a backoff sleep short; ``give_up(err,
+        attempt)`` returning True stops retrying before the policy would (e.g. fewer attempts for some errors).
         """
         decide = functools.partial(
-            self._after_failure, classify=classify or _default_classify(endpoint_name), on_retry=on_retry, cancel=cancel
+            self._after_failure,
+            classify=classify or _default_classify(endpoint_name),
+            on_retry=on_retry,
+            cancel=cancel,
+            give_up=give_up,
         )
         started = time.monotonic()
         attempt = 0

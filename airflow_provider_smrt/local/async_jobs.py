@@ -37,15 +37,15 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def poison_inspector(value: float | None) -> Callable[[np.ndarray], None] | None:
-    """A check run on the decoded rows: any row holding ``value`` fails the whole request with a 400."""
+def poison_inspector(value: float | None, status: int = 400) -> Callable[[np.ndarray], None] | None:
+    """A check run on the decoded rows: any row holding ``value`` fails the whole request with ``status``."""
     if value is None:
         return None
 
     def inspect(features: np.ndarray) -> None:
         poisoned = int((features == value).any(axis=1).sum())
         if poisoned:
-            raise ModelFailure(400, f"{poisoned} of {features.shape[0]} rows contain the poison value {value:g}")
+            raise ModelFailure(status, f"{poisoned} of {features.shape[0]} rows contain the poison value {value:g}")
 
     return inspect
 
@@ -106,7 +106,11 @@ class AsyncProcessor:
                 raise ModelFailure(408, "Invocation timed out: processing took longer than InvocationTimeoutSeconds.")
             headers = {"X-Amzn-SageMaker-Custom-Attributes": job.custom_attributes} if job.custom_attributes else {}
             prediction = endpoint.model.predict(
-                body, job.content_type, job.accept, headers=headers, inspect=poison_inspector(faults.poison_value)
+                body,
+                job.content_type,
+                job.accept,
+                headers=headers,
+                inspect=poison_inspector(faults.poison_value, faults.poison_status),
             )
             if time.monotonic() > deadline:
                 raise ModelFailure(408, "Invocation timed out: processing took longer than InvocationTimeoutSeconds.")

@@ -349,7 +349,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
                     content_type,
                     accept,
                     headers=headers,
-                    inspect=async_jobs.poison_inspector(faults.poison_value),
+                    inspect=async_jobs.poison_inspector(faults.poison_value, faults.poison_status),
                 )
         except ModelFailure as failure:
             stats.add("model_errors")

@@ -31,6 +31,8 @@ class Faults:
     #: The first N real-time requests answer ModelNotReadyException (counted, so tests do not race the clock).
     model_not_ready_requests: int = 0
     poison_value: float | None = None
+    #: The container status of a request holding a poison row: 400 (rejected) or e.g. 500 (crashed).
+    poison_status: int = 400
     reset_rate: float = 0.0
     stall_rate: float = 0.0
     stall_seconds: float = 0.0
@@ -74,6 +76,8 @@ class Faults:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         if not isinstance(self.model_not_ready_requests, int) or self.model_not_ready_requests < 0:
             raise ValueError(f"model_not_ready_requests must be an integer >= 0; got {self.model_not_ready_requests!r}")
+        if not isinstance(self.poison_status, int) or not 400 <= self.poison_status <= 599:
+            raise ValueError(f"poison_status must be an HTTP error status (400-599); got {self.poison_status!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ValueError(f"capacity must be a positive integer or null; got {self.capacity!r}")
         if not isinstance(self.async_capacity, int) or self.async_capacity < 1:

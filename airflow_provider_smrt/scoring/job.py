@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from airflow_provider_smrt.exceptions import ErrorRatioExceededError
+from airflow_provider_smrt.exceptions import ErrorRatioExceededError, InvocationError
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.checkpoints import (
@@ -42,7 +42,7 @@ from airflow_provider_smrt.scoring.dataset import WorkUnit, iter_units
 from airflow_provider_smrt.scoring.manifest import build_manifest, build_summary, write_manifest
 from airflow_provider_smrt.scoring.pipeline import Invoker, Pipeline
 from airflow_provider_smrt.scoring.plan import ScoringPlan, plan_scoring
-from airflow_provider_smrt.scoring.sink import PartWriter, delete_parts, read_part_counts
+from airflow_provider_smrt.scoring.sink import PartWriter, delete_parts, read_part_counts, read_part_schema
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage
 
@@ -164,6 +164,9 @@ class ScoringJob:
             delete_parts(self.storage, plan.stale)
             if plan.stale_errors:
                 self.storage.delete(plan.stale_errors)
+        if plan.gone:
+            self.log.info("removing %d part(s) this task wrote for inputs that are gone", len(plan.gone))
+            delete_parts(self.storage, plan.gone)
         summary = build_summary(config, plan, self.stats, elapsed=time.monotonic() - self._started)
         write_manifest(self.storage, summary["manifest_uri"], build_manifest(config, plan, self.stats, summary))
         self._progress(self.stats)
@@ -236,11 +239,25 @@ class ScoringJob:
             variant_column=config.variant_column,
             stats=self.stats,
             coordinator=self.coordinator,
+            max_failed_rows=config.max_error_ratio * plan.rows_total,
+            budget_error=self._budget_error,
+            fallback_schema=lambda: self._existing_schema(plan),
             on_progress=self._progress,
             progress_interval=self.progress_interval,
             checkpoint_policy=policy,
             unit_offsets={unit: checkpoint.rows for unit, checkpoint in plan.checkpoints.items()},
         )
+
+    def _existing_schema(self, plan: ScoringPlan) -> pa.Schema | None:
+        """The schema of the first existing part of the output with prediction columns (None if none)."""
+        passthrough = set(plan.passthrough)
+        for part in plan.existing:
+            if part in plan.stale or part in plan.gone:
+                continue
+            schema = read_part_schema(self.storage, part)
+            if any(name not in passthrough for name in schema.names):
+                return schema
+        return None
 
     def _batches(self, plan: ScoringPlan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
         columns = plan.features + [name for name in plan.passthrough if name not in plan.features]
@@ -286,3 +303,20 @@ class ScoringJob:
                 f"scored and committed under {summary['output_uri']}. Fix the rows or raise max_error_ratio, "
                 "then rerun: finished parts are not scored again"
             )
+
+    def _budget_error(self, failed: int, last: InvocationError) -> ErrorRatioExceededError:
+        """The error that stops a run as soon as more rows failed than ``max_error_ratio`` allows in all.
+
+        It names the last failure's class and the classified message (status codes, log stream,
+        request id), never the container's own message.
+        """
+        config, total = self.config, self.stats.rows_total
+        output = config.output_uri.rstrip("/") + "/"
+        return ErrorRatioExceededError(
+            f"{failed} of {total} rows ({failed / max(total, 1):.4%}) failed, more than max_error_ratio="
+            f"{config.max_error_ratio} allows for the whole input ({int(config.max_error_ratio * total)} rows): "
+            f"stopped sending after {self.stats.requests} requests. Last failure: {type(last).__name__}: {last}. "
+            f"Parts committed before the stop (and their failed rows, under {output}_errors/) are kept; the "
+            "rows of unfinished parts are not written. Fix the rows or the model (see its log stream), or raise "
+            "max_error_ratio, then rerun: finished parts are not scored again"
+        )

@@ -19,8 +19,9 @@ wait for the GIL, and when all threads are busy those waits set the pace (``docs
 The caller's thread only waits and reports progress.
 
 One :class:`~airflow_provider_smrt.scoring.coordinator.Coordinator` holds the first fatal error;
-every thread checks it before new work. Airflow-free: the caller passes an ``invoke(body) -> result``
-callable.
+every thread checks it before new work. With an error budget (``max_failed_rows``), the first row
+that fails beyond it stops the run: no request is sent after that, bisections included.
+Airflow-free: the caller passes an ``invoke(body) -> result`` callable.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ import pyarrow as pa
 from airflow_provider_smrt.exceptions import (
     InputDataError,
     InvocationError,
-    ModelInputError,
+    ModelError,
+    ModelServerError,
     PredictionCountMismatchError,
     ScoringCancelledError,
 )
@@ -52,7 +54,7 @@ from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task, TaskSource, locate_input_error
 from airflow_provider_smrt.scoring.writer import InOrderWriter, TaskWriter
 
-__all__ = ["ENCODE_AHEAD", "InvokeResult", "Invoker", "Pipeline"]
+__all__ = ["BISECT_SERVER_ERROR_ATTEMPTS", "ENCODE_AHEAD", "InvokeResult", "Invoker", "Pipeline", "isolates_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,27 @@ log = logging.getLogger(__name__)
 #: One keeps most of the gain at low concurrency; more cost GIL wake-ups at high concurrency
 #: (docs/performance.md, "Encode-ahead workers").
 ENCODE_AHEAD = 1
+
+#: Attempts of a sub-request of a bisection that fails with a container 5xx (ModelServerError): the
+#: request it was cut from already failed after the full retry policy, so a 5xx here most likely
+#: means a poison row, and one retry is enough to tell a transient failure from it. Every other
+#: retryable error (throttling, service 5xx, transport) keeps the full policy.
+BISECT_SERVER_ERROR_ATTEMPTS = 2
+
+
+def isolates_rows(err: InvocationError) -> bool:
+    """True for a failure bisection can pin to rows: a ModelError, unless the container answered 429.
+
+    The container failed on what it was sent (4xx), or crashed on it (5xx: many model servers answer
+    500 for any unhandled exception); a 429 means it is overloaded, which is about load, not rows.
+    Throttling, service 5xx and transport errors are about the endpoint: they fail the task once the
+    retry policy gives up.
+    """
+    return isinstance(err, ModelError) and err.original_status_code != 429
+
+
+def _give_up_bisecting(err: InvocationError, attempt: int) -> bool:
+    return isinstance(err, ModelServerError) and isolates_rows(err) and attempt >= BISECT_SERVER_ERROR_ATTEMPTS
 
 
 class InvokeResult(Protocol):
@@ -85,6 +108,11 @@ class Pipeline:
     :param concurrency: requests in flight at most.
     :param retry_policy: the retry policy applied to each request.
     :param variant_column: if set, an output column holding each row's invoked production variant.
+    :param max_failed_rows: the error budget: once more rows than this have failed (the ``stats``
+        already counted included), the run stops with ``budget_error(failed rows, last error)``.
+        None: no budget.
+    :param fallback_schema: the schema of an existing part of the output, for parts whose rows all
+        failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`).
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
     :param checkpoint_policy: when the writer leaves checkpoints of the units being written (None: never).
@@ -107,6 +135,9 @@ class Pipeline:
         variant_column: str | None = None,
         stats: RunStats | None = None,
         coordinator: Coordinator | None = None,
+        max_failed_rows: float | None = None,
+        budget_error: Callable[[int, InvocationError], BaseException] | None = None,
+        fallback_schema: Callable[[], pa.Schema | None] | None = None,
         on_progress: Callable[[RunStats], None] | None = None,
         progress_interval: float = 10.0,
         checkpoint_policy: CheckpointPolicy | None = None,
@@ -125,6 +156,10 @@ class Pipeline:
         self.stats = stats or RunStats()
         self.coordinator = coordinator or Coordinator()
         self.limiter = AdaptiveLimiter(limit=concurrency)
+        self.max_failed_rows = max_failed_rows
+        self._budget_error = budget_error
+        self._failed_lock = threading.Lock()
+        self._failed_rows = self.stats.rows_failed  # rows failed so far, counted as they fail
         #: One slot per task a worker holds or the writer has not yet written: bounds buffered work.
         self.buffer = threading.Semaphore(2 * concurrency + 2)
         self.task_writer = TaskWriter(
@@ -137,6 +172,7 @@ class Pipeline:
             coordinator=self.coordinator,
             stats=self.stats,
             checkpoint_policy=checkpoint_policy,
+            fallback_schema=fallback_schema,
         )
         self.unit_offsets = unit_offsets or {}
         self._on_progress = on_progress
@@ -237,15 +273,30 @@ class Pipeline:
             self.limiter.on_throttle()
         log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
 
-    def _score(self, task: Task, offset: int, count: int, body: bytes) -> tuple[list[Piece], RowErrors]:
-        """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them.
+    def _count_failed(self, rows: int, err: InvocationError) -> None:
+        """Count rows that failed; past the error budget, stop the run (no request is sent after this)."""
+        with self._failed_lock:
+            self._failed_rows += rows
+            failed = self._failed_rows
+        if self.max_failed_rows is not None and failed > self.max_failed_rows:
+            if self._budget_error is not None:
+                self.coordinator.fail(self._budget_error(failed, err))
+            else:
+                self.coordinator.cancel("the error budget is spent")
+
+    def _score(
+        self, task: Task, offset: int, count: int, body: bytes, *, bisecting: bool = False
+    ) -> tuple[list[Piece], RowErrors]:
+        """Score rows ``[offset, offset+count)`` of a task; bisect if the model fails on them.
 
         The in-flight slot is held for the call (with its retries) only: encoding and decoding happen
-        outside it.
+        outside it. Bisection goes depth first, left half first, so single failing rows are found (and
+        counted against the error budget) after the fewest requests; every request checks the stop
+        event first, so a spent budget ends a bisection at once.
         """
-        if not self.limiter.acquire(self.coordinator.stop):
+        if self.coordinator.stop.is_set() or not self.limiter.acquire(self.coordinator.stop):
             raise ScoringCancelledError("scoring stopped")
-        rejected: ModelInputError | None = None
+        failed: InvocationError | None = None
         try:
             self.stats.add(requests=1)
             result = self.retry_policy.call(
@@ -253,19 +304,24 @@ class Pipeline:
                 endpoint_name=self.endpoint_name,
                 on_retry=self._on_retry,
                 cancel=self.coordinator.stop,
+                give_up=_give_up_bisecting if bisecting else None,
             )
-        except ModelInputError as err:
-            rejected = err
+        except ModelError as err:
+            if not isolates_rows(err) or self.coordinator.stop.is_set():
+                raise
+            failed = err
         finally:
             self.limiter.release()
-        if rejected is not None:
+        if failed is not None:
             if count == 1:
-                return [], [(offset, 1, rejected)]
+                self._count_failed(1, failed)
+                return [], [(offset, 1, failed)]
             self.stats.add(bisections=1)
             half = count // 2
-            left = self._score(task, offset, half, self.codec.encode(task.features.slice(offset, half)))
+            left_body = self.codec.encode(task.features.slice(offset, half))
+            left = self._score(task, offset, half, left_body, bisecting=True)
             right_body = self.codec.encode(task.features.slice(offset + half, count - half))
-            right = self._score(task, offset + half, count - half, right_body)
+            right = self._score(task, offset + half, count - half, right_body, bisecting=True)
             return left[0] + right[0], left[1] + right[1]
         self.limiter.on_success()
         try:

@@ -7,12 +7,14 @@ earlier runs become stale, and which error parts are rewritten.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+import orjson
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import InputDataError, OutputError
-from airflow_provider_smrt.s3 import basename, error_code, is_s3_client_error
+from airflow_provider_smrt.s3 import ObjectInfo, basename, error_code, is_s3_client_error, join_uri
 from airflow_provider_smrt.scoring.checkpoints import UnitCheckpoint, resolve_checkpoints
 from airflow_provider_smrt.scoring.codecs import check_features_encodable
 from airflow_provider_smrt.scoring.codecs.templates import RequestTemplateEncoder, template_columns
@@ -36,6 +38,9 @@ from airflow_provider_smrt.scoring.sink import (
 from airflow_provider_smrt.scoring.storage import Storage
 
 __all__ = ["ScoringPlan", "plan_scoring"]
+
+#: ``_manifest.json`` and the mapped tasks' ``_manifest-<map index>.json``.
+_MANIFEST = re.compile(r"^_manifest(-\d+)?\.json$")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,12 @@ class ScoringPlan:
     checkpoints: dict[WorkUnit, UnitCheckpoint] = field(default_factory=dict)
     #: Checkpoint objects of these inputs that this plan does not resume from: deleted before the run.
     stale_checkpoints: list[str] = field(default_factory=list)
+    #: Parts this task's previous manifest lists for inputs that are gone (and no other manifest of the
+    #: output lists): deleted after the run.
+    gone: list[ExistingPart] = field(default_factory=list)
+    #: Every data part under the output before the run, this plan's finished ones first (e.g. to read
+    #: the prediction schema when this run scores no row).
+    existing: list[ExistingPart] = field(default_factory=list)
 
     @property
     def todo(self) -> list[WorkUnit]:
@@ -118,8 +129,8 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
     features, passthrough, schema = check_schemas(
         files, feature_columns=feature_columns, passthrough_columns=config.passthrough_columns
     )
-    if files:
-        check_features_encodable(schema, config.content_type if config.encoder is None else "custom")
+    if files and config.encoder is None:  # a user encoder knows its own types
+        check_features_encodable(pa.schema([schema.field(name) for name in features]), config.content_type)
     if config.request_template is not None:
         RequestTemplateEncoder(config.request_template).check_columns(features)
     chash = config_hash(config.hash_input(features, passthrough))
@@ -159,6 +170,7 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
     resumable = {names[unit]: unit for unit in units if unit not in done} if config.if_exists == "resume" else {}
     checkpoints, stale_checkpoints = resolve_checkpoints(storage, state.checkpoints_of(slugs), resumable)
     passthrough_schema = pa.schema([schema.field(name) for name in passthrough]) if files else pa.schema([])
+    gone = _gone_parts(storage, config, state, inputs={file.uri for file in files}, current=current)
     return ScoringPlan(
         files=files,
         features=features,
@@ -174,7 +186,41 @@ def plan_scoring(config: ScoringConfig, storage: Storage) -> ScoringPlan:
         stale_errors=[uri for uri in orphans if basename(uri) not in current],
         checkpoints=checkpoints,
         stale_checkpoints=stale_checkpoints,
+        gone=gone,
+        existing=list(done.values()) + [part for part in state.parts.values() if part not in done.values()],
     )
+
+
+def _gone_parts(
+    storage: Storage, config: ScoringConfig, state: OutputState, *, inputs: set[str], current: set[str]
+) -> list[ExistingPart]:
+    """Parts this task's previous manifest lists for inputs no longer among its inputs.
+
+    Only this task's own manifest (``config.manifest_name``) decides, so mapped tasks sharing an output
+    never delete each other's parts; a part that another manifest of the output lists is kept too.
+    """
+    own = join_uri(config.output_uri, config.manifest_name)
+    manifests = [info for info in state.others if _MANIFEST.match(basename(info.uri))]
+    previous = next((info for info in state.others if info.uri == own), None)
+    if previous is None:
+        return []
+    named = {str(part.get("name")) for part in _manifest_parts(storage, previous) if part.get("input") not in inputs}
+    named -= current
+    if not named:
+        return []
+    for other in manifests:
+        if other.uri != own:
+            named -= {str(part.get("name")) for part in _manifest_parts(storage, other)}
+    return [state.parts[name] for name in sorted(named) if name in state.parts]
+
+
+def _manifest_parts(storage: Storage, info: ObjectInfo) -> list[dict[str, object]]:
+    """The ``parts`` of a manifest (none if it cannot be read: it is rewritten at the end of the run)."""
+    try:
+        parts = orjson.loads(storage.read_bytes(info.uri)).get("parts")
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [part for part in parts if isinstance(part, dict)] if isinstance(parts, list) else []
 
 
 def _load_output_state(storage: Storage, output_uri: str) -> OutputState:

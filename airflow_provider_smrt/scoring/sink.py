@@ -45,6 +45,25 @@ MANIFEST_NAME = "_manifest.json"
 ERROR_CLASS_COLUMN = "error_class"
 ERROR_MESSAGE_COLUMN = "error_message"
 ERROR_ROW_COLUMN = "input_row"
+#: The columns of an error part after the pass-through columns: the row's story. ``error_message`` is
+#: the classified message (never the container's); ``original_message`` is the container's own,
+#: truncated to :data:`ORIGINAL_MESSAGE_BYTES` (it may quote the row: it is kept here, with the
+#: user's data, and nowhere else).
+ERROR_FIELDS: tuple[pa.Field, ...] = (
+    pa.field(ERROR_ROW_COLUMN, pa.int64()),
+    pa.field(ERROR_CLASS_COLUMN, pa.string()),
+    pa.field(ERROR_MESSAGE_COLUMN, pa.string()),
+    pa.field("error_code", pa.string()),
+    pa.field("http_status", pa.int32()),
+    pa.field("original_status_code", pa.int32()),
+    pa.field("original_message", pa.string()),
+    pa.field("log_stream_arn", pa.string()),
+    pa.field("request_id", pa.string()),
+    pa.field("attempts", pa.int32()),
+    pa.field("invoked_variant", pa.string()),
+)
+#: The container's message is cut to this many bytes (UTF-8) in ``_errors/``.
+ORIGINAL_MESSAGE_BYTES = 1024
 _PART = re.compile(r"^part-(?P<slug>.+)-(?P<start>\d{10})-(?P<end>\d{10})-(?P<fp>[0-9a-f]{12})\.parquet$")
 
 
@@ -72,14 +91,8 @@ def part_slug(name: str) -> str | None:
 
 
 def error_schema(passthrough: pa.Schema) -> pa.Schema:
-    return pa.schema(
-        [
-            *passthrough,
-            pa.field(ERROR_ROW_COLUMN, pa.int64()),
-            pa.field(ERROR_CLASS_COLUMN, pa.string()),
-            pa.field(ERROR_MESSAGE_COLUMN, pa.string()),
-        ]
-    )
+    """The schema of an error part: the pass-through columns, then :data:`ERROR_FIELDS`."""
+    return pa.schema([*passthrough, *ERROR_FIELDS])
 
 
 @dataclass
@@ -367,6 +380,12 @@ def read_part_counts(storage: Storage, part: ExistingPart) -> tuple[int, int]:
             return int(pq.ParquetFile(handle).metadata.num_rows)
 
     return rows(part.uri), (rows(part.error_uri) if part.error_uri else 0)
+
+
+def read_part_schema(storage: Storage, part: ExistingPart) -> pa.Schema:
+    """The Arrow schema of a committed data part, from its Parquet footer."""
+    with storage.open_read(ObjectInfo(uri=part.uri, size=0)) as handle:
+        return pq.ParquetFile(handle).schema_arrow
 
 
 def delete_parts(storage: Storage, parts: Sequence[ExistingPart]) -> None:

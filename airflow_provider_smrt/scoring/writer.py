@@ -9,6 +9,7 @@ and commits complete parts, both on :data:`COMMIT_THREADS` committer threads.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import deque
@@ -23,13 +24,7 @@ from airflow_provider_smrt.s3 import basename
 from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
-from airflow_provider_smrt.scoring.sink import (
-    ERROR_CLASS_COLUMN,
-    ERROR_MESSAGE_COLUMN,
-    ERROR_ROW_COLUMN,
-    PartWriter,
-    PendingSegment,
-)
+from airflow_provider_smrt.scoring.sink import ERROR_FIELDS, ORIGINAL_MESSAGE_BYTES, PartWriter, PendingSegment
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task
 
@@ -57,6 +52,13 @@ class TaskWriter:
         #: The prediction columns of the first predictions written (with the variant column), or None.
         self.prediction_schema: pa.Schema | None = None
         self._schema_lock = threading.Lock()
+
+    def adopt(self, schema: pa.Schema) -> None:
+        """Take the prediction columns of ``schema`` (an existing part's) if no prediction is known yet."""
+        names = set(self.passthrough_schema.names)
+        with self._schema_lock:
+            if self.prediction_schema is None:
+                self.prediction_schema = pa.schema([field for field in schema if field.name not in names])
 
     def empty_schema(self) -> pa.Schema:
         """The schema of a part whose rows all failed: pass-through columns and known predictions."""
@@ -89,22 +91,38 @@ class TaskWriter:
                 with self.stats.lock:
                     self.stats.variants[piece.variant] += 1
         for offset, count, err in errors:
-            rows = task.passthrough.slice(offset, count)
+            table = task.passthrough.slice(offset, count)
             first = task.unit.start + task.offset + offset
-            table = rows.append_column(ERROR_ROW_COLUMN, pa.array(range(first, first + count), type=pa.int64()))
-            table = table.append_column(ERROR_CLASS_COLUMN, pa.array([type(err).__name__] * count, pa.string()))
-            table = table.append_column(ERROR_MESSAGE_COLUMN, pa.array([error_text(err)] * count, pa.string()))
+            story = error_story(err)
+            for field in ERROR_FIELDS:
+                values = range(first, first + count) if field.name == "input_row" else [story[field.name]] * count
+                table = table.append_column(field, pa.array(values, type=field.type))
             part.write_errors(table)
             self.stats.add(rows_failed=count)
 
 
-def error_text(err: SmrtError) -> str:
-    """The message kept with a poison row in ``_errors/`` (data, never logged).
+def error_story(err: SmrtError) -> dict[str, Any]:
+    """The values of :data:`~airflow_provider_smrt.scoring.sink.ERROR_FIELDS` for a row that failed with ``err``.
 
-    The container's own message is included there, since it usually says what is wrong with the row.
+    Kept in ``_errors/`` only (data, never logged): ``original_message`` is the container's own
+    message, cut to :data:`~airflow_provider_smrt.scoring.sink.ORIGINAL_MESSAGE_BYTES`, since it
+    usually says what is wrong with the row.
     """
     original = getattr(err, "original_message", None)
-    return f"{err}; model said: {original}" if original else str(err)
+    if original is not None:
+        original = str(original).encode("utf-8")[:ORIGINAL_MESSAGE_BYTES].decode("utf-8", errors="ignore")
+    return {
+        "error_class": type(err).__name__,
+        "error_message": str(err),
+        "error_code": getattr(err, "code", None),
+        "http_status": getattr(err, "http_status", None),
+        "original_status_code": getattr(err, "original_status_code", None),
+        "original_message": original,
+        "log_stream_arn": getattr(err, "log_stream_arn", None),
+        "request_id": getattr(err, "request_id", None),
+        "attempts": getattr(err, "attempts", None),
+        "invoked_variant": getattr(err, "invoked_production_variant", None),
+    }
 
 
 class InOrderWriter:
@@ -125,6 +143,11 @@ class InOrderWriter:
     written since then are handed to a committer thread as a segment: taking them costs the writing
     a list swap. The checkpoints and the commit of one part run one at a time, in order.
 
+    Every part of one output has the same columns: a part whose rows all failed is held (uncommitted,
+    only its error rows in memory) until the run knows its prediction columns, from the first scored
+    rows, or at the end of the run from ``fallback_schema()`` (an existing part's schema). Only when
+    no row of the output was ever scored is it committed with the pass-through columns alone.
+
     :param open_part: ``open_part(unit) -> PartWriter`` for a unit about to be written.
     :param task_writer: writes a task's results into its part.
     :param buffer: the workers' buffer slots, one per task taken and not yet written.
@@ -140,9 +163,13 @@ class InOrderWriter:
         coordinator: Coordinator,
         stats: RunStats,
         checkpoint_policy: CheckpointPolicy | None = None,
+        fallback_schema: Callable[[], pa.Schema | None] | None = None,
     ) -> None:
         self.open_part = open_part
         self.checkpoint_policy = checkpoint_policy if checkpoint_policy and checkpoint_policy.enabled else None
+        self.fallback_schema = fallback_schema
+        #: Complete parts whose rows all failed, waiting for the prediction columns to be known.
+        self._held: list[PartWriter] = []
         self.task_writer = task_writer
         self.buffer = buffer
         self.coordinator = coordinator
@@ -216,9 +243,16 @@ class InOrderWriter:
             if unit in self._expected and self._next_seq[unit] == self._expected[unit]:
                 del self._parts[unit], self._pending[unit], self._next_seq[unit], self._expected[unit]
                 del self._since[unit]
-                self._submit(part, lambda: self._commit(part))
+                if part.rows == 0 and self.task_writer.prediction_schema is None:
+                    self._held.append(part)  # committed once the prediction columns are known
+                else:
+                    self._submit(part, lambda: self._commit(part))
             elif written and self.checkpoint_policy is not None:
                 self._maybe_checkpoint(unit, part, written)
+            if self._held and self.task_writer.prediction_schema is not None:
+                held, self._held = self._held, []
+                for held_part in held:
+                    self._submit(held_part, functools.partial(self._commit, held_part))
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
             self._failed_writing = True  # a part may hold part of a task: none is checkpointed any more
             self.coordinator.fail(err)
@@ -288,10 +322,25 @@ class InOrderWriter:
             self.stats.part_rows[basename(part.uri)] = (part.rows, part.error_rows)
 
     def close(self) -> None:
-        """After the last event: wait for the commits, then abort the parts still open (a failed or
-        cancelled run), checkpointing first the rows written into them since their last checkpoint."""
+        """After the last event: commit the held parts, wait for the commits, then abort the parts still
+        open (a failed or cancelled run), checkpointing first the rows written into them since their last
+        checkpoint."""
+        held, self._held = self._held, []
+        if held and not self.coordinator.stop.is_set():
+            try:
+                if self.task_writer.prediction_schema is None and self.fallback_schema is not None:
+                    schema = self.fallback_schema()
+                    if schema is not None:
+                        self.task_writer.adopt(schema)
+            except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by the pipeline
+                self.coordinator.fail(err)
+            for part in held:
+                self._submit(part, functools.partial(self._commit, part))  # aborted there if the run failed
+            held = []
         self._committer.shutdown(wait=True)
         reason = self.coordinator.error or ScoringCancelledError("scoring stopped")
+        for part in held:
+            part.abort(reason)
         for unit, part in self._parts.items():
             if self.checkpoint_policy is not None and not self._failed_writing and part.written_end < unit.end:
                 segment = part.take_segment()

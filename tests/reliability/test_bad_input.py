@@ -81,10 +81,16 @@ def _list_column(s3: Any, prefix: str) -> dict[str, Any]:
 
 
 def _huge_row(s3: Any, prefix: str) -> dict[str, Any]:
-    table = pa.table({"id": pa.array([1, 2], pa.int64()), "f0": ["small", "y" * 7_000_000]})
+    table = pa.table({"id": pa.array([1, 2], pa.int64()), "f0": ["y" * 7_000_000, "small"]})
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     _put_bytes(s3, prefix + "in/a.parquet", buf.getvalue())
+    return {"content_type": "application/json"}  # text/csv takes no text features
+
+
+def _text_features_as_csv(s3: Any, prefix: str) -> dict[str, Any]:
+    table = features(range(100))
+    put_parquet(s3, prefix + "in/a.parquet", table.set_column(1, "f0", pa.array([str(i) for i in range(100)])))
     return {}
 
 
@@ -112,8 +118,9 @@ CASES: dict[str, Case] = {
     "missing_feature_column": Case(_good, ("'f9'", "missing", "feature_columns"), op={"feature_columns": ["f0", "f9"]}),
     "list_column_with_csv": Case(_list_column, ("'f2'", "text/csv")),
     "row_over_payload_limit": Case(
-        _huge_row, ("row 1", "request limit", "SageMakerInvokeEndpointAsyncOperator"), op={"feature_columns": ["f0"]}
+        _huge_row, ("row 0", "request limit", "SageMakerInvokeEndpointAsyncOperator"), op={"feature_columns": ["f0"]}
     ),
+    "text_features_as_csv": Case(_text_features_as_csv, ("'f0' (string)", "application/json", "encoder=")),
     "endpoint_does_not_exist": Case(
         _no_endpoint, ("no-such-endpoint", "not found", "endpoint name"), op={"max_attempts": 2}
     ),

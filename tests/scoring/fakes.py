@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from airflow_provider_smrt.exceptions import ModelInputError, ServiceError, ThrottlingError
+from airflow_provider_smrt.exceptions import ModelInputError, ModelServerError, ServiceError, ThrottlingError
 
 
 def _number(value: object) -> float:
@@ -35,9 +35,10 @@ class Result:
 
 @dataclass
 class FakeEndpoint:
-    """Sums each CSV row; rows containing ``poison`` fail with a ModelError (container status 400)."""
+    """Sums each CSV row; rows containing ``poison`` fail with a ModelError (container status ``poison_status``)."""
 
     poison: float | None = None
+    poison_status: int = 400
     throttle_rate: float = 0.0
     error_5xx_rate: float = 0.0
     latency: float = 0.0
@@ -70,8 +71,13 @@ class FakeEndpoint:
         matrix = [table.column(i).to_pylist() for i in range(table.num_columns)]
         sums = [sum(_number(v) for v in row) for row in zip(*matrix, strict=True)]
         if self.poison is not None and any(self.poison in row for row in zip(*matrix, strict=True)):
-            raise ModelInputError(
-                "poison", code="ModelError", http_status=424, original_status_code=400, original_message="bad row"
+            cls = ModelInputError if self.poison_status < 500 else ModelServerError
+            raise cls(
+                "poison",
+                code="ModelError",
+                http_status=424,
+                original_status_code=self.poison_status,
+                original_message="bad row",
             )
         if self.drop_last_prediction:
             sums = sums[:-1]

@@ -155,10 +155,17 @@ def test_poison_rows_are_isolated(tmp_path: Path) -> None:
     table = table.set_column(1, "f0", pa.array(f0))
     write(inputs / "p.parquet", table, 300)
     endpoint = FakeEndpoint(poison=-1.0)
-    with pytest.raises(ErrorRatioExceededError) as info:
-        run(tmp_path, endpoint)
+    with pytest.raises(ErrorRatioExceededError) as info:  # the first failed row spends a budget of 0
+        run(tmp_path, endpoint, concurrency=1)
     message = str(info.value)
-    assert "max_error_ratio=0.0" in message and "4 of 1000 rows" in message and "_errors" in message
+    assert "max_error_ratio=0.0" in message and "1 of 1000 rows" in message and "stopped sending" in message
+    assert "bad row" not in message  # the container's message stays in _errors/
+    # 12 requests bisect rows 0-99 down to row 17, then nothing more is sent (the whole run sends ~58)
+    assert 12 <= endpoint.requests < 30
+    assert not list(tmp_path.glob("out/part-*"))  # the unit holding row 17 is not committed
+    endpoint = FakeEndpoint(poison=-1.0)
+    summary = run(tmp_path, endpoint, max_error_ratio=0.01)
+    assert summary["rows_failed"] == 4
     out = read_output(tmp_path / "out")
     assert sorted(out["id"].to_pylist()) == sorted(set(range(1_000)) - set(poison_ids))
     errors = pa.concat_tables([pq.read_table(p) for p in (tmp_path / "out" / "_errors").glob("part-*")])
@@ -286,7 +293,14 @@ def test_a_row_over_the_payload_limit_is_named(tmp_path: Path) -> None:
     write(tmp_path / "in" / "a.parquet", table.append_column("text", pa.array(text)), 100)
     endpoint = FakeEndpoint()
     with pytest.raises(InputDataError, match=r"a\.parquet row 157: .*SageMakerInvokeEndpointAsyncOperator"):
-        run(tmp_path, endpoint, feature_columns=["text"], max_payload_bytes=3_000, concurrency=1)
+        run(
+            tmp_path,
+            endpoint,
+            feature_columns=["text"],
+            content_type="application/json",  # text/csv takes numeric features only
+            max_payload_bytes=3_000,
+            concurrency=1,
+        )
     assert not list((tmp_path / "out").glob("part-*0300-*"))  # the unit holding the row is not committed
 
 

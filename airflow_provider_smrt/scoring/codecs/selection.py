@@ -31,7 +31,7 @@ from airflow_provider_smrt.scoring.codecs.decoders import (
 from airflow_provider_smrt.scoring.codecs.encoders import CsvEncoder, JsonEncoder, UserEncoder
 from airflow_provider_smrt.scoring.codecs.templates import RequestTemplateEncoder, ResponseFieldDecoder
 
-__all__ = ["PayloadCodec", "check_features_encodable", "get_codec", "resolve_callable"]
+__all__ = ["PayloadCodec", "check_csv_features_numeric", "check_features_encodable", "get_codec", "resolve_callable"]
 
 
 def resolve_callable(spec: str | Callable[..., Any], *, parameter: str) -> Callable[..., Any]:
@@ -90,6 +90,39 @@ def check_features_encodable(schema: pa.Schema, content_type: str) -> None:
         problem = type_problem(field.type, media)
         if problem:
             raise InputDataError(column_message(field.name, field.type, media, problem))
+    if media == CSV:
+        check_csv_features_numeric(schema)
+
+
+def _numeric_or_boolean(data_type: pa.DataType) -> bool:
+    if isinstance(data_type, pa.ExtensionType):
+        return _numeric_or_boolean(data_type.storage_type)
+    if pa.types.is_dictionary(data_type):
+        return _numeric_or_boolean(data_type.value_type)
+    return bool(
+        pa.types.is_integer(data_type)
+        or pa.types.is_floating(data_type)
+        or pa.types.is_decimal(data_type)
+        or pa.types.is_boolean(data_type)
+        or pa.types.is_null(data_type)
+    )
+
+
+def check_csv_features_numeric(schema: pa.Schema) -> None:
+    """Refuse text/csv for feature columns that are not numeric or boolean, naming them all and the fix.
+
+    CSV models parse numbers: text, dates or times in a CSV body fail every request at the model, and
+    each failed request costs a bisection. A user encoder is not checked (it knows its own types).
+    """
+    others = [field for field in schema if not _numeric_or_boolean(field.type)]
+    if others:
+        listed = ", ".join(f"{field.name!r} ({field.type})" for field in others)
+        raise InputDataError(
+            f"feature column(s) {listed} are not numeric or boolean, and text/csv sends numbers: send them as "
+            "content_type='application/json' or 'application/jsonlines', or pass encoder= (a function or "
+            "dotted path building the request body), or leave them out of feature_columns (list them in "
+            "passthrough_columns to keep them in the output)"
+        )
 
 
 def get_codec(

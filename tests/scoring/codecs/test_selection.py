@@ -134,12 +134,25 @@ def test_codec_repr_has_no_payload() -> None:
 
 def test_check_features_encodable_accepts_supported_schemas() -> None:
     schema = mixed_table().schema
-    for content_type in (CSV, "text/csv; charset=utf-8", JSON, JSONLINES):
+    for content_type in (JSON, JSONLINES):
         check_features_encodable(schema, content_type)  # no error
+    numeric = pa.schema([field for field in schema if field.name in ("i", "u8", "f", "f32", "b", "d")])
+    for content_type in (CSV, "text/csv; charset=utf-8"):
+        check_features_encodable(numeric, content_type)  # no error
     nested = pa.schema([("l", pa.list_(pa.struct([("d", pa.decimal128(5, 2))])))])
     check_features_encodable(nested, JSON)
     with pytest.raises(InputDataError, match="nested field"):
         check_features_encodable(pa.schema([("l", pa.list_(pa.binary()))]), JSON)
+
+
+def test_csv_needs_numeric_or_boolean_features_naming_every_column_and_the_fix() -> None:
+    schema = pa.schema([("x", pa.float64()), ("name", pa.string()), ("when", pa.timestamp("us"))])
+    with pytest.raises(InputDataError) as info:
+        check_features_encodable(schema, CSV)
+    message = str(info.value)
+    assert "'name' (string)" in message and "'when' (timestamp[us])" in message and "'x'" not in message
+    assert "application/json" in message and "encoder=" in message
+    check_features_encodable(schema, JSON)  # JSON carries text
 
 
 def test_check_features_encodable_rejects_empty_schema_and_unknown_type() -> None:
