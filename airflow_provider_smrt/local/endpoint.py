@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -119,6 +120,13 @@ class EndpointServer(ThreadingHTTPServer):
         sock, address = super().get_request()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or drops its connection (a killed task, a test's fault) is no server error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("a client closed its connection (%s)", type(sys.exc_info()[1]).__name__)
+            return
+        super().handle_error(request, client_address)
 
     def start(self) -> None:
         """Serve in a daemon thread."""
