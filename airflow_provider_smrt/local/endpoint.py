@@ -298,6 +298,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         stats = endpoint.stats
         stats.arrived()
+        stats.add("bytes_in", size)
         try:
             try:
                 if size > limit:
@@ -313,6 +314,8 @@ class _Handler(BaseHTTPRequestHandler):
             if kind == "sync":
                 with stats.lock:
                     stats.last_request_headers = {h: v for h in RECORDED_HEADERS if (v := self.headers.get(h))}
+                    if inference_id := self.headers.get("X-Amzn-SageMaker-Inference-Id"):
+                        stats.inference_ids.append(inference_id)
             if kind == "async":
                 if self._front_door(endpoint, check_ready=False) is _RESET:
                     return
@@ -447,6 +450,7 @@ class _Handler(BaseHTTPRequestHandler):
         if prediction.custom_attributes:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = prediction.custom_attributes
         self._send(200, prediction.body, headers)
+        endpoint.stats.add("bytes_out", len(prediction.body))
         endpoint.stats.add("invocations_ok")
         endpoint.stats.add("rows_ok", prediction.rows)
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes
 from airflow_provider_smrt.scoring.codecs.templates import template_columns
+from airflow_provider_smrt.scoring.inference_ids import validate_inference_id_prefix
 from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
 
 __all__ = [
@@ -62,6 +63,13 @@ class ScoringConfig:
     response_field: str | None = None
     #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
     invoke_params: dict[str, Any] = field(default_factory=dict)
+    #: If set, every request carries a deterministic InferenceId starting with it (see
+    #: :mod:`~airflow_provider_smrt.scoring.inference_ids`); not hashed (it does not change predictions).
+    inference_id_prefix: str | None = None
+    #: On-demand price of one endpoint instance per hour (USD), for the summary's cost estimate; not hashed.
+    instance_hourly_usd: float | None = None
+    #: Instances behind the endpoint (all variants invoked), for the cost estimate; not hashed.
+    instance_count: int = 1
 
     def validate(self) -> None:
         """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
@@ -78,6 +86,20 @@ class ScoringConfig:
             raise ParameterValidationError("output_uri is required: an s3:// prefix or a local directory")
         if self.manifest_name and not self.manifest_name.startswith("_"):
             raise ParameterValidationError("manifest_name must start with '_' (names starting with '_' are not data)")
+        validate_inference_id_prefix(self.inference_id_prefix)
+        if self.instance_hourly_usd is not None and (
+            isinstance(self.instance_hourly_usd, bool)
+            or not isinstance(self.instance_hourly_usd, (int, float))
+            or self.instance_hourly_usd < 0
+        ):
+            raise ParameterValidationError(
+                f"instance_hourly_usd={self.instance_hourly_usd!r} must be a number >= 0: the on-demand price of one "
+                "endpoint instance per hour in USD (or None for no cost estimate)"
+            )
+        if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) or self.instance_count < 1:
+            raise ParameterValidationError(
+                f"instance_count={self.instance_count!r} must be an integer >= 1: the instances behind the endpoint"
+            )
         if self.request_template is not None:
             template_columns(self.request_template)  # validates the template
             if self.max_rows_per_request not in (None, 1):

@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Protocol, cast
 
 import pyarrow as pa
 
@@ -45,13 +45,14 @@ from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import Codec
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
+from airflow_provider_smrt.scoring.inference_ids import inference_id
 from airflow_provider_smrt.scoring.limiter import AdaptiveLimiter
 from airflow_provider_smrt.scoring.sink import PartWriter
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task, TaskSource, locate_input_error
 from airflow_provider_smrt.scoring.writer import InOrderWriter, TaskWriter
 
-__all__ = ["ENCODE_AHEAD", "InvokeResult", "Invoker", "Pipeline"]
+__all__ = ["ENCODE_AHEAD", "IdentifyingInvoker", "InvokeResult", "Invoker", "Pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,14 @@ class InvokeResult(Protocol):
     def invoked_production_variant(self) -> str | None: ...
 
 
+#: ``invoke(body) -> result``: one InvokeEndpoint attempt per call.
 Invoker = Callable[[bytes], InvokeResult]
+
+
+class IdentifyingInvoker(Protocol):
+    """An invoker that also sends the request's InferenceId (the hook's ``make_invoker`` returns one)."""
+
+    def __call__(self, body: bytes, inference_id: str | None = None) -> InvokeResult: ...
 
 
 class Pipeline:
@@ -84,6 +92,9 @@ class Pipeline:
     :param concurrency: requests in flight at most.
     :param retry_policy: the retry policy applied to each request.
     :param variant_column: if set, an output column holding each row's invoked production variant.
+    :param inference_id_prefix: if set, each request is sent with its deterministic InferenceId
+        (:func:`~airflow_provider_smrt.scoring.inference_ids.inference_id`): ``invoke`` must then take
+        ``inference_id=`` (an :class:`IdentifyingInvoker`).
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
     """
@@ -102,6 +113,7 @@ class Pipeline:
         retry_policy: RetryPolicy,
         endpoint_name: str | None = None,
         variant_column: str | None = None,
+        inference_id_prefix: str | None = None,
         stats: RunStats | None = None,
         coordinator: Coordinator | None = None,
         on_progress: Callable[[RunStats], None] | None = None,
@@ -116,6 +128,7 @@ class Pipeline:
         self.passthrough_columns = passthrough_columns
         self.retry_policy = retry_policy
         self.endpoint_name = endpoint_name
+        self.inference_id_prefix = inference_id_prefix
         self.concurrency = concurrency
         self.stats = stats or RunStats()
         self.coordinator = coordinator or Coordinator()
@@ -123,7 +136,10 @@ class Pipeline:
         #: One slot per task a worker holds or the writer has not yet written: bounds buffered work.
         self.buffer = threading.Semaphore(2 * concurrency + 2)
         self.task_writer = TaskWriter(
-            passthrough_schema=passthrough_schema, stats=self.stats, variant_column=variant_column
+            passthrough_schema=passthrough_schema,
+            stats=self.stats,
+            variant_column=variant_column,
+            inference_id_prefix=inference_id_prefix,
         )
         self.writer = InOrderWriter(
             open_part=open_part,
@@ -229,6 +245,26 @@ class Pipeline:
             self.limiter.on_throttle()
         log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
 
+    def _call(self, body: bytes, request_id: str | None) -> InvokeResult:
+        """One HTTP call (one attempt of a request), counted with its bytes and latency."""
+        started = time.monotonic()
+        try:
+            if request_id is None:
+                result = self.invoke(body)
+            else:
+                result = cast(IdentifyingInvoker, self.invoke)(body, inference_id=request_id)
+        except BaseException:
+            self.stats.record_call(variant=None, sent=len(body), received=0, started=started, ended=time.monotonic())
+            raise
+        self.stats.record_call(
+            variant=result.invoked_production_variant,
+            sent=len(body),
+            received=len(result.body),
+            started=started,
+            ended=time.monotonic(),
+        )
+        return result
+
     def _score(self, task: Task, offset: int, count: int, body: bytes) -> tuple[list[Piece], RowErrors]:
         """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them.
 
@@ -238,10 +274,15 @@ class Pipeline:
         if not self.limiter.acquire(self.coordinator.stop):
             raise ScoringCancelledError("scoring stopped")
         rejected: ModelInputError | None = None
+        request_id = (
+            None
+            if self.inference_id_prefix is None
+            else inference_id(self.inference_id_prefix, task.unit, task.offset + offset, count)
+        )
         try:
             self.stats.add(requests=1)
             result = self.retry_policy.call(
-                lambda: self.invoke(body),
+                lambda: self._call(body, request_id),
                 endpoint_name=self.endpoint_name,
                 on_retry=self._on_retry,
                 cancel=self.coordinator.stop,

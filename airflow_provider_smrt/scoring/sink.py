@@ -37,6 +37,8 @@ MANIFEST_NAME = "_manifest.json"
 ERROR_CLASS_COLUMN = "error_class"
 ERROR_MESSAGE_COLUMN = "error_message"
 ERROR_ROW_COLUMN = "input_row"
+#: The InferenceId of the request that failed (null without ``inference_id_prefix``).
+ERROR_INFERENCE_ID_COLUMN = "inference_id"
 _PART = re.compile(r"^part-(?P<slug>.+)-(?P<start>\d{10})-(?P<end>\d{10})-(?P<fp>[0-9a-f]{12})\.parquet$")
 
 
@@ -66,6 +68,7 @@ def error_schema(passthrough: pa.Schema) -> pa.Schema:
             pa.field(ERROR_ROW_COLUMN, pa.int64()),
             pa.field(ERROR_CLASS_COLUMN, pa.string()),
             pa.field(ERROR_MESSAGE_COLUMN, pa.string()),
+            pa.field(ERROR_INFERENCE_ID_COLUMN, pa.string()),
         ]
     )
 

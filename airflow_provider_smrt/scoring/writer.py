@@ -19,8 +19,10 @@ from airflow_provider_smrt.exceptions import OutputError, ScoringCancelledError,
 from airflow_provider_smrt.s3 import basename
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
+from airflow_provider_smrt.scoring.inference_ids import inference_id
 from airflow_provider_smrt.scoring.sink import (
     ERROR_CLASS_COLUMN,
+    ERROR_INFERENCE_ID_COLUMN,
     ERROR_MESSAGE_COLUMN,
     ERROR_ROW_COLUMN,
     PartWriter,
@@ -45,7 +47,15 @@ class TaskWriter:
     :param variant_column: if set, an output column holding each row's invoked production variant.
     """
 
-    def __init__(self, *, passthrough_schema: pa.Schema, stats: RunStats, variant_column: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        passthrough_schema: pa.Schema,
+        stats: RunStats,
+        variant_column: str | None = None,
+        inference_id_prefix: str | None = None,
+    ) -> None:
+        self.inference_id_prefix = inference_id_prefix
         self.passthrough_schema = passthrough_schema
         self.stats = stats
         self.variant_column = variant_column
@@ -89,6 +99,12 @@ class TaskWriter:
             table = rows.append_column(ERROR_ROW_COLUMN, pa.array(range(first, first + count), type=pa.int64()))
             table = table.append_column(ERROR_CLASS_COLUMN, pa.array([type(err).__name__] * count, pa.string()))
             table = table.append_column(ERROR_MESSAGE_COLUMN, pa.array([error_text(err)] * count, pa.string()))
+            request_id = (
+                None
+                if self.inference_id_prefix is None
+                else inference_id(self.inference_id_prefix, task.unit, task.offset + offset, count)
+            )
+            table = table.append_column(ERROR_INFERENCE_ID_COLUMN, pa.array([request_id] * count, pa.string()))
             part.write_errors(table)
             self.stats.add(rows_failed=count)
 
