@@ -230,6 +230,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
             return
         stats = endpoint.stats
         stats.arrived()
+        stats.add("bytes_in", size)
         try:
             try:
                 if size > limit:
@@ -245,6 +246,8 @@ class _Handler(ControlRoutes, AsyncRoutes):
             if kind == "sync":
                 with stats.lock:
                     stats.last_request_headers = {h: v for h in RECORDED_HEADERS if (v := self.headers.get(h))}
+                    if inference_id := self.headers.get("X-Amzn-SageMaker-Inference-Id"):
+                        stats.inference_ids.append(inference_id)
             if kind == "async":
                 if self._front_door(endpoint, check_ready=False) is _RESET:
                     return
@@ -379,6 +382,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
         if prediction.custom_attributes:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = prediction.custom_attributes
         self._send(200, prediction.body, headers)
+        endpoint.stats.add("bytes_out", len(prediction.body))
         endpoint.stats.add("invocations_ok")
         endpoint.stats.add("rows_ok", prediction.rows)
 
