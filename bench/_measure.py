@@ -467,9 +467,14 @@ SEQUENTIAL = "sequential loop (PythonOperator)"
 CEILING = "boto3 ceiling (bodies encoded beforehand)"
 
 
-def operator_peer(endpoint: str, inputs: list[str], *, rows_per_request: int, concurrency: int) -> Callable[[], int]:
+def operator_peer(
+    endpoint: str, inputs: list[str], *, rows_per_request: int, concurrency: int, output_dir: str | None = None
+) -> Callable[[], int]:
+    """The operator, writing each run into a fresh prefix on the local S3 (or under ``output_dir``)."""
+
     def run() -> int:
-        output = f"s3://{BUCKET}/bench/out-{uuid.uuid4().hex[:8]}/"
+        name = f"out-{uuid.uuid4().hex[:8]}"
+        output = f"{output_dir}/{name}" if output_dir else f"s3://{BUCKET}/bench/{name}/"
         summary = run_operator(endpoint, inputs, output, rows_per_request=rows_per_request, concurrency=concurrency)
         return int(summary["rows_scored"])
 
