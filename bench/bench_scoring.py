@@ -656,6 +656,11 @@ def section_d(
             f"{p['operator'] / p['ideal']:.2f} | {p['hand']:,.0f} | {p['ratio']:.2f} | "
             f"{p['operator_cpu']:.3f} / {p['hand_cpu']:.3f} | {p['load']} |"
         )
+    return {"points": points, "plot": write_plot(points, rounds)}
+
+
+def write_plot(points: list[dict[str, Any]], rounds: int) -> str | None:
+    """``docs/performance-throughput.png`` from section (d)'s points (None without matplotlib)."""
     try:
         import matplotlib
 
@@ -663,7 +668,7 @@ def section_d(
         import matplotlib.pyplot as plt
     except ImportError:
         log("\nmatplotlib is not installed: no plot (pip install matplotlib)")
-        return {"points": points, "plot": None}
+        return None
     xs = [p["concurrency"] for p in points]
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ax.plot(xs, [p["ideal"] / 1000 for p in points], "k--", label="ideal (concurrency x 500 rows / 50 ms)")
@@ -676,7 +681,7 @@ def section_d(
     ax.set_ylabel("thousand rows/s (endpoint busy window)")
     ax.set_title(
         "Local endpoint, latency 50 ms, capacity 64, 500 rows/request, 20 float features, CSV;\n"
-        f"medians of {rounds} paired rounds; 2-core machine shared with other jobs ({points[-1]['load']} at the end)",
+        f"medians of {rounds} paired rounds; shared 2-core machine, {points[-1]['load']} at the end",
         fontsize=9,
     )
     ax.grid(True, alpha=0.3, which="both")
@@ -685,7 +690,7 @@ def section_d(
     PLOT_PATH.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(PLOT_PATH)
     log(f"\nplot written to {PLOT_PATH.relative_to(REPO)}")
-    return {"points": points, "plot": str(PLOT_PATH)}
+    return str(PLOT_PATH)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -728,11 +733,16 @@ def main() -> None:
     parser.add_argument("--only", default="abcd", help="sections to run (default abcd)")
     parser.add_argument("--rounds", type=int, help="paired rounds per comparison (default 5, quick 3)")
     parser.add_argument("--json", type=Path, help="also write the summaries here")
+    parser.add_argument("--plot-from", type=Path, help="only redraw the plot from a --json file of an earlier run")
     parser.add_argument(
         "--profile", action="store_true", help="cProfile (all threads) the best CPU-bound configuration"
     )
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 5)
+    if args.plot_from:
+        saved = json.loads(args.plot_from.read_text())
+        write_plot(saved["d"]["points"], saved["rounds"])
+        return
     started = time.perf_counter()
     log(f"# bench_scoring: {'quick' if args.quick else 'full'} run; start: {load()}; {os.cpu_count()} CPUs")
     workdir = Path(tempfile.mkdtemp(prefix="smrt-bench-scoring-"))
