@@ -720,6 +720,8 @@ def verdicts(out: dict[str, Any]) -> None:
                 rows.append(
                     (f"operator / loop at concurrency {p['concurrency']} (paired)", ">= 1.00", f"{p['ratio']:.2f}")
                 )
+    if not rows:
+        return
     log("\n## Targets")
     log("| target | wanted | measured |")
     log("|---|---|---|")
