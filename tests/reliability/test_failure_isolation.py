@@ -46,6 +46,7 @@ def test_a_row_that_crashes_the_container_lands_in_errors_with_its_story(rig: Sc
         "request_id",
         "attempts",
         "invoked_variant",
+        "inference_id",
     ]
     rows = {row["id"]: row for row in errors.to_pylist()}
     assert rows[10_017]["input_row"] == 17 and rows[3]["input_row"] == 3
