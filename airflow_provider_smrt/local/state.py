@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_smrt.local.faults import Dice, Faults
-from airflow_provider_smrt.local.models import Model, build_model
+from airflow_provider_smrt.local.models import CsvHeaderModel, Model, build_model
 from airflow_provider_smrt.local.wire import ServiceError
 
 DEFAULT_MAX_PAYLOAD_BYTES = 6_291_456
@@ -36,6 +36,7 @@ _SPEC_KEYS = frozenset(
         "inference_components",
         "mode",
         "session_ttl_seconds",
+        "csv_header",
     }
 )
 _TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url"})
@@ -132,6 +133,10 @@ class Endpoint:
         self.model: Model = build_model(
             model=self.model_name, outputs=spec.get("outputs"), model_url=spec.get("model_url")
         )
+        #: The model reads the first line of a CSV body as a header (MLflow's scoring server does).
+        self.csv_header = bool(spec.get("csv_header"))
+        if self.csv_header:
+            self.model = CsvHeaderModel(self.model)
         self.model_url: str | None = spec.get("model_url")
         self.outputs: list[str] | None = spec.get("outputs")
         variants = spec.get("variants") or {"AllTraffic": 1.0}
@@ -301,6 +306,7 @@ class Endpoint:
             "inference_components": self._component_specs,
             "mode": self.mode,
             "session_ttl_seconds": self.session_ttl_seconds,
+            "csv_header": self.csv_header,
             "max_payload_bytes": self.max_payload_bytes,
             "stream_parts": self.stream_parts,
             "s3_output_path": self.s3_output_path,

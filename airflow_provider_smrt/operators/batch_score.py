@@ -54,6 +54,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         are formatted as text. Sends one row per request; needs ``content_type="application/json"``.
     :param response_field: dotted path of the prediction in a JSON response, e.g. ``"generated_text"`` (a
         name applied to a list applies to its items, so ``[{"generated_text": ...}]`` works).
+    :param csv_header: start every ``text/csv`` request with a line of the feature names, for containers
+        that read the first line as a header (MLflow's scoring server); one prediction per row is still expected.
     :param max_payload_bytes: request size limit (at most 6,291,456; 4,000,000 for serverless endpoints).
     :param max_rows_per_request: request row limit (default: only the size limit applies).
     :param concurrency: requests in flight at most (size an Airflow pool for endpoint-wide limits).
@@ -114,6 +116,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         decoder: str | None = None,
         request_template: dict[str, Any] | None = None,
         response_field: str | None = None,
+        csv_header: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_rows_per_request: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -149,6 +152,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.decoder = decoder
         self.request_template = request_template
         self.response_field = response_field
+        self.csv_header = csv_header
         self.max_payload_bytes = max_payload_bytes
         self.max_rows_per_request = max_rows_per_request
         self.concurrency = concurrency

@@ -60,6 +60,8 @@ class ScoringConfig:
     request_template: dict[str, Any] | None = None
     #: Dotted path of the prediction in a JSON response (see :mod:`~airflow_provider_smrt.scoring.codecs.templates`).
     response_field: str | None = None
+    #: Start every ``text/csv`` body with a line of the feature names (containers that read a header).
+    csv_header: bool = False
     #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
     invoke_params: dict[str, Any] = field(default_factory=dict)
 
@@ -112,4 +114,5 @@ class ScoringConfig:
             # Only when set, so the hash (and the resume state) of every other configuration is unchanged.
             **({"request_template": self.request_template} if self.request_template is not None else {}),
             **({"response_field": self.response_field} if self.response_field is not None else {}),
+            **({"csv_header": True} if self.csv_header else {}),
         }

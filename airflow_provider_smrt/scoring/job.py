@@ -169,6 +169,7 @@ class ScoringJob:
             decoder=config.decoder,
             request_template=config.request_template,
             response_field=config.response_field,
+            csv_header=config.csv_header,
         )
         planner = RequestPlanner(
             codec=codec,

@@ -1,0 +1,53 @@
+"""SageMakerBatchScoreOperator's csv_header, invoke_mode="stream" and oversize_endpoint_name through Airflow
+(``dag.test()``) on the local stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from tests.support.dag_runs import run_dag
+from tests.support.datasets import expected_sum, features
+from tests.support.s3_objects import put_parquet, read_parts
+
+
+def _seed(s3: Any, prefix: str, rows: int = 120) -> pa.Table:
+    table = features(range(rows))
+    put_parquet(s3, prefix + "in/a.parquet", table, 50)
+    return table
+
+
+def _predictions(s3: Any, uri: str) -> dict[int, float]:
+    out = read_parts(s3, uri)
+    return dict(zip(out.column("id").to_pylist(), out.column("prediction").to_pylist(), strict=True))
+
+
+# -- csv_header --------------------------------------------------------------------------------------
+
+
+def test_csv_header_scores_against_a_model_that_reads_a_header(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = _seed(s3_client, s3_prefix)
+    endpoint = make_endpoint("sum", csv_header=True)
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    run = run_dag("f_csv_header", conf)
+    assert run.state == "success", run.states
+    assert _predictions(s3_client, s3_prefix + "out/") == expected_sum(data)
+    stats = endpoint_stats(endpoint)
+    assert stats["rows_ok"] == data.num_rows  # the header line is not a row
+    assert stats["invocations_ok"] == 5  # 120 rows, 25 per request
+
+
+def test_without_csv_header_a_model_reading_a_header_fails_with_a_prediction_count_error(
+    s3_client: Any, make_endpoint: Any, s3_prefix: str, tmp_path: Path
+) -> None:
+    _seed(s3_client, s3_prefix)
+    endpoint = make_endpoint("sum", csv_header=True)
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    run = run_dag("f_csv_plain", conf, report_dir=tmp_path)
+    assert run.state == "failed"
+    error = run.error("score")
+    assert "PredictionCountMismatchError" in error or "returned 24 predictions for 25 rows" in error, error
