@@ -14,7 +14,12 @@ from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOpera
 from tests.support.dag_shells import dag_args, from_params, params
 
 PARAMS = params(
-    "endpoint_name", "input_uri", "output_uri", "content_type", "report_dir", oversize_endpoint_name=Param("", type="string")
+    "endpoint_name",
+    "input_uri",
+    "output_uri",
+    "content_type",
+    "report_dir",
+    oversize_endpoint_name=Param("", type="string"),
 )
 FEATURES = ["f0", "f1", "f2"]
 

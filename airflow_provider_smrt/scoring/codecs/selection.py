@@ -153,7 +153,9 @@ def get_codec(
     else:
         media = _builtin_media(content_type, parameter="content_type", hint="or pass encoder=")
         encode_fn = (
-            CsvEncoder(header=csv_header) if media == CSV else JsonEncoder(lines=media == JSONLINES, record_format=json_record_format)
+            CsvEncoder(header=csv_header)
+            if media == CSV
+            else JsonEncoder(lines=media == JSONLINES, record_format=json_record_format)
         )
 
     user_decoder: Callable[..., Any] | None = None
