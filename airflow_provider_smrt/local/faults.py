@@ -42,6 +42,8 @@ class Faults:
     #: Response stream: after this many PayloadParts, send an exception event instead of the rest.
     stream_error_after_parts: int | None = None
     stream_error_type: str = "ModelStreamError"
+    #: Only the first N response streams break off (counted, so tests do not race); 0: every one.
+    stream_error_requests: int = 0
     seed: int | None = None
 
     @classmethod
@@ -74,6 +76,8 @@ class Faults:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         if not isinstance(self.model_not_ready_requests, int) or self.model_not_ready_requests < 0:
             raise ValueError(f"model_not_ready_requests must be an integer >= 0; got {self.model_not_ready_requests!r}")
+        if not isinstance(self.stream_error_requests, int) or self.stream_error_requests < 0:
+            raise ValueError(f"stream_error_requests must be an integer >= 0; got {self.stream_error_requests!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ValueError(f"capacity must be a positive integer or null; got {self.capacity!r}")
         if not isinstance(self.async_capacity, int) or self.async_capacity < 1:

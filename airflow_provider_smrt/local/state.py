@@ -183,6 +183,7 @@ class Endpoint:
         )
         self.created = time.monotonic()
         self._not_ready_answers = 0
+        self._stream_breaks = 0
         self.stats = Stats()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -226,6 +227,20 @@ class Endpoint:
             return True
         ping = getattr(self.model, "ping", None)
         return bool(ping is not None and not ping())
+
+    def stream_breaks(self) -> bool:
+        """Whether this response stream breaks off (``stream_error_after_parts``), counting the breaks for
+        ``stream_error_requests`` (only the first N break; 0: every one)."""
+        faults = self.faults
+        if faults.stream_error_after_parts is None:
+            return False
+        if not faults.stream_error_requests:
+            return True
+        with self._lock:
+            if self._stream_breaks < faults.stream_error_requests:
+                self._stream_breaks += 1
+                return True
+        return False
 
     def pick_variant(self, target: str | None) -> str:
         """The target variant; without one, a variant chosen by weight. An unknown one is the service's

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from airflow_provider_smrt.exceptions import ModelError
+from airflow_provider_smrt.exceptions import ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_smrt.scoring.pipeline import InvokeResult
+
+
+#: How each request is sent: InvokeEndpoint, or InvokeEndpointWithResponseStream with the parts joined.
+InvokeMode = Literal["invoke", "stream"]
 
 
 class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBaseOperator[SageMakerRuntimeHook]):
@@ -76,6 +80,9 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     :param expected_bucket_owner: account id sent as ``ExpectedBucketOwner`` on every S3 call.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
+    :param invoke_mode: ``"invoke"`` (InvokeEndpoint) or ``"stream"`` (InvokeEndpointWithResponseStream,
+        for containers that only stream: each response's payload parts are joined, then decoded; a
+        stream that breaks off is classified and retried whole, never half-used).
     :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
         connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
@@ -135,10 +142,14 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         max_attempts: int = 8,
         progress_interval: float = 5.0,
         transport: Transport = "auto",
+        invoke_mode: InvokeMode = "invoke",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_transport(transport)
+        if invoke_mode not in ("invoke", "stream"):
+            raise ParameterValidationError(f"invoke_mode={invoke_mode!r} must be 'invoke' or 'stream'")
+        self.invoke_mode = invoke_mode
         self.transport = transport
         self.endpoint_name = endpoint_name
         self.input_uri = input_uri
@@ -202,7 +213,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         )
         return ScoringJob(
             config=config,
-            invoke=self._recording_model_errors(self.hook.make_invoker(self.endpoint_name, **params)),
+            invoke=self._recording_model_errors(self._make_invoker(params)),
             storage=Storage(
                 s3_client=self.s3_client,
                 write_extra_args=self.s3_write_args,
@@ -212,6 +223,11 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
             progress_interval=self.progress_interval,
             logger=self.log,  # type: ignore[arg-type]
         )
+
+    def _make_invoker(self, params: dict[str, Any]) -> Callable[[bytes], InvokeResult]:
+        if self.invoke_mode == "stream":
+            return self.hook.make_stream_invoker(self.endpoint_name, **params)
+        return self.hook.make_invoker(self.endpoint_name, **params)
 
     def _recording_model_errors(self, invoke: Callable[[bytes], InvokeResult]) -> Callable[[bytes], InvokeResult]:
         """Wrap the invoker to remember the ``LogStreamArn`` of the last ModelError (for the logs link)."""

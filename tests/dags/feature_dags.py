@@ -39,3 +39,5 @@ def _dag(dag_id: str, **operator_args: Any) -> DAG:
 
 f_csv_header = _dag("f_csv_header", feature_columns=FEATURES, csv_header=True, max_rows_per_request=25)
 f_csv_plain = _dag("f_csv_plain", feature_columns=FEATURES, max_rows_per_request=25)
+f_stream = _dag("f_stream", feature_columns=FEATURES, invoke_mode="stream", max_rows_per_request=25)
+f_invoke = _dag("f_invoke", feature_columns=FEATURES, max_rows_per_request=25)

@@ -51,3 +51,54 @@ def test_without_csv_header_a_model_reading_a_header_fails_with_a_prediction_cou
     assert run.state == "failed"
     error = run.error("score")
     assert "PredictionCountMismatchError" in error or "returned 24 predictions for 25 rows" in error, error
+
+
+# -- invoke_mode="stream" ----------------------------------------------------------------------------
+
+
+def _conf(endpoint: str, prefix: str, out: str = "out/") -> dict[str, Any]:
+    return {"endpoint_name": endpoint, "input_uri": prefix + "in/", "output_uri": prefix + out}
+
+
+def test_stream_mode_predicts_what_invoke_mode_predicts(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = _seed(s3_client, s3_prefix)
+    endpoint = make_endpoint("sum", stream_parts=3)
+    streamed = run_dag("f_stream", _conf(endpoint, s3_prefix, "stream/"))
+    assert streamed.state == "success", streamed.states
+    assert endpoint_stats(endpoint)["invocations_ok"] == 5
+    invoked = run_dag("f_invoke", _conf(endpoint, s3_prefix, "invoke/"))
+    assert invoked.state == "success", invoked.states
+    assert _predictions(s3_client, s3_prefix + "stream/") == _predictions(s3_client, s3_prefix + "invoke/")
+    assert _predictions(s3_client, s3_prefix + "stream/") == expected_sum(data)
+
+    rerun = run_dag("f_stream", _conf(endpoint, s3_prefix, "stream/"))  # resume: the same mechanism
+    assert rerun.state == "success", rerun.states
+    assert rerun.xcom("score")["requests"] == 0
+    assert endpoint_stats(endpoint)["requests"] == 10
+
+
+def test_a_stream_failing_internally_is_sent_again_whole(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = _seed(s3_client, s3_prefix)
+    faults = {"stream_error_after_parts": 1, "stream_error_type": "InternalStreamFailure", "stream_error_requests": 2}
+    endpoint = make_endpoint("sum", stream_parts=3, faults=faults)
+    run = run_dag("f_stream", _conf(endpoint, s3_prefix))
+    assert run.state == "success", run.states
+    assert _predictions(s3_client, s3_prefix + "out/") == expected_sum(data)  # no partial payload decoded
+    assert run.xcom("score")["retries"] == 2
+    stats = endpoint_stats(endpoint)
+    assert (stats["stream_errors"], stats["invocations_ok"], stats["requests"]) == (2, 5, 7)
+
+
+def test_a_model_stream_error_is_not_retried_and_fails_the_task(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str, tmp_path: Path
+) -> None:
+    _seed(s3_client, s3_prefix)
+    endpoint = make_endpoint("sum", stream_parts=3, faults={"stream_error_after_parts": 1, "stream_error_requests": 1})
+    run = run_dag("f_stream", _conf(endpoint, s3_prefix), report_dir=tmp_path)
+    assert run.state == "failed"
+    assert "StreamError" in run.error("score")
+    assert endpoint_stats(endpoint)["stream_errors"] == 1
