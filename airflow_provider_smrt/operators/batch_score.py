@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -15,7 +16,8 @@ from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_op
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import scoring_config
-from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.retry import NO_RETRY, RetryPolicy
+from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -80,6 +82,11 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     :param expected_bucket_owner: account id sent as ``ExpectedBucketOwner`` on every S3 call.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
+    :param oversize_endpoint_name: an asynchronous endpoint hosting the same model (templated): a row whose
+        one-row request exceeds ``max_payload_bytes`` is staged under ``<output_uri>/_staging/``, sent
+        through InvokeEndpointAsync, waited for and written at its position in the same part (counted in
+        ``rows_async``; its failure goes to ``_errors/``). Unset: such a row fails the task (RowTooLargeError).
+    :param oversize_wait_timeout: seconds to wait for one oversize row's async output.
     :param invoke_mode: ``"invoke"`` (InvokeEndpoint) or ``"stream"`` (InvokeEndpointWithResponseStream,
         for containers that only stream: each response's payload parts are joined, then decoded; a
         stream that breaks off is classified and retried whole, never half-used).
@@ -104,6 +111,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         "target_container_hostname",
         "inference_component_name",
         "enable_explanations",
+        "oversize_endpoint_name",
     )
     ui_color = "#ffb27d"
     operator_extra_links = (SageMakerEndpointLink(), SageMakerModelLogsLink())
@@ -143,6 +151,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         progress_interval: float = 5.0,
         transport: Transport = "auto",
         invoke_mode: InvokeMode = "invoke",
+        oversize_endpoint_name: str | None = None,
+        oversize_wait_timeout: float = 3_600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -150,6 +160,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         if invoke_mode not in ("invoke", "stream"):
             raise ParameterValidationError(f"invoke_mode={invoke_mode!r} must be 'invoke' or 'stream'")
         self.invoke_mode = invoke_mode
+        self.oversize_endpoint_name = oversize_endpoint_name
+        self.oversize_wait_timeout = oversize_wait_timeout
         self.transport = transport
         self.endpoint_name = endpoint_name
         self.input_uri = input_uri
@@ -206,22 +218,49 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     def build_job(self, map_index: int | None = None) -> ScoringJob:
         """The scoring job this operator runs (after templating)."""
         params = self._invoke_params()
+        self.oversize_endpoint_name = self.oversize_endpoint_name or None
         config = scoring_config(
             self,
             map_index=map_index,
             invoke_params={key: value for key, value in params.items() if key not in ("content_type", "accept")},
         )
-        return ScoringJob(
+        storage = Storage(
+            s3_client=self.s3_client,
+            write_extra_args=self.s3_write_args,
+            expected_bucket_owner=self.expected_bucket_owner,
+        )
+        oversize = self._oversize_invoker(params, storage) if self.oversize_endpoint_name else None
+        job = ScoringJob(
             config=config,
             invoke=self._recording_model_errors(self._make_invoker(params)),
-            storage=Storage(
-                s3_client=self.s3_client,
-                write_extra_args=self.s3_write_args,
-                expected_bucket_owner=self.expected_bucket_owner,
-            ),
+            storage=storage,
             retry_policy=RetryPolicy(max_attempts=self.max_attempts),
             progress_interval=self.progress_interval,
             logger=self.log,  # type: ignore[arg-type]
+            oversize_invoke=oversize,
+        )
+        if oversize is not None:
+            oversize.cancel = job.coordinator.stop
+        return job
+
+    def _oversize_invoker(self, params: dict[str, Any], storage: Storage) -> AsyncInvoker:
+        """The async invoker of ``oversize_endpoint_name``: payloads staged under ``<output_uri>/_staging/``."""
+        endpoint = str(self.oversize_endpoint_name)
+        submit = functools.partial(
+            self.hook.invoke_endpoint_async,
+            endpoint,
+            content_type=params["content_type"],
+            accept=params["accept"],
+            custom_attributes=params["custom_attributes"],
+            retry_policy=NO_RETRY,  # the core's policy retries the whole invocation
+        )
+        return AsyncInvoker(
+            submit=submit,
+            storage=storage,
+            staging_uri=str(self.output_uri).rstrip("/") + "/_staging/",
+            scope=f"{self.output_uri}|{endpoint}|{params['content_type']}|{params['accept']}",
+            poll_interval=1.0,
+            timeout=self.oversize_wait_timeout,
         )
 
     def _make_invoker(self, params: dict[str, Any]) -> Callable[[bytes], InvokeResult]:

@@ -62,6 +62,8 @@ class ScoringConfig:
     response_field: str | None = None
     #: Start every ``text/csv`` body with a line of the feature names (containers that read a header).
     csv_header: bool = False
+    #: An async endpoint hosting the same model, for rows whose one-row request exceeds ``max_payload_bytes``.
+    oversize_endpoint_name: str | None = None
     #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
     invoke_params: dict[str, Any] = field(default_factory=dict)
 
@@ -115,4 +117,5 @@ class ScoringConfig:
             **({"request_template": self.request_template} if self.request_template is not None else {}),
             **({"response_field": self.response_field} if self.response_field is not None else {}),
             **({"csv_header": True} if self.csv_header else {}),
+            **({"oversize_endpoint_name": self.oversize_endpoint_name} if self.oversize_endpoint_name else {}),
         }

@@ -59,6 +59,9 @@ class ScoringJob:
     :param storage: S3/local storage (see :class:`~airflow_provider_smrt.scoring.storage.Storage`).
     :param retry_policy: applied to every request.
     :param progress_interval: seconds between progress lines in the log.
+    :param oversize_invoke: ``invoke(body) -> result`` for a row whose one-row request exceeds
+        ``max_payload_bytes`` (e.g. an :class:`~airflow_provider_smrt.scoring.async_invoker.AsyncInvoker`
+        of ``config.oversize_endpoint_name``); without one such a row raises ``RowTooLargeError``.
     """
 
     def __init__(
@@ -70,8 +73,10 @@ class ScoringJob:
         retry_policy: RetryPolicy | None = None,
         progress_interval: float = 10.0,
         logger: logging.Logger | None = None,
+        oversize_invoke: Invoker | None = None,
     ) -> None:
         config.validate()
+        self.oversize_invoke = oversize_invoke
         self.config = config
         self.invoke = invoke
         self.storage = storage
@@ -176,6 +181,7 @@ class ScoringJob:
             max_payload_bytes=config.max_payload_bytes,
             service_limit=config.payload_limit,
             max_rows_per_request=config.rows_per_request,
+            oversize=self.oversize_invoke is not None,
         )
 
         def open_part(unit: WorkUnit) -> PartWriter:
@@ -203,6 +209,7 @@ class ScoringJob:
             coordinator=self.coordinator,
             on_progress=self._progress,
             progress_interval=self.progress_interval,
+            oversize_invoke=self.oversize_invoke,
         )
 
     def _batches(self, plan: ScoringPlan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:

@@ -20,6 +20,8 @@ class RunStats:
     retries: int = 0
     throttles: int = 0
     bisections: int = 0
+    #: Rows sent to the oversize (async) endpoint in this run, scored or failed.
+    rows_async: int = 0
     parts_written: int = 0
     variants: Counter[str] = field(default_factory=Counter)
     #: part name → (rows scored, rows failed), for the manifest

@@ -41,3 +41,12 @@ f_csv_header = _dag("f_csv_header", feature_columns=FEATURES, csv_header=True, m
 f_csv_plain = _dag("f_csv_plain", feature_columns=FEATURES, max_rows_per_request=25)
 f_stream = _dag("f_stream", feature_columns=FEATURES, invoke_mode="stream", max_rows_per_request=25)
 f_invoke = _dag("f_invoke", feature_columns=FEATURES, max_rows_per_request=25)
+f_oversize = _dag(
+    "f_oversize",
+    feature_columns=["text", "f0"],
+    oversize_endpoint_name="{{ params.oversize_endpoint_name }}",
+    oversize_wait_timeout=120.0,
+    max_rows_per_request=10,
+    max_error_ratio=0.5,
+)
+f_no_oversize = _dag("f_no_oversize", feature_columns=["text", "f0"], max_rows_per_request=10)

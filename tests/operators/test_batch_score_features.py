@@ -102,3 +102,73 @@ def test_a_model_stream_error_is_not_retried_and_fails_the_task(
     assert run.state == "failed"
     assert "StreamError" in run.error("score")
     assert endpoint_stats(endpoint)["stream_errors"] == 1
+
+
+# -- oversize_endpoint_name --------------------------------------------------------------------------
+
+BIG_ROW = 17
+BIG_BYTES = 7_000_000
+
+
+def _seed_with_a_big_row(s3: Any, prefix: str, rows: int = 40, marker: str = "") -> pa.Table:
+    texts = [f"row {i}" for i in range(rows)]
+    texts[BIG_ROW] = marker + "x" * BIG_BYTES
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "text": texts, "f0": [float(i) for i in range(rows)]})
+    put_parquet(s3, prefix + "in/a.parquet", table)
+    return table
+
+
+def _oversize_conf(prefix: str, realtime: str, asynchronous: str) -> dict[str, Any]:
+    return {**_conf(realtime, prefix), "content_type": "application/json", "oversize_endpoint_name": asynchronous}
+
+
+def test_a_row_over_the_payload_limit_goes_through_the_async_endpoint_in_place(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = _seed_with_a_big_row(s3_client, s3_prefix)
+    realtime = make_endpoint("constant", mode="realtime")
+    asynchronous = make_endpoint("constant", mode="async")
+    run = run_dag("f_oversize", _oversize_conf(s3_prefix, realtime, asynchronous))
+    assert run.state == "success", run.states
+    out = read_parts(s3_client, s3_prefix + "out/")
+    assert out["id"].to_pylist() == data["id"].to_pylist()  # the big row at its position
+    assert out["prediction"].to_pylist() == [0.0] * data.num_rows
+    summary = run.xcom("score")
+    assert (summary["rows_scored"], summary["rows_failed"], summary["rows_async"]) == (data.num_rows, 0, 1)
+    assert endpoint_stats(realtime)["rows_ok"] == data.num_rows - 1
+    assert (endpoint_stats(asynchronous)["async_submitted"], endpoint_stats(asynchronous)["async_succeeded"]) == (1, 1)
+
+    rerun = run_dag("f_oversize", _oversize_conf(s3_prefix, realtime, asynchronous))
+    assert rerun.state == "success", rerun.states
+    assert (rerun.xcom("score")["requests"], rerun.xcom("score")["rows_async"]) == (0, 0)
+    assert endpoint_stats(asynchronous)["async_submitted"] == 1
+
+
+def test_a_failing_oversize_row_lands_in_errors(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = _seed_with_a_big_row(s3_client, s3_prefix, marker="POISON")
+    realtime = make_endpoint("constant", mode="realtime")
+    asynchronous = make_endpoint("constant", mode="async", faults={"fail_async_marker": "POISON"})
+    run = run_dag("f_oversize", _oversize_conf(s3_prefix, realtime, asynchronous))
+    assert run.state == "success", run.states  # max_error_ratio=0.5
+    assert read_parts(s3_client, s3_prefix + "out/")["id"].to_pylist() == [
+        i for i in range(data.num_rows) if i != BIG_ROW
+    ]
+    errors = read_parts(s3_client, s3_prefix + "out/", folder="_errors/")
+    assert errors["id"].to_pylist() == [BIG_ROW]
+    assert errors["error_class"].to_pylist() == ["ModelInputError"]
+    summary = run.xcom("score")
+    assert (summary["rows_failed"], summary["rows_async"]) == (1, 1)
+    assert endpoint_stats(asynchronous)["async_failed"] == 1
+
+
+def test_without_an_oversize_endpoint_the_big_row_fails_the_task_naming_the_option(
+    s3_client: Any, make_endpoint: Any, s3_prefix: str, tmp_path: Path
+) -> None:
+    _seed_with_a_big_row(s3_client, s3_prefix)
+    realtime = make_endpoint("constant", mode="realtime")
+    conf = {**_conf(realtime, s3_prefix), "content_type": "application/json"}
+    run = run_dag("f_no_oversize", conf, report_dir=tmp_path)
+    assert run.state == "failed"
+    assert "oversize_endpoint_name" in run.error("score")
