@@ -21,6 +21,7 @@ EXAMPLE_DAG_IDS = {
     "smrt_example_llm",
     "smrt_example_csv_header",
     "smrt_example_stream",
+    "smrt_example_oversize",
     "smrt_example_assets_features",
     "smrt_example_assets_score",
     "smrt_example_assets_notify",
@@ -200,3 +201,23 @@ def test_csv_header_and_stream_examples(
     rows = example_module(dag_id.removeprefix("smrt_")).ROWS
     assert out["prediction"].to_pylist() == [i / 10 + i % 7 for i in range(rows)]
     assert endpoint_stats(endpoint)["invocations_ok"] == rows // 50
+
+
+def test_oversize_example_sends_the_big_row_to_the_async_endpoint(
+    s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    module = example_module("example_oversize")
+    realtime = make_endpoint("constant", mode="realtime")
+    asynchronous = make_endpoint("constant", mode="async")
+    conf = {
+        "endpoint_name": realtime,
+        "oversize_endpoint_name": asynchronous,
+        "input_uri": s3_prefix + "in/",
+        "output_uri": s3_prefix + "out/",
+    }
+    run = run_dag("smrt_example_oversize", conf)
+    assert run.state == "success", run.states
+    assert read_parts(s3_client, s3_prefix + "out/")["id"].to_pylist() == list(range(module.ROWS))
+    assert run.xcom("score")["rows_async"] == 1
+    assert endpoint_stats(realtime)["rows_ok"] == module.ROWS - 1
+    assert endpoint_stats(asynchronous)["async_succeeded"] == 1
