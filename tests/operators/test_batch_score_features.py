@@ -3,14 +3,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from tests.support.dag_runs import run_dag
+from tests.support.dag_runs import ROOT, run_dag
 from tests.support.datasets import expected_sum, features
-from tests.support.s3_objects import put_parquet, read_parts
+from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
 
 def _seed(s3: Any, prefix: str, rows: int = 120) -> pa.Table:
@@ -172,3 +179,72 @@ def test_without_an_oversize_endpoint_the_big_row_fails_the_task_naming_the_opti
     run = run_dag("f_no_oversize", conf, report_dir=tmp_path)
     assert run.state == "failed"
     assert "oversize_endpoint_name" in run.error("score")
+
+
+# -- SIGKILL, then a rerun ---------------------------------------------------------------------------
+
+
+def _kill_when(dag_id: str, conf: dict[str, Any], ready: Callable[[], bool]) -> None:
+    """Run ``dag_id`` in a process of its own and SIGKILL it (and its children) once ``ready()``."""
+    code = "import json, sys; from tests.support.dag_runs import run_dag; run_dag(sys.argv[1], json.loads(sys.argv[2]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, dag_id, json.dumps(conf)], cwd=ROOT, env=dict(os.environ), start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never reached the point to kill it"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+
+
+def test_stream_mode_sigkill_then_rerun_sends_only_unfinished_units(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    tables = [features(range(k * 1_000, k * 1_000 + 600)) for k in range(6)]
+    for k, table in enumerate(tables):
+        put_parquet(s3_client, f"{s3_prefix}in/f{k}.parquet", table, 600)
+    endpoint = make_endpoint("sum", faults={"latency_ms": 150})
+    conf = _conf(endpoint, s3_prefix)
+
+    def two_parts() -> bool:
+        return len([k for k in list_keys(s3_client, s3_prefix + "out/") if k.startswith("part-")]) >= 2
+
+    _kill_when("f_stream_slow", conf, two_parts)
+    keys = list_keys(s3_client, s3_prefix + "out/")
+    done = [k for k in keys if k.startswith("part-")]
+    assert 2 <= len(done) < 6 and "_manifest.json" not in keys
+    time.sleep(0.6)  # requests the killed worker left in flight still finish on the server (150 ms each)
+    rows_before = endpoint_stats(endpoint)["rows_ok"]
+
+    run = run_dag("f_stream_slow", conf)
+    assert run.state == "success", run.states
+    assert endpoint_stats(endpoint)["rows_ok"] - rows_before == (6 - len(done)) * 600
+    out = read_parts(s3_client, s3_prefix + "out/")
+    assert len(out["id"].to_pylist()) == len(set(out["id"].to_pylist())) == 3_600
+    assert _predictions(s3_client, s3_prefix + "out/") == expected_sum(pa.concat_tables(tables))
+
+
+def test_oversize_sigkill_while_waiting_then_rerun_does_not_submit_again(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    data = _seed_with_a_big_row(s3_client, s3_prefix)
+    realtime = make_endpoint("constant", mode="realtime")
+    asynchronous = make_endpoint("constant", mode="async", faults={"async_delay_seconds": 8})
+    conf = _oversize_conf(s3_prefix, realtime, asynchronous)
+
+    def submitted() -> bool:  # the submission marker is written: the task is waiting for the output
+        return any(key.endswith(".submitted.json") for key in list_keys(s3_client, s3_prefix + "out/_staging/"))
+
+    _kill_when("f_oversize", conf, submitted)
+    assert endpoint_stats(asynchronous)["async_submitted"] == 1
+    assert not read_parts(s3_client, s3_prefix + "out/").num_rows  # the part with the big row is not committed
+
+    run = run_dag("f_oversize", conf)
+    assert run.state == "success", run.states
+    assert read_parts(s3_client, s3_prefix + "out/")["id"].to_pylist() == data["id"].to_pylist()
+    assert run.xcom("score")["rows_async"] == 1
+    assert endpoint_stats(asynchronous)["async_submitted"] == 1  # the rerun found the marker and waited
