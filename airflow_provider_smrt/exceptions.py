@@ -238,8 +238,9 @@ class RowTooLargeError(InputDataError):
         hint = f"; or raise max_payload_bytes (up to {service_limit:,})" if fits_service else ""
         super().__init__(
             f"the row encodes to {row_bytes:,} bytes as {content_type}, over the "
-            f"{limit:,}-byte request limit, so no InvokeEndpoint request can carry it: score such rows with "
-            f"SageMakerInvokeEndpointAsyncOperator (request bodies read from S3), or drop or shrink its "
+            f"{limit:,}-byte request limit, so no InvokeEndpoint request can carry it: set oversize_endpoint_name "
+            f"to an async endpoint of the same model (such rows then go through InvokeEndpointAsync), score "
+            f"them with SageMakerInvokeEndpointAsyncOperator (request bodies read from S3), or drop or shrink its "
             f"features{hint}"
         )
         self.row_offset = row_offset

@@ -6,6 +6,8 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
+import pytest
+
 from airflow_provider_smrt.local.demo_data import write_demo_dataset
 from airflow_provider_smrt.local.models import generate_text
 from tests.support.dag_runs import EXAMPLE_DAGS, ensure_db, example_module, get_dag, run_dag
@@ -17,6 +19,9 @@ EXAMPLE_DAG_IDS = {
     "smrt_example_mapped_fanout",
     "example_async_large_payload",
     "smrt_example_llm",
+    "smrt_example_csv_header",
+    "smrt_example_stream",
+    "smrt_example_oversize",
     "smrt_example_assets_features",
     "smrt_example_assets_score",
     "smrt_example_assets_notify",
@@ -201,3 +206,39 @@ def test_llm_one_request_per_row(s3_client: Any, s3_prefix: str, make_endpoint: 
     assert out["answer"].to_pylist() == [generate_text(f"Answer briefly: {q}", max_new_tokens=3) for q in questions]
     stats = endpoint_stats(endpoint)
     assert stats["invocations_ok"] == len(questions) == stats["rows_ok"]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "spec"), [("smrt_example_csv_header", {"csv_header": True}), ("smrt_example_stream", {})]
+)
+def test_csv_header_and_stream_examples(
+    dag_id: str, spec: dict[str, Any], s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    endpoint = make_endpoint("sum", **spec)
+    conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": s3_prefix + "out/"}
+    run = run_dag(dag_id, conf)
+    assert run.state == "success", run.states
+    out = read_parts(s3_client, s3_prefix + "out/").sort_by("id")
+    rows = example_module(dag_id.removeprefix("smrt_")).ROWS
+    assert out["prediction"].to_pylist() == [i / 10 + i % 7 for i in range(rows)]
+    assert endpoint_stats(endpoint)["invocations_ok"] == rows // 50
+
+
+def test_oversize_example_sends_the_big_row_to_the_async_endpoint(
+    s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    module = example_module("example_oversize")
+    realtime = make_endpoint("constant", mode="realtime")
+    asynchronous = make_endpoint("constant", mode="async")
+    conf = {
+        "endpoint_name": realtime,
+        "oversize_endpoint_name": asynchronous,
+        "input_uri": s3_prefix + "in/",
+        "output_uri": s3_prefix + "out/",
+    }
+    run = run_dag("smrt_example_oversize", conf)
+    assert run.state == "success", run.states
+    assert read_parts(s3_client, s3_prefix + "out/")["id"].to_pylist() == list(range(module.ROWS))
+    assert run.xcom("score")["rows_async"] == 1
+    assert endpoint_stats(realtime)["rows_ok"] == module.ROWS - 1
+    assert endpoint_stats(asynchronous)["async_succeeded"] == 1

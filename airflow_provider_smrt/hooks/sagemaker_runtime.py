@@ -37,14 +37,14 @@ from airflow_provider_smrt.retry import OnRetry, RetryPolicy
 _NO_BOTOCORE_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
 
 
-#: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
-Transport = Literal["auto", "botocore"]
-
-
 class EndpointInvoker(Protocol):
     """What :meth:`SageMakerRuntimeHook.make_invoker` returns: one InvokeEndpoint attempt per call."""
 
     def __call__(self, body: bytes, inference_id: str | None = None) -> InvokeEndpointResult: ...
+
+
+#: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
+Transport = Literal["auto", "botocore"]
 _TRANSPORTS = ("auto", "botocore")
 
 
@@ -314,6 +314,49 @@ class SageMakerRuntimeHook(AwsBaseHook):
                 if err is raw:
                     raise
                 raise err from raw
+
+        return invoke
+
+    def make_stream_invoker(self, endpoint_name: str, **params: Any) -> EndpointInvoker:
+        """:meth:`make_invoker` over InvokeEndpointWithResponseStream: ``invoke(body)`` sends one request,
+        joins every PayloadPart and returns the whole payload as one :class:`InvokeEndpointResult`.
+
+        One attempt per call, like :meth:`make_invoker`: an error opening the stream or in the middle of
+        it (ModelStreamError, InternalStreamFailure) is raised classified, and the caller's retry policy
+        sends the whole request again; no partial payload is ever returned.
+
+        :param params: ``invoke_endpoint_with_response_stream``'s keyword arguments other than the body
+            and the retry ones (None ones are left out).
+        """
+        params = {key: value for key, value in params.items() if value is not None}
+        self.validate_invoke_endpoint(
+            endpoint_name,
+            b"",
+            custom_attributes=params.get("custom_attributes"),
+            inference_id=params.get("inference_id"),
+        )
+        if {"endpoint_name", "body"} & params.keys():
+            raise ParameterValidationError("make_stream_invoker() takes the endpoint name first and the body per call")
+        client = self.get_client_type(region_name=self.region_name, config=deepcopy(self.config))
+        fixed = _request_params(client, "InvokeEndpointWithResponseStream", endpoint_name=endpoint_name, **params)
+
+        def invoke(body: bytes, inference_id: str | None = None) -> InvokeEndpointResult:
+            validate_body(body)
+            request = fixed if inference_id is None else {**fixed, "InferenceId": inference_id}
+            try:
+                response = client.invoke_endpoint_with_response_stream(**request, Body=body)
+            except Exception as raw:
+                err = classify_error(raw, endpoint_name=endpoint_name)
+                if err is raw:
+                    raise
+                raise err from raw
+            payload = b"".join(self._iter_stream(response["Body"], endpoint_name))
+            return InvokeEndpointResult(
+                body=payload,
+                content_type=response.get("ContentType"),
+                invoked_production_variant=response.get("InvokedProductionVariant"),
+                custom_attributes=response.get("CustomAttributes"),
+            )
 
         return invoke
 

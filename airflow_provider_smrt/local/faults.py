@@ -44,6 +44,8 @@ class Faults:
     #: Response stream: after this many PayloadParts, send an exception event instead of the rest.
     stream_error_after_parts: int | None = None
     stream_error_type: str = "ModelStreamError"
+    #: Only the first N response streams break off (counted, so tests do not race); 0: every one.
+    stream_error_requests: int = 0
     seed: int | None = None
 
     @classmethod
@@ -78,6 +80,8 @@ class Faults:
             raise ValueError(f"model_not_ready_requests must be an integer >= 0; got {self.model_not_ready_requests!r}")
         if not isinstance(self.poison_status, int) or not 400 <= self.poison_status <= 599:
             raise ValueError(f"poison_status must be an HTTP error status (400-599); got {self.poison_status!r}")
+        if not isinstance(self.stream_error_requests, int) or self.stream_error_requests < 0:
+            raise ValueError(f"stream_error_requests must be an integer >= 0; got {self.stream_error_requests!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
             raise ValueError(f"capacity must be a positive integer or null; got {self.capacity!r}")
         if not isinstance(self.async_capacity, int) or self.async_capacity < 1:

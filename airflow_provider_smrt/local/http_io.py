@@ -118,7 +118,7 @@ class WireHandler(BaseHTTPRequestHandler):
         data = prediction.body
         n_parts = max(1, min(endpoint.stream_parts, len(data)))
         bounds = [len(data) * i // n_parts for i in range(n_parts + 1)]
-        fail_after = endpoint.faults.stream_error_after_parts
+        fail_after = endpoint.faults.stream_error_after_parts if endpoint.stream_breaks() else None
         for index in range(n_parts):
             if fail_after is not None and index >= fail_after:
                 break

@@ -367,6 +367,28 @@ class ForwardModel:
         )
 
 
+class CsvHeaderModel:
+    """Reads the first line of a ``text/csv`` body as a header, as MLflow's scoring server does: it is
+    dropped before ``model`` sees the rows, so a body sent without a header loses its first row."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def predict(
+        self,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        *,
+        headers: dict[str, str] | None = None,
+        inspect: Inspector | None = None,
+    ) -> Prediction:
+        """Drop the header line of a CSV body, then predict with the wrapped model."""
+        if tabular.media_type(content_type, default=tabular.CSV) == tabular.CSV:
+            _, _, body = body.partition(b"\n")
+        return self.model.predict(body, content_type, accept, headers=headers, inspect=inspect)
+
+
 def build_model(*, model: str, outputs: Sequence[str] | None = None, model_url: str | None = None) -> Model:
     """Build the model named ``model`` (``diabetes``, ``sum``, ``constant``, ``llm`` or ``forward``)."""
     if model == "diabetes":

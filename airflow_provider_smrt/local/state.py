@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_smrt.local.faults import Dice, Faults
-from airflow_provider_smrt.local.models import Model, build_model
+from airflow_provider_smrt.local.models import CsvHeaderModel, Model, build_model
 from airflow_provider_smrt.local.wire import ServiceError
 
 DEFAULT_MAX_PAYLOAD_BYTES = 6_291_456
@@ -37,6 +37,7 @@ _SPEC_KEYS = frozenset(
         "inference_components",
         "mode",
         "session_ttl_seconds",
+        "csv_header",
     }
 )
 _TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url"})
@@ -140,6 +141,10 @@ class Endpoint:
         self.model: Model = build_model(
             model=self.model_name, outputs=spec.get("outputs"), model_url=spec.get("model_url")
         )
+        #: The model reads the first line of a CSV body as a header (MLflow's scoring server does).
+        self.csv_header = bool(spec.get("csv_header"))
+        if self.csv_header:
+            self.model = CsvHeaderModel(self.model)
         self.model_url: str | None = spec.get("model_url")
         self.outputs: list[str] | None = spec.get("outputs")
         variants = spec.get("variants") or {"AllTraffic": 1.0}
@@ -186,6 +191,7 @@ class Endpoint:
         )
         self.created = time.monotonic()
         self._not_ready_answers = 0
+        self._stream_breaks = 0
         self.stats = Stats()
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
@@ -229,6 +235,20 @@ class Endpoint:
             return True
         ping = getattr(self.model, "ping", None)
         return bool(ping is not None and not ping())
+
+    def stream_breaks(self) -> bool:
+        """Whether this response stream breaks off (``stream_error_after_parts``), counting the breaks for
+        ``stream_error_requests`` (only the first N break; 0: every one)."""
+        faults = self.faults
+        if faults.stream_error_after_parts is None:
+            return False
+        if not faults.stream_error_requests:
+            return True
+        with self._lock:
+            if self._stream_breaks < faults.stream_error_requests:
+                self._stream_breaks += 1
+                return True
+        return False
 
     def pick_variant(self, target: str | None) -> str:
         """The target variant; without one, a variant chosen by weight. An unknown one is the service's
@@ -309,6 +329,7 @@ class Endpoint:
             "inference_components": self._component_specs,
             "mode": self.mode,
             "session_ttl_seconds": self.session_ttl_seconds,
+            "csv_header": self.csv_header,
             "max_payload_bytes": self.max_payload_bytes,
             "stream_parts": self.stream_parts,
             "s3_output_path": self.s3_output_path,

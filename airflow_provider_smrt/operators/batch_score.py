@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from airflow_provider_smrt.exceptions import ModelError
+from airflow_provider_smrt.exceptions import ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import (
     EndpointInvoker,
@@ -20,7 +21,8 @@ from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_op
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import scoring_config
-from airflow_provider_smrt.retry import RetryPolicy
+from airflow_provider_smrt.retry import NO_RETRY, RetryPolicy
+from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CHECKPOINT_EVERY_REQUESTS,
     DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
@@ -35,6 +37,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_smrt.scoring.pipeline import IdentifyingInvoker, InvokeResult
+
+
+#: How each request is sent: InvokeEndpoint, or InvokeEndpointWithResponseStream with the parts joined.
+InvokeMode = Literal["invoke", "stream"]
 
 
 class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBaseOperator[SageMakerRuntimeHook]):
@@ -61,6 +67,8 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         are formatted as text. Sends one row per request; needs ``content_type="application/json"``.
     :param response_field: dotted path of the prediction in a JSON response, e.g. ``"generated_text"`` (a
         name applied to a list applies to its items, so ``[{"generated_text": ...}]`` works).
+    :param csv_header: start every ``text/csv`` request with a line of the feature names, for containers
+        that read the first line as a header (MLflow's scoring server); one prediction per row is still expected.
     :param max_payload_bytes: request size limit (at most 6,291,456; 4,000,000 for serverless endpoints).
     :param max_rows_per_request: request row limit (default: only the size limit applies).
     :param concurrency: requests in flight at most (size an Airflow pool for endpoint-wide limits).
@@ -94,6 +102,14 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         carries ``estimated_cost_usd`` = ``busy_wall_seconds / 3600 * instance_count * instance_hourly_usd``
         (an estimate, see docs/cost.md).
     :param instance_count: instances behind the endpoint, for the cost estimate (default 1).
+    :param oversize_endpoint_name: an asynchronous endpoint hosting the same model (templated): a row whose
+        one-row request exceeds ``max_payload_bytes`` is staged under ``<output_uri>/_staging/``, sent
+        through InvokeEndpointAsync, waited for and written at its position in the same part (counted in
+        ``rows_async``; its failure goes to ``_errors/``). Unset: such a row fails the task (RowTooLargeError).
+    :param oversize_wait_timeout: seconds to wait for one oversize row's async output.
+    :param invoke_mode: ``"invoke"`` (InvokeEndpoint) or ``"stream"`` (InvokeEndpointWithResponseStream,
+        for containers that only stream: each response's payload parts are joined, then decoded; a
+        stream that breaks off is classified and retried whole, never half-used).
     :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
         connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
@@ -116,6 +132,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         "inference_component_name",
         "enable_explanations",
         "inference_id_prefix",
+        "oversize_endpoint_name",
     )
     ui_color = "#ffb27d"
     operator_extra_links = (SageMakerEndpointLink(), SageMakerModelLogsLink())
@@ -135,6 +152,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         decoder: str | None = None,
         request_template: dict[str, Any] | None = None,
         response_field: str | None = None,
+        csv_header: bool = False,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         max_rows_per_request: int | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
@@ -158,10 +176,18 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         instance_hourly_usd: float | None = None,
         instance_count: int = 1,
         transport: Transport = "auto",
+        invoke_mode: InvokeMode = "invoke",
+        oversize_endpoint_name: str | None = None,
+        oversize_wait_timeout: float = 3_600.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_transport(transport)
+        if invoke_mode not in ("invoke", "stream"):
+            raise ParameterValidationError(f"invoke_mode={invoke_mode!r} must be 'invoke' or 'stream'")
+        self.invoke_mode = invoke_mode
+        self.oversize_endpoint_name = oversize_endpoint_name
+        self.oversize_wait_timeout = oversize_wait_timeout
         self.transport = transport
         self.endpoint_name = endpoint_name
         self.input_uri = input_uri
@@ -175,6 +201,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.decoder = decoder
         self.request_template = request_template
         self.response_field = response_field
+        self.csv_header = csv_header
         self.max_payload_bytes = max_payload_bytes
         self.max_rows_per_request = max_rows_per_request
         self.concurrency = concurrency
@@ -222,24 +249,56 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     def build_job(self, map_index: int | None = None) -> ScoringJob:
         """The scoring job this operator runs (after templating)."""
         params = self._invoke_params()
+        self.oversize_endpoint_name = self.oversize_endpoint_name or None
         config = scoring_config(
             self,
             map_index=map_index,
             invoke_params={key: value for key, value in params.items() if key not in ("content_type", "accept")},
             inference_id_prefix=self.inference_id_prefix or None,
         )
-        return ScoringJob(
+        storage = Storage(
+            s3_client=self.s3_client,
+            write_extra_args=self.s3_write_args,
+            expected_bucket_owner=self.expected_bucket_owner,
+        )
+        oversize = self._oversize_invoker(params, storage) if self.oversize_endpoint_name else None
+        job = ScoringJob(
             config=config,
-            invoke=self._recording_model_errors(self.hook.make_invoker(self.endpoint_name, **params)),
-            storage=Storage(
-                s3_client=self.s3_client,
-                write_extra_args=self.s3_write_args,
-                expected_bucket_owner=self.expected_bucket_owner,
-            ),
+            invoke=self._recording_model_errors(self._make_invoker(params)),
+            storage=storage,
             retry_policy=RetryPolicy(max_attempts=self.max_attempts),
             progress_interval=self.progress_interval,
             logger=self.log,  # type: ignore[arg-type]
+            oversize_invoke=oversize,
         )
+        if oversize is not None:
+            oversize.cancel = job.coordinator.stop
+        return job
+
+    def _oversize_invoker(self, params: dict[str, Any], storage: Storage) -> AsyncInvoker:
+        """The async invoker of ``oversize_endpoint_name``: payloads staged under ``<output_uri>/_staging/``."""
+        endpoint = str(self.oversize_endpoint_name)
+        submit = functools.partial(
+            self.hook.invoke_endpoint_async,
+            endpoint,
+            content_type=params["content_type"],
+            accept=params["accept"],
+            custom_attributes=params["custom_attributes"],
+            retry_policy=NO_RETRY,  # the core's policy retries the whole invocation
+        )
+        return AsyncInvoker(
+            submit=submit,
+            storage=storage,
+            staging_uri=str(self.output_uri).rstrip("/") + "/_staging/",
+            scope=f"{self.output_uri}|{endpoint}|{params['content_type']}|{params['accept']}",
+            poll_interval=1.0,
+            timeout=self.oversize_wait_timeout,
+        )
+
+    def _make_invoker(self, params: dict[str, Any]) -> EndpointInvoker:
+        if self.invoke_mode == "stream":
+            return self.hook.make_stream_invoker(self.endpoint_name, **params)
+        return self.hook.make_invoker(self.endpoint_name, **params)
 
     def _recording_model_errors(self, invoke: EndpointInvoker) -> IdentifyingInvoker:
         """Wrap the invoker to remember the ``LogStreamArn`` of the last ModelError (for the logs link)."""

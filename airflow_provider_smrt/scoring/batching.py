@@ -45,9 +45,13 @@ class Request:
     offset: int
     num_rows: int
     body: bytes
+    #: One row over ``max_payload_bytes``, emitted (not raised) by a planner with ``oversize=True``: for
+    #: an endpoint taking larger payloads (InvokeEndpointAsync).
+    oversize: bool = False
 
     def __repr__(self) -> str:
-        return f"Request(offset={self.offset}, num_rows={self.num_rows}, body=<{len(self.body)} bytes>)"
+        flag = ", oversize=True" if self.oversize else ""
+        return f"Request(offset={self.offset}, num_rows={self.num_rows}, body=<{len(self.body)} bytes>{flag})"
 
 
 @dataclass
@@ -105,6 +109,8 @@ class RequestPlanner:
     :param probe_rows: rows encoded to learn the first bytes-per-row estimate.
     :param fill_ratio: fraction of ``max_payload_bytes`` a slice is sized for (0 < ratio <= 1).
     :param service_limit: the largest body the service takes (InvokeEndpoint: 6 MiB; more for async).
+    :param oversize: a single row over ``max_payload_bytes`` is emitted as its own request flagged
+        ``oversize`` instead of raising :class:`RowTooLargeError`.
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class RequestPlanner:
         probe_rows: int = DEFAULT_PROBE_ROWS,
         fill_ratio: float = DEFAULT_FILL_RATIO,
         service_limit: int = MAX_PAYLOAD_BYTES,
+        oversize: bool = False,
     ) -> None:
         validate_max_payload_bytes(max_payload_bytes, limit=service_limit)
         if max_rows_per_request is not None and (
@@ -134,6 +141,7 @@ class RequestPlanner:
         self.max_payload_bytes = max_payload_bytes
         self.service_limit = service_limit
         self.max_rows_per_request = max_rows_per_request
+        self.oversize = oversize
         self.probe_rows = probe_rows
         self.fill_ratio = fill_ratio
         self.stats = PlannerStats()
@@ -163,7 +171,7 @@ class RequestPlanner:
         if self._bytes_per_row is None:
             probe = min(self.probe_rows, cap)
             body = self._encode(features, offset, probe)
-            if len(body) > self.max_payload_bytes and probe == 1:
+            if len(body) > self.max_payload_bytes and probe == 1 and not self.oversize:
                 raise self._too_large(offset, len(body))
             self.stats.probes += 1
         return self._target_rows(cap)
@@ -176,7 +184,8 @@ class RequestPlanner:
         empty input.
 
         :raises RowTooLargeError: a single row encodes to more than ``max_payload_bytes``
-            (``row_offset`` says which; the requests before it have been yielded).
+            (``row_offset`` says which; the requests before it have been yielded), unless the planner
+            has ``oversize=True``: then that row is a request of its own flagged ``oversize``.
         """
         table = pa.Table.from_batches([features]) if isinstance(features, pa.RecordBatch) else features
         total = table.num_rows
@@ -193,9 +202,14 @@ class RequestPlanner:
                     offset += probe
                     continue
                 if len(body) > self.max_payload_bytes and probe == 1:
-                    raise self._too_large(offset, len(body))
+                    if not self.oversize:
+                        raise self._too_large(offset, len(body))
+                    yield self._emit(offset, 1, body, oversize=True)
+                    offset += 1
+                    continue
                 self.stats.probes += 1
             size = self._target_rows(cap)
+            oversize = False
             while True:
                 body = self._encode(table, offset, size)
                 if len(body) <= self.max_payload_bytes:
@@ -203,9 +217,12 @@ class RequestPlanner:
                 with self._lock:
                     self.stats.re_encodes += 1
                 if size == 1:
-                    raise self._too_large(offset, len(body))
+                    if not self.oversize:
+                        raise self._too_large(offset, len(body))
+                    oversize = True
+                    break
                 size = max(1, min(size // 2, self._target_rows(cap)))
-            yield self._emit(offset, size, body)
+            yield self._emit(offset, size, body, oversize=oversize)
             offset += size
 
     # -----------------------------------------------------------------------------------------
@@ -238,12 +255,12 @@ class RequestPlanner:
         else:
             self._bytes_per_row = previous + ESTIMATE_DECAY * (measured - previous)
 
-    def _emit(self, offset: int, num_rows: int, body: bytes) -> Request:
+    def _emit(self, offset: int, num_rows: int, body: bytes, *, oversize: bool = False) -> Request:
         with self._lock:
             self.stats.requests += 1
             self.stats.rows += num_rows
             self.stats.body_bytes += len(body)
-        return Request(offset=offset, num_rows=num_rows, body=body)
+        return Request(offset=offset, num_rows=num_rows, body=body, oversize=oversize)
 
     def _too_large(self, row_offset: int, row_bytes: int) -> RowTooLargeError:
         return RowTooLargeError(

@@ -66,6 +66,10 @@ class ScoringConfig:
     request_template: dict[str, Any] | None = None
     #: Dotted path of the prediction in a JSON response (see :mod:`~airflow_provider_smrt.scoring.codecs.templates`).
     response_field: str | None = None
+    #: Start every ``text/csv`` body with a line of the feature names (containers that read a header).
+    csv_header: bool = False
+    #: An async endpoint hosting the same model, for rows whose one-row request exceeds ``max_payload_bytes``.
+    oversize_endpoint_name: str | None = None
     #: InvokeEndpoint parameters (custom_attributes, target_model, ...): hashed, never logged.
     invoke_params: dict[str, Any] = field(default_factory=dict)
     #: A unit being scored leaves a checkpoint this often (seconds; None: no time trigger) ...
@@ -161,4 +165,6 @@ class ScoringConfig:
             # Only when set, so the hash (and the resume state) of every other configuration is unchanged.
             **({"request_template": self.request_template} if self.request_template is not None else {}),
             **({"response_field": self.response_field} if self.response_field is not None else {}),
+            **({"csv_header": True} if self.csv_header else {}),
+            **({"oversize_endpoint_name": self.oversize_endpoint_name} if self.oversize_endpoint_name else {}),
         }

@@ -69,6 +69,9 @@ class ScoringJob:
     :param storage: S3/local storage (see :class:`~airflow_provider_smrt.scoring.storage.Storage`).
     :param retry_policy: applied to every request.
     :param progress_interval: seconds between progress lines in the log.
+    :param oversize_invoke: ``invoke(body) -> result`` for a row whose one-row request exceeds
+        ``max_payload_bytes`` (e.g. an :class:`~airflow_provider_smrt.scoring.async_invoker.AsyncInvoker`
+        of ``config.oversize_endpoint_name``); without one such a row raises ``RowTooLargeError``.
     """
 
     def __init__(
@@ -80,8 +83,10 @@ class ScoringJob:
         retry_policy: RetryPolicy | None = None,
         progress_interval: float = 10.0,
         logger: logging.Logger | None = None,
+        oversize_invoke: Invoker | None = None,
     ) -> None:
         config.validate()
+        self.oversize_invoke = oversize_invoke
         self.config = config
         self.invoke = invoke
         self.storage = storage
@@ -193,12 +198,14 @@ class ScoringJob:
             decoder=config.decoder,
             request_template=config.request_template,
             response_field=config.response_field,
+            csv_header=config.csv_header,
         )
         planner = RequestPlanner(
             codec=codec,
             max_payload_bytes=config.max_payload_bytes,
             service_limit=config.payload_limit,
             max_rows_per_request=config.rows_per_request,
+            oversize=self.oversize_invoke is not None,
         )
 
         policy = config.checkpoint_policy
@@ -247,6 +254,7 @@ class ScoringJob:
             progress_interval=self.progress_interval,
             checkpoint_policy=policy,
             unit_offsets={unit: checkpoint.rows for unit, checkpoint in plan.checkpoints.items()},
+            oversize_invoke=self.oversize_invoke,
         )
 
     def _existing_schema(self, plan: ScoringPlan) -> pa.Schema | None:

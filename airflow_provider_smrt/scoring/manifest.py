@@ -67,6 +67,7 @@ def build_summary(config: ScoringConfig, plan: ScoringPlan, stats: RunStats, *, 
         "retries": stats.retries,
         "throttles": stats.throttles,
         "bisections": stats.bisections,
+        "rows_async": stats.rows_async,
         "elapsed_seconds": round(elapsed, 3),
         "rows_per_second": round((stats.rows_scored + stats.rows_failed - plan.resumed_rows) / elapsed, 1)
         if elapsed > 0

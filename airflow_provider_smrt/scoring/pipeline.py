@@ -38,6 +38,7 @@ from airflow_provider_smrt.exceptions import (
     InputDataError,
     InvocationError,
     ModelError,
+    ModelInputError,
     ModelServerError,
     PredictionCountMismatchError,
     ScoringCancelledError,
@@ -132,6 +133,8 @@ class Pipeline:
     :param inference_id_prefix: if set, each request is sent with its deterministic InferenceId
         (:func:`~airflow_provider_smrt.scoring.inference_ids.inference_id`): ``invoke`` must then take
         ``inference_id=`` (an :class:`IdentifyingInvoker`).
+    :param oversize_invoke: ``invoke(body) -> result`` for the requests the planner flags ``oversize``
+        (one row over the payload limit), e.g. through InvokeEndpointAsync; it takes no in-flight slot.
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
     :param checkpoint_policy: when the writer leaves checkpoints of the units being written (None: never).
@@ -162,10 +165,12 @@ class Pipeline:
         progress_interval: float = 10.0,
         checkpoint_policy: CheckpointPolicy | None = None,
         unit_offsets: Mapping[WorkUnit, int] | None = None,
+        oversize_invoke: Invoker | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.invoke = invoke
+        self.oversize_invoke = oversize_invoke
         self.codec = codec
         self.planner = planner
         self.feature_columns = feature_columns
@@ -284,7 +289,10 @@ class Pipeline:
             pieces: list[Piece] = []
             errors: RowErrors = []
             for request in requests:
-                more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
+                if request.oversize:
+                    more_pieces, more_errors = self._score_oversize(task, request.offset, request.body)
+                else:
+                    more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
                 pieces += more_pieces
                 errors += more_errors
             self.writer.post("result", (task, pieces, errors))
@@ -327,6 +335,22 @@ class Pipeline:
             ended=time.monotonic(),
         )
         return result
+
+    def _score_oversize(self, task: Task, offset: int, body: bytes) -> tuple[list[Piece], RowErrors]:
+        """Score one row over the payload limit through ``oversize_invoke`` (no in-flight slot: another endpoint)."""
+        assert self.oversize_invoke is not None  # the planner flags rows only when there is one
+        self.stats.add(requests=1, rows_async=1)
+        try:
+            result = self.retry_policy.call(
+                lambda: self.oversize_invoke(body),  # type: ignore[misc]
+                endpoint_name=self.endpoint_name,
+                on_retry=self._on_retry,
+                cancel=self.coordinator.stop,
+            )
+        except ModelInputError as err:
+            self._count_failed(1, err)
+            return [], [(offset, 1, err)]
+        return [self._decode(task, offset, 1, result)], []
 
     def _score(
         self, task: Task, offset: int, count: int, body: bytes, *, bisecting: bool = False
@@ -373,6 +397,10 @@ class Pipeline:
             right = self._score(task, offset + half, count - half, right_body, bisecting=True)
             return left[0] + right[0], left[1] + right[1]
         self.limiter.on_success()
+        return [self._decode(task, offset, count, result)], []
+
+    def _decode(self, task: Task, offset: int, count: int, result: InvokeResult) -> Piece:
+        """The predictions of rows ``[offset, offset+count)`` of a task from the endpoint's answer."""
         try:
             predictions = self.codec.decode(result.body, num_rows=count, content_type=None)
         except PredictionCountMismatchError as err:
@@ -386,4 +414,4 @@ class Pipeline:
                 f"{task.unit.describe(task.offset + offset, count)}: the endpoint returned {predictions.num_rows} "
                 f"predictions for {count} rows: the model must return one prediction per input row"
             )
-        return [Piece(offset, predictions, result.invoked_production_variant)], []
+        return Piece(offset, predictions, result.invoked_production_variant)

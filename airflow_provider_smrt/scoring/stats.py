@@ -102,6 +102,8 @@ class RunStats:
     retries: int = 0
     throttles: int = 0
     bisections: int = 0
+    #: Rows sent to the oversize (async) endpoint in this run, scored or failed.
+    rows_async: int = 0
     parts_written: int = 0
     #: checkpoint segments written (see :mod:`~airflow_provider_smrt.scoring.checkpoints`)
     checkpoints_written: int = 0

@@ -209,6 +209,22 @@ def test_a_row_over_the_service_limit_does_not_suggest_raising_the_limit() -> No
     assert info.value.row_offset == 0
 
 
+@pytest.mark.parametrize("position", [0, 1, 37, 99])
+def test_with_oversize_a_row_over_the_limit_is_its_own_flagged_request(position: int) -> None:
+    text = ["short"] * 100
+    text[position] = "x" * 12_000
+    table = pa.table({"n": list(range(100)), "text": text})
+    planner = RequestPlanner(codec=get_codec(), max_payload_bytes=10_000, max_rows_per_request=10, oversize=True)
+    requests = list(planner.split(table))
+    flagged = [r for r in requests if r.oversize]
+    assert [(r.offset, r.num_rows) for r in flagged] == [(position, 1)]
+    assert len(flagged[0].body) > 10_000
+    assert all(len(r.body) <= 10_000 for r in requests if not r.oversize)
+    covered = [i for r in requests for i in range(r.offset, r.offset + r.num_rows)]
+    assert covered == list(range(100))  # every row once, in order
+    assert "oversize=True" in repr(flagged[0])
+
+
 def test_request_repr_hides_the_body() -> None:
     request = Request(offset=3, num_rows=2, body=b"secret,1\nsecret,2\n")
     assert repr(request) == "Request(offset=3, num_rows=2, body=<18 bytes>)"

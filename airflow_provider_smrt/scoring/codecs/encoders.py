@@ -6,6 +6,8 @@ never a Python loop per value where it can be avoided.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,17 +30,28 @@ _MAX_EXACT_INT_IN_FLOAT = 2**53
 
 
 class CsvEncoder:
-    """``text/csv`` request bodies via :func:`pyarrow.csv.write_csv` (no header, quoting only where needed).
+    """``text/csv`` request bodies via :func:`pyarrow.csv.write_csv` (quoting only where needed).
 
     When no string value needs quoting (the common case) the table is written unquoted by Arrow's
     CSV writer. Otherwise every column is formatted with Arrow's cast to string, the values that
     need it are quoted, and lines are joined with Arrow compute kernels: still no Python loop per row.
+
+    :param header: start every body with a line of the feature names (for containers that read the
+        first line as a header, such as MLflow's scoring server); one prediction per row is still expected.
     """
 
     _OPTIONS = pacsv.WriteOptions(include_header=False, quoting_style="none")
 
+    def __init__(self, *, header: bool = False) -> None:
+        self.header = header
+
     def __call__(self, features: pa.Table) -> bytes:
         table = prepare(features, CSV)
+        if self.header:
+            return _header_line(tuple(table.column_names)) + self._rows(table)
+        return self._rows(table)
+
+    def _rows(self, table: pa.Table) -> bytes:
         to_quote = [
             i
             for i in _string_columns(table.schema)
@@ -49,6 +62,13 @@ class CsvEncoder:
             pacsv.write_csv(table, sink, self._OPTIONS)
             return sink.getvalue().to_pybytes()  # type: ignore[no-any-return]
         return _join_csv(table, set(to_quote))
+
+
+@functools.lru_cache(maxsize=64)
+def _header_line(names: tuple[str, ...]) -> bytes:
+    """The CSV header line of ``names`` (RFC 4180 quoting where a name needs it)."""
+    fields = ['"' + name.replace('"', '""') + '"' if re.search(_NEEDS_QUOTING, name) else name for name in names]
+    return (",".join(fields) + "\n").encode("utf-8")
 
 
 @schema_memo

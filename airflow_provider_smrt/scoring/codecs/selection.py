@@ -135,6 +135,7 @@ def get_codec(
     json_record_format: JsonRecordFormat = "list",
     request_template: Mapping[str, Any] | None = None,
     response_field: str | None = None,
+    csv_header: bool = False,
 ) -> PayloadCodec:
     """Build the codec for a scoring run.
 
@@ -152,6 +153,7 @@ def get_codec(
         :mod:`airflow_provider_smrt.scoring.codecs.templates`); needs a JSON ``content_type``; excludes ``encoder``.
     :param response_field: dotted path of the field holding the prediction in a JSON response (see
         :mod:`airflow_provider_smrt.scoring.codecs.templates`); excludes ``decoder``.
+    :param csv_header: start each ``text/csv`` body with a line of the feature names (built-in CSV encoder only).
     :raises ParameterValidationError: a parameter is invalid (the message says which and how to fix it).
     """
     if not isinstance(content_type, str) or not content_type.strip():
@@ -163,6 +165,11 @@ def get_codec(
     names = _validate_prediction_columns(prediction_columns)
     accept = accept or content_type
 
+    if csv_header and (encoder is not None or request_template is not None or media_type(content_type) != CSV):
+        raise ParameterValidationError(
+            "csv_header=True sends the feature names as the first line of a text/csv body: it needs "
+            f"content_type='text/csv' (not {content_type!r}) and the built-in encoder (no encoder or request_template)"
+        )
     encode_fn: EncoderFn
     encoder_name: str | None = None
     if request_template is not None:
@@ -179,7 +186,9 @@ def get_codec(
     else:
         media = _builtin_media(content_type, parameter="content_type", hint="or pass encoder=")
         encode_fn = (
-            CsvEncoder() if media == CSV else JsonEncoder(lines=media == JSONLINES, record_format=json_record_format)
+            CsvEncoder(header=csv_header)
+            if media == CSV
+            else JsonEncoder(lines=media == JSONLINES, record_format=json_record_format)
         )
 
     user_decoder: Callable[..., Any] | None = None

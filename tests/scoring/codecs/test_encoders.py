@@ -11,6 +11,7 @@ import pytest
 
 from airflow_provider_smrt.exceptions import (
     InputDataError,
+    ParameterValidationError,
     ResponseDecodeError,
 )
 from airflow_provider_smrt.scoring.codecs import (
@@ -61,6 +62,29 @@ def test_csv_sliced_input_with_quoting_encodes_only_the_slice() -> None:
     table = pa.table({"s": ["a,1", "b,2", "c,3", "d,4"], "n": [1, 2, 3, 4]})
     body = get_codec().encode(table.slice(1, 2))
     assert parse_csv(body) == [["b,2", "2"], ["c,3", "3"]]
+
+
+def test_csv_header_is_the_first_line_of_every_body_quoted_where_needed() -> None:
+    table = pa.table({"f0": [1.0, 2.0], 'we,ird "name"': ["a", "b,c"], "f2": [3, 4]})
+    codec = get_codec(content_type=CSV, csv_header=True)
+    rows = parse_csv(codec.encode(table))
+    assert rows == [["f0", 'we,ird "name"', "f2"], ["1", "a", "3"], ["2", "b,c", "4"]]
+    numeric = table.select(["f0", "f2"])
+    assert codec.encode(numeric.slice(1, 1)) == b"f0,f2\n2,4\n"
+    assert get_codec(content_type=CSV).encode(numeric) == b"1,3\n2,4\n"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"content_type": JSON},
+        {"content_type": CSV, "encoder": "json:dumps"},
+        {"content_type": JSON, "request_template": {"inputs": "{f0}"}},
+    ],
+)
+def test_csv_header_needs_the_built_in_csv_encoder(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ParameterValidationError, match="csv_header=True"):
+        get_codec(csv_header=True, **kwargs)  # type: ignore[arg-type]
 
 
 def test_csv_large_string_and_string_view_columns() -> None:
