@@ -156,3 +156,52 @@ def validate_s3_output_path_extension(extension: str | None) -> None:
             f"s3_output_path_extension {extension!r} is invalid: use a relative key path of 1-512 letters, "
             "digits and !_.*'()/- (not an s3:// or https:// URI)"
         )
+
+
+def validate_invoke_endpoint_request(
+    endpoint_name: str,
+    body: bytes,
+    *,
+    custom_attributes: str | None = None,
+    inference_id: str | None = None,
+) -> None:
+    """Check InvokeEndpoint parameters without sending anything."""
+    validate_endpoint_name(endpoint_name)
+    validate_body(body)
+    validate_custom_attributes(custom_attributes)
+    validate_inference_id(inference_id)
+
+
+def validate_invoke_endpoint_async_request(
+    endpoint_name: str,
+    *,
+    input_location: str | None = None,
+    body: bytes | None = None,
+    custom_attributes: str | None = None,
+    inference_id: str | None = None,
+    request_ttl_seconds: int | None = None,
+    invocation_timeout_seconds: int | None = None,
+    s3_output_path_extension: str | None = None,
+    filename: str | None = None,
+) -> None:
+    """Check InvokeEndpointAsync parameters without sending anything."""
+    validate_endpoint_name(endpoint_name)
+    if (input_location is None) == (body is None):
+        raise ParameterValidationError(
+            "pass exactly one of input_location (an s3:// or https:// URI) or body (inline, "
+            f"<= {MAX_ASYNC_INLINE_BODY_BYTES:,} bytes)"
+        )
+    if input_location is not None:
+        if not input_location.startswith(("s3://", "https://")) or len(input_location) > MAX_INPUT_LOCATION_CHARS:
+            raise ParameterValidationError(
+                f"input_location {input_location!r} must be an s3:// or https:// URI of at most "
+                f"{MAX_INPUT_LOCATION_CHARS} characters"
+            )
+    if body is not None:
+        validate_body(body, limit=MAX_ASYNC_INLINE_BODY_BYTES, what="inline async body")
+    validate_custom_attributes(custom_attributes)
+    validate_inference_id(inference_id)
+    validate_range("request_ttl_seconds", request_ttl_seconds, REQUEST_TTL_RANGE)
+    validate_range("invocation_timeout_seconds", invocation_timeout_seconds, INVOCATION_TIMEOUT_RANGE)
+    validate_s3_output_path_extension(s3_output_path_extension)
+    validate_filename(filename)

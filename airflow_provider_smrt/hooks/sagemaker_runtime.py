@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 from collections.abc import Iterator
 from copy import deepcopy
 from typing import Any, Literal, Protocol
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-from botocore import xform_name
 from botocore.config import Config
 
 from airflow_provider_smrt.classify import classify_error
 from airflow_provider_smrt.exceptions import ParameterValidationError
+from airflow_provider_smrt.hooks._requests import (
+    invoke_endpoint_async_result,
+    invoke_endpoint_result,
+    iter_stream,
+    request_params,
+)
 from airflow_provider_smrt.hooks.transport import LeanTransport, lean_transport_for
 from airflow_provider_smrt.invocation import (
     DEFAULT_READ_TIMEOUT_SECONDS,
-    INVOCATION_TIMEOUT_RANGE,
-    MAX_ASYNC_INLINE_BODY_BYTES,
-    MAX_INPUT_LOCATION_CHARS,
-    REQUEST_TTL_RANGE,
     InvokeEndpointAsyncResult,
     InvokeEndpointResult,
     validate_body,
-    validate_custom_attributes,
-    validate_endpoint_name,
-    validate_filename,
     validate_inference_id,
-    validate_range,
-    validate_s3_output_path_extension,
+    validate_invoke_endpoint_async_request,
+    validate_invoke_endpoint_request,
 )
 from airflow_provider_smrt.retry import OnRetry, RetryPolicy
 
@@ -52,46 +49,6 @@ def check_transport(transport: str) -> None:
     """A ``transport`` value must be ``"auto"`` or ``"botocore"`` (checked when a DAG is parsed)."""
     if transport not in _TRANSPORTS:
         raise ParameterValidationError(f"transport={transport!r} is not one of {list(_TRANSPORTS)}")
-
-
-@functools.lru_cache(maxsize=32)
-def _api_names(service_model: Any, operation_name: str) -> dict[str, str]:
-    """The hook's keyword argument for each input member of ``operation_name`` (``xform_name`` of it) -> the member."""
-    return {xform_name(member): member for member in service_model.operation_model(operation_name).input_shape.members}
-
-
-def _request_params(client: Any, operation_name: str, **kwargs: Any) -> dict[str, Any]:
-    """The request parameters of ``operation_name`` from the hook's keyword arguments (None ones left out).
-
-    The one mapping for every invoke method: each keyword is the snake-case name of the
-    operation's input member, as botocore's service model spells it.
-    """
-    names = _api_names(client.meta.service_model, operation_name)
-    unknown = sorted(set(kwargs) - names.keys())
-    if unknown:
-        shared = sorted(set(names) - {"endpoint_name", "body"})
-        raise ParameterValidationError(f"{operation_name} got unexpected parameter(s) {unknown}: use {shared}")
-    return {names[key]: value for key, value in kwargs.items() if value is not None}
-
-
-def _invoke_endpoint_result(response: dict[str, Any]) -> InvokeEndpointResult:
-    body = response["Body"]
-    return InvokeEndpointResult(
-        body=body if isinstance(body, bytes) else body.read(),
-        content_type=response.get("ContentType"),
-        invoked_production_variant=response.get("InvokedProductionVariant"),
-        custom_attributes=response.get("CustomAttributes"),
-        new_session_id=response.get("NewSessionId"),
-        closed_session_id=response.get("ClosedSessionId"),
-    )
-
-
-def _invoke_endpoint_async_result(response: dict[str, Any]) -> InvokeEndpointAsyncResult:
-    return InvokeEndpointAsyncResult(
-        inference_id=response["InferenceId"],
-        output_location=response["OutputLocation"],
-        failure_location=response.get("FailureLocation"),
-    )
 
 
 class SageMakerRuntimeHook(AwsBaseHook):
@@ -212,7 +169,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             endpoint_name, body, custom_attributes=custom_attributes, inference_id=inference_id
         )
         client = self.conn
-        params = _request_params(
+        params = request_params(
             client,
             "InvokeEndpoint",
             endpoint_name=endpoint_name,
@@ -230,25 +187,14 @@ class SageMakerRuntimeHook(AwsBaseHook):
         )
         policy = retry_policy or self.retry_policy
         return policy.call(
-            lambda: _invoke_endpoint_result(client.invoke_endpoint(**params)),
+            lambda: invoke_endpoint_result(client.invoke_endpoint(**params)),
             endpoint_name=endpoint_name,
             on_retry=on_retry,
             cancel=cancel,
         )
 
-    @staticmethod
-    def validate_invoke_endpoint(
-        endpoint_name: str,
-        body: bytes,
-        *,
-        custom_attributes: str | None = None,
-        inference_id: str | None = None,
-    ) -> None:
-        """Check InvokeEndpoint parameters without sending anything."""
-        validate_endpoint_name(endpoint_name)
-        validate_body(body)
-        validate_custom_attributes(custom_attributes)
-        validate_inference_id(inference_id)
+    #: Check InvokeEndpoint parameters without sending anything.
+    validate_invoke_endpoint = staticmethod(validate_invoke_endpoint_request)
 
     def make_invoker(self, endpoint_name: str, **params: Any) -> EndpointInvoker:
         """A callable ``invoke(body, inference_id=None)`` for the scoring core: one attempt per call.
@@ -282,7 +228,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
         client = self.get_client_type(
             region_name=self.region_name, config=deepcopy(self.config).merge(Config(parameter_validation=False))
         )
-        fixed = _request_params(client, "InvokeEndpoint", endpoint_name=endpoint_name, **params)
+        fixed = request_params(client, "InvokeEndpoint", endpoint_name=endpoint_name, **params)
         input_shape = client.meta.service_model.operation_model("InvokeEndpoint").input_shape
         try:
             validate_parameters({**fixed, "Body": b""}, input_shape)
@@ -308,7 +254,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             validate_body(body)
             validate_inference_id(inference_id)
             try:
-                return _invoke_endpoint_result(send(body, inference_id))
+                return invoke_endpoint_result(send(body, inference_id))
             except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
                 if err is raw:
@@ -338,7 +284,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
         if {"endpoint_name", "body"} & params.keys():
             raise ParameterValidationError("make_stream_invoker() takes the endpoint name first and the body per call")
         client = self.get_client_type(region_name=self.region_name, config=deepcopy(self.config))
-        fixed = _request_params(client, "InvokeEndpointWithResponseStream", endpoint_name=endpoint_name, **params)
+        fixed = request_params(client, "InvokeEndpointWithResponseStream", endpoint_name=endpoint_name, **params)
 
         def invoke(body: bytes, inference_id: str | None = None) -> InvokeEndpointResult:
             validate_body(body)
@@ -350,7 +296,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
                 if err is raw:
                     raise
                 raise err from raw
-            payload = b"".join(self._iter_stream(response["Body"], endpoint_name))
+            payload = b"".join(iter_stream(response["Body"], endpoint_name))
             return InvokeEndpointResult(
                 body=payload,
                 content_type=response.get("ContentType"),
@@ -392,7 +338,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             filename=filename,
         )
         client, lean = self._conn_transport()
-        params = _request_params(
+        params = request_params(
             client,
             "InvokeEndpointAsync",
             endpoint_name=endpoint_name,
@@ -415,50 +361,18 @@ class SageMakerRuntimeHook(AwsBaseHook):
                 # botocore's validator, as the client runs it; its error is classified like the client's.
                 lean_transport.validate("InvokeEndpointAsync", params)
                 call = lean_transport.prepare("InvokeEndpointAsync", fixed)
-                return _invoke_endpoint_async_result(lean_transport.send(call, body))
+                return invoke_endpoint_async_result(lean_transport.send(call, body))
 
         else:
 
             def attempt() -> InvokeEndpointAsyncResult:
-                return _invoke_endpoint_async_result(client.invoke_endpoint_async(**params))
+                return invoke_endpoint_async_result(client.invoke_endpoint_async(**params))
 
         policy = retry_policy or self.retry_policy
         return policy.call(attempt, endpoint_name=endpoint_name, on_retry=on_retry)
 
-    @staticmethod
-    def validate_invoke_endpoint_async(
-        endpoint_name: str,
-        *,
-        input_location: str | None = None,
-        body: bytes | None = None,
-        custom_attributes: str | None = None,
-        inference_id: str | None = None,
-        request_ttl_seconds: int | None = None,
-        invocation_timeout_seconds: int | None = None,
-        s3_output_path_extension: str | None = None,
-        filename: str | None = None,
-    ) -> None:
-        """Check InvokeEndpointAsync parameters without sending anything."""
-        validate_endpoint_name(endpoint_name)
-        if (input_location is None) == (body is None):
-            raise ParameterValidationError(
-                "pass exactly one of input_location (an s3:// or https:// URI) or body (inline, "
-                f"<= {MAX_ASYNC_INLINE_BODY_BYTES:,} bytes)"
-            )
-        if input_location is not None:
-            if not input_location.startswith(("s3://", "https://")) or len(input_location) > MAX_INPUT_LOCATION_CHARS:
-                raise ParameterValidationError(
-                    f"input_location {input_location!r} must be an s3:// or https:// URI of at most "
-                    f"{MAX_INPUT_LOCATION_CHARS} characters"
-                )
-        if body is not None:
-            validate_body(body, limit=MAX_ASYNC_INLINE_BODY_BYTES, what="inline async body")
-        validate_custom_attributes(custom_attributes)
-        validate_inference_id(inference_id)
-        validate_range("request_ttl_seconds", request_ttl_seconds, REQUEST_TTL_RANGE)
-        validate_range("invocation_timeout_seconds", invocation_timeout_seconds, INVOCATION_TIMEOUT_RANGE)
-        validate_s3_output_path_extension(s3_output_path_extension)
-        validate_filename(filename)
+    #: Check InvokeEndpointAsync parameters without sending anything.
+    validate_invoke_endpoint_async = staticmethod(validate_invoke_endpoint_async_request)
 
     # -- InvokeEndpointWithResponseStream --------------------------------------------------------
 
@@ -488,7 +402,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             endpoint_name, body, custom_attributes=custom_attributes, inference_id=inference_id
         )
         client = self.conn
-        params = _request_params(
+        params = request_params(
             client,
             "InvokeEndpointWithResponseStream",
             endpoint_name=endpoint_name,
@@ -508,34 +422,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             endpoint_name=endpoint_name,
             on_retry=on_retry,
         )
-        return self._iter_stream(response["Body"], endpoint_name)
-
-    @staticmethod
-    def _iter_stream(stream: Any, endpoint_name: str) -> Iterator[bytes]:
-        try:
-            for event in stream:
-                if "PayloadPart" in event:
-                    yield event["PayloadPart"].get("Bytes", b"")
-                    continue
-                for code in ("ModelStreamError", "InternalStreamFailure"):
-                    if code in event:
-                        from botocore.exceptions import ClientError
-
-                        detail = event[code]
-                        raw = ClientError(
-                            {"Error": {"Code": code, "Message": detail.get("Message", "")}},
-                            "InvokeEndpointWithResponseStream",
-                        )
-                        raise classify_error(raw, endpoint_name=endpoint_name) from raw
-        except Exception as raw:
-            err = classify_error(raw, endpoint_name=endpoint_name)
-            if err is raw:
-                raise
-            raise err from raw
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+        return iter_stream(response["Body"], endpoint_name)
 
     # -- asyncio ---------------------------------------------------------------------------------
 
