@@ -12,7 +12,9 @@ The parent samples ``VmRSS`` of the run's whole process tree from ``/proc`` ever
 ``ru_maxrss`` inherits the parent's size, DESIGN.md); the task's success callback adds the task
 process's ``VmHWM`` and Arrow's memory pool peak. Growth = peak(large) - peak(small); target < 64 MB.
 
-Run: ``.venv/bin/python bench/bench_memory.py [--pairs small,large] [--storage local,s3] [--repeat N]``
+Run: ``.venv/bin/python bench/bench_memory.py [--pairs small,large] [--storage local,s3] [--repeat N]
+[--arrow-pool mimalloc|jemalloc|system]`` (the pool: ``ARROW_DEFAULT_MEMORY_POOL`` of the Airflow process;
+default: pyarrow's, mimalloc).
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ def log(*parts: object) -> None:
     print(*parts, flush=True)
 
 
+ARROW_POOL: str | None = None  # --arrow-pool: ARROW_DEFAULT_MEMORY_POOL of the Airflow process
+
+
 def airflow_env() -> dict[str, str]:
     env = dict(os.environ)
+    if ARROW_POOL:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = ARROW_POOL
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
@@ -121,7 +128,12 @@ def main() -> None:
     parser.add_argument("--pairs", default="small,large", help="size pairs: small (200k/2M), large (1M/10M)")
     parser.add_argument("--storage", default="local,s3", help="local, s3 or both")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each size (the peaks of one run vary)")
+    parser.add_argument(
+        "--arrow-pool", choices=["mimalloc", "jemalloc", "system"], help="ARROW_DEFAULT_MEMORY_POOL of the run"
+    )
     args = parser.parse_args()
+    global ARROW_POOL
+    ARROW_POOL = args.arrow_pool
     started = time.perf_counter()
     log(f"# bench_memory: start {load()}; {os.cpu_count()} CPUs")
     workdir = Path(tempfile.mkdtemp(prefix="smrt-bench-memory-"))
@@ -146,14 +158,16 @@ def main() -> None:
                             clear_output(output, s3)
                             runs.setdefault(rows, []).append(doc)
                             log(
-                                f"  {storage} {rows:,} rows: peak {mb(doc['peak_rss'])} MB, VmHWM {mb(doc['vm_hwm'])} "
-                                f"MB, Arrow pool peak {mb(doc['arrow_max'])} MB, job {doc['elapsed']:.1f} s, {doc['load']}"
+                                f"  {storage} {rows:,} rows: peak {mb(doc['peak_rss'])} MB, VmHWM "
+                                f"{mb(doc['vm_hwm'])} MB, Arrow pool peak {mb(doc['arrow_max'])} MB, "
+                                f"job {doc['elapsed']:.1f} s, {doc['load']}"
                             )
                     small, large = PAIRS[pair]
                     growth = max(d["peak_rss"] for d in runs[large]) - max(d["peak_rss"] for d in runs[small])
                     results.append({"pair": pair, "storage": storage, "runs": runs, "growth": growth})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    log(f"\nArrow memory pool: {ARROW_POOL or 'default'}")
     log(
         "\n## Peak RSS through `airflow dags test`: one Parquet file (row groups of 50,000 rows), 1,000 rows a "
         "request, concurrency 16, zero latency; process tree VmRSS sampled every 50 ms\n"

@@ -32,6 +32,7 @@ from airflow_provider_smrt.scoring.config import (
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit, iter_units
 from airflow_provider_smrt.scoring.manifest import build_manifest, build_summary, write_manifest
+from airflow_provider_smrt.scoring.memory import fix_mmap_threshold
 from airflow_provider_smrt.scoring.pipeline import Invoker, Pipeline
 from airflow_provider_smrt.scoring.plan import ScoringPlan, plan_scoring
 from airflow_provider_smrt.scoring.sink import PartWriter, delete_parts, read_part_counts
@@ -138,6 +139,7 @@ class ScoringJob:
                 len(plan.stale),
             )
         if todo:
+            fix_mmap_threshold()
             self._pipeline(plan).run(self._batches(plan, todo))
         if plan.stale or plan.stale_errors:
             delete_parts(self.storage, plan.stale)

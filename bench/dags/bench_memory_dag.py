@@ -1,8 +1,8 @@
 """The DAG that ``bench/bench_memory.py`` runs with ``airflow dags test`` (DAG folder: ``bench/dags``).
 
-One ``SageMakerBatchScoreOperator`` task; the endpoint, the locations and the report file come from the run's
-conf; 1,000 rows a request, concurrency 16. When the task succeeds, its callback writes the process's ``VmHWM`` and Arrow's memory pool
-figures to ``params.report`` (a JSON file the benchmark reads).
+One ``SageMakerBatchScoreOperator`` task, 1,000 rows a request, concurrency 16; the endpoint, the locations
+and the report file come from the run's conf. When the task succeeds, its callback writes the task process's
+``VmHWM`` and Arrow's memory pool figures to ``params.report`` (a JSON file the benchmark reads).
 """
 
 from __future__ import annotations
