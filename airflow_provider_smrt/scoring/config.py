@@ -72,6 +72,8 @@ class ScoringConfig:
     #: ... or after this many requests written, whichever comes first (None: no request trigger; both
     #: None: no checkpoints, a kill loses the units not committed). See :mod:`~.checkpoints`.
     checkpoint_every_requests: int | None = DEFAULT_CHECKPOINT_EVERY_REQUESTS
+    #: Rescore the rows under ``_errors/`` of the finished units (see :mod:`~.rescore`); not hashed.
+    retry_failed_rows: bool = False
 
     def validate(self) -> None:
         """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
@@ -97,6 +99,12 @@ class ScoringConfig:
             raise ParameterValidationError(
                 f"checkpoint_every_requests={self.checkpoint_every_requests} must be at least 1 "
                 "(or None for no request trigger)"
+            )
+        if self.retry_failed_rows and self.if_exists != "resume":
+            raise ParameterValidationError(
+                f"retry_failed_rows=True rescores the failed rows of finished parts, which needs if_exists='resume' "
+                f"(got {self.if_exists!r}): set if_exists='resume', or drop retry_failed_rows ('overwrite' "
+                "rescores every row anyway)"
             )
         if self.request_template is not None:
             template_columns(self.request_template)  # validates the template
