@@ -96,6 +96,7 @@ def _check_manifest(rig: ScoringRig, failing: set[int]) -> None:
 
 def test_retry_moves_the_fixed_rows_into_their_parts_and_keeps_the_others(rig: ScoringRig) -> None:
     endpoint, data = _first_run(rig)
+    first_run = rig.endpoint_stats(endpoint)["requests"]
     clean = [name for name in data_parts(rig.s3, rig.output_uri) if f"_errors/{name}" not in _error_keys(rig)]
     assert len(clean) == 1  # f003 has no failed row
     before = requests_settled(rig, endpoint)
@@ -144,8 +145,9 @@ def test_retry_moves_the_fixed_rows_into_their_parts_and_keeps_the_others(rig: S
         "retry_failed_rows",
         rows=TOTAL,
         failed_rows=len(POISON | STUBBORN),
-        requests_first_run=TOTAL // 50 + 0,
-        requests_per_retry=len(POISON | STUBBORN),
+        requests_first_run=first_run,
+        requests_unfixed_retry=len(POISON | STUBBORN),
+        rows_sent_by_the_fixed_retries=len(POISON | STUBBORN),
     )
 
 
