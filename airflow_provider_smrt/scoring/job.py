@@ -165,9 +165,7 @@ class ScoringJob:
                 checkpointed,
             )
         if config.retry_failed_rows:
-            self.log.info(
-                "retry_failed_rows: rescoring %d failed row(s) of %d finished unit(s)", retried, len(retries)
-            )
+            self.log.info("retry_failed_rows: rescoring %d failed row(s) of %d finished unit(s)", retried, len(retries))
         if plan.stale_checkpoints:  # before the run: it may write checkpoints of the same names
             delete_checkpoint_objects(self.storage, plan.stale_checkpoints)
         if plan.stale:

@@ -37,7 +37,9 @@ def _put_inputs(rig: ScoringRig) -> pa.Table:
     tables = []
     for k in range(FILES):
         table = features(range(k * 10_000, k * 10_000 + ROWS), poison=POISON | STUBBORN)
-        f1 = [7.5 if i in STUBBORN else v for i, v in zip(table["id"].to_pylist(), table["f1"].to_pylist(), strict=True)]
+        f1 = [
+            7.5 if i in STUBBORN else v for i, v in zip(table["id"].to_pylist(), table["f1"].to_pylist(), strict=True)
+        ]
         table = table.set_column(2, "f1", pa.array(f1, pa.float64()))
         put_parquet(rig.s3, f"{rig.input_uri}f{k:03d}.parquet", table, row_group_size=ROW_GROUP)
         tables.append(table)
