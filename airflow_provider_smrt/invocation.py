@@ -26,7 +26,9 @@ DEFAULT_READ_TIMEOUT_SECONDS = 70
 
 _ENDPOINT_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 _VISIBLE_ASCII = re.compile(r"^[\x20-\x7e]*$")
-_INFERENCE_ID = re.compile(r"^[\x20-\x7e]{1,64}$")
+#: InferenceId (the service's ``\A\S[\p{Print}]*\z``, at most 64): a visible first character, then printable ASCII.
+MAX_INFERENCE_ID_CHARS = 64
+_INFERENCE_ID = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,63}$")
 #: InvokeEndpointAsync's Filename (botocore's service model: 1-32 characters, at most one dot).
 MAX_FILENAME_CHARS = 32
 _FILENAME = re.compile(r"^(?!.*\..*\.)[a-zA-Z0-9][a-zA-Z0-9\-_.]*$")
@@ -110,10 +112,10 @@ def validate_range(name: str, value: int | None, bounds: tuple[int, int]) -> Non
 
 
 def validate_inference_id(inference_id: str | None) -> None:
-    """InferenceId: 1-64 visible ASCII characters."""
+    """InferenceId: 1-64 printable ASCII characters, the first not a space."""
     if inference_id is not None and not _INFERENCE_ID.match(inference_id):
         raise ParameterValidationError(
-            f"inference_id {inference_id!r} is invalid: use 1-64 visible ASCII characters"
+            f"inference_id {inference_id!r} is invalid: use 1-64 printable ASCII characters, the first not a space"
         )
 
 

@@ -26,9 +26,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_scoring as b
-from _stack import LocalStackProcess, local_control, runtime_client, s3_client
+from _measure import LOOP, loop_peer, operator_peer, paired_rounds, quiet_logs
+from _stack import LocalStackProcess, load, local_control, runtime_client, s3_client
 
-VARIANTS = ("operator, S3", "operator, local files", "operator, S3, raw boto3 invoker", "hand-written loop")
+VARIANTS = ("operator, S3", "operator, local files", "operator, S3, raw boto3 invoker", LOOP)
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         url = stack.runtime_endpoint_url
         stack_pid = stack.process.pid if stack.process is not None else 0
         s3 = s3_client(stack.s3_endpoint_url, max_pool_connections=20)
-        b.quiet_logs()
+        quiet_logs()
 
         def raw_invoker(self: Any, endpoint_name: str, **params: Any) -> Any:
             client = runtime_client(url, max_pool_connections=18)
@@ -67,28 +68,30 @@ def main() -> None:
             str(p) for p in b.generate(directory=work / "local", files=16, rows_per_file=25_000, row_group=12_500)
         ]
         endpoint = local_control.put_endpoint(url, model="constant", faults={"latency_ms": 50, "capacity": 16})
-        b.measure_operator(url, endpoint, s3_inputs[:2], rows_per_request=500, concurrency=16)  # warm-up
+        on_s3 = operator_peer(endpoint, s3_inputs, rows_per_request=500, concurrency=16)
 
-        results: dict[str, list[tuple[float, float, float]]] = {variant: [] for variant in VARIANTS}
-        for _ in range(args.rounds):
-            for variant in VARIANTS:
-                SageMakerRuntimeHook.make_invoker = raw_invoker if "raw" in variant else hook_invoker  # type: ignore[method-assign]
-                with b.WindowCpu(stack_pid) as cpu:
-                    if variant == "hand-written loop":
-                        run = b.measure_hand_loop(url, endpoint, s3_inputs, s3, rows_per_request=500, concurrency=16)
-                    elif variant == "operator, local files":
-                        output = str(work / f"out-{uuid.uuid4().hex[:6]}")
-                        run = b.measure_operator(
-                            url, endpoint, local_inputs, rows_per_request=500, concurrency=16, output=output
-                        )
-                    else:
-                        run = b.measure_operator(url, endpoint, s3_inputs, rows_per_request=500, concurrency=16)
-                stats = run["stats"]
-                used = cpu.between(stats["first_arrival_monotonic"], stats["last_response_monotonic"])
-                results[variant].append((run["busy_rate"], used["client"], used["moto"]))
-        SageMakerRuntimeHook.make_invoker = hook_invoker  # type: ignore[method-assign]
+        def with_raw_invoker() -> int:
+            SageMakerRuntimeHook.make_invoker = raw_invoker  # type: ignore[method-assign]
+            try:
+                return on_s3()
+            finally:
+                SageMakerRuntimeHook.make_invoker = hook_invoker  # type: ignore[method-assign]
 
-    print(f"\n{args.rounds} interleaved rounds, model `constant`, medians; {b.load()}")
+        peers = {
+            VARIANTS[0]: on_s3,
+            VARIANTS[1]: operator_peer(
+                endpoint, local_inputs, rows_per_request=500, concurrency=16, output_dir=str(work)
+            ),
+            VARIANTS[2]: with_raw_invoker,
+            LOOP: loop_peer(LOOP, url, endpoint, s3_inputs, s3, rows_per_request=500, concurrency=16),
+        }
+        runs = paired_rounds(url, endpoint, peers, rounds=args.rounds, stack_pid=stack_pid)
+        results = {
+            variant: [(run["busy_rate"], run["cpu"]["client"], run["cpu"]["moto"]) for run in runs[variant]]
+            for variant in VARIANTS
+        }
+
+    print(f"\n{args.rounds} interleaved rounds, model `constant`, medians; {load()}")
     print("| variant | rows/s | client CPU s in the window | moto CPU s | runs (k rows/s) |")
     print("|---|---|---|---|---|")
     for variant, runs in results.items():

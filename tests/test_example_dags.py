@@ -20,6 +20,7 @@ EXAMPLE_DAG_IDS = {
     "smrt_example_assets_features",
     "smrt_example_assets_score",
     "smrt_example_assets_notify",
+    "smrt_example_run_cost",
 }
 OUTPUT_COLUMNS = ["patient_id", "visit_date", "disease_progression"]
 
@@ -46,6 +47,26 @@ def test_daily_batch_score(s3_client: Any, s3_prefix: str) -> None:
     out = read_parts(s3_client, s3_prefix + "out/ds=2026-01-05/")
     assert out.column_names == OUTPUT_COLUMNS and out.num_rows == 300
     assert run.xcom("score")["rows_scored"] == 300
+
+
+def test_run_cost_reports_calls_and_cost_and_tags_requests(
+    s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    module = example_module("example_run_cost")
+    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/ds=2026-01-05/", rows=300, files=2)
+    endpoint = make_endpoint("diabetes", faults={"latency_ms": 20})
+    conf = {"endpoint_name": endpoint, "input_root": s3_prefix + "in", "output_root": s3_prefix + "out"}
+    run = run_dag("smrt_example_run_cost", conf, logical_date=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    assert run.state == "success", run.states
+    summary, figures = run.xcom("score"), run.xcom("report")
+    stats = endpoint_stats(endpoint)
+    assert figures["http_calls"] == summary["requests"] == stats["requests"] > 0  # no fault: no retry
+    assert figures["bytes_sent"] == stats["bytes_in"]
+    assert figures["estimated_cost_usd"] == round(
+        summary["busy_wall_seconds"] / 3600 * module.INSTANCE_COUNT * module.INSTANCE_HOURLY_USD, 6
+    )
+    ids = stats["inference_ids"]
+    assert len(set(ids)) == len(ids) == summary["requests"] and all(i.startswith("smrt-cost-20260105-") for i in ids)
 
 
 def test_backfill_three_dates_then_rerun_sends_nothing(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from copy import deepcopy
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore import xform_name
@@ -39,6 +39,12 @@ _NO_BOTOCORE_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
 
 #: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
 Transport = Literal["auto", "botocore"]
+
+
+class EndpointInvoker(Protocol):
+    """What :meth:`SageMakerRuntimeHook.make_invoker` returns: one InvokeEndpoint attempt per call."""
+
+    def __call__(self, body: bytes, inference_id: str | None = None) -> InvokeEndpointResult: ...
 _TRANSPORTS = ("auto", "botocore")
 
 
@@ -244,8 +250,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
         validate_custom_attributes(custom_attributes)
         validate_inference_id(inference_id)
 
-    def make_invoker(self, endpoint_name: str, **params: Any) -> Callable[[bytes], InvokeEndpointResult]:
-        """A one-argument callable ``invoke(body)`` for the scoring core: one attempt per call.
+    def make_invoker(self, endpoint_name: str, **params: Any) -> EndpointInvoker:
+        """A callable ``invoke(body, inference_id=None)`` for the scoring core: one attempt per call.
 
         The core applies the retry policy itself (it counts retries and throttles and adapts its
         concurrency), so this callable makes exactly one request; errors come back classified.
@@ -256,7 +262,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
         path (the request serialized once, only the body swapped and the request signed per call)
         or, with ``transport="botocore"`` or a client setting the lean path does not take over, go
         through a botocore client of their own built with ``parameter_validation=False``. The body is
-        checked (type and size) on every call.
+        checked (type and size) on every call, and so is the call's own ``inference_id`` (sent as the
+        request's InferenceId; the fixed ``inference_id`` of ``params`` otherwise).
 
         :param params: ``invoke_endpoint``'s keyword arguments other than the body and the retry ones.
         """
@@ -285,20 +292,23 @@ class SageMakerRuntimeHook(AwsBaseHook):
         lean = self.lean_transport(client)
         if lean is not None:
             call = lean.prepare("InvokeEndpoint", fixed)
+            id_header = input_shape.members["InferenceId"].serialization["name"]
 
-            def send(body: bytes) -> dict[str, Any]:
-                return lean.send(call, body)
+            def send(body: bytes, inference_id: str | None) -> dict[str, Any]:
+                return lean.send(call, body, {id_header: inference_id} if inference_id is not None else None)
 
         else:
 
-            def send(body: bytes) -> dict[str, Any]:
-                response: dict[str, Any] = client.invoke_endpoint(**fixed, Body=body)
+            def send(body: bytes, inference_id: str | None) -> dict[str, Any]:
+                per_call = {"InferenceId": inference_id} if inference_id is not None else {}
+                response: dict[str, Any] = client.invoke_endpoint(**fixed, **per_call, Body=body)
                 return response
 
-        def invoke(body: bytes) -> InvokeEndpointResult:
+        def invoke(body: bytes, inference_id: str | None = None) -> InvokeEndpointResult:
             validate_body(body)
+            validate_inference_id(inference_id)
             try:
-                return _invoke_endpoint_result(send(body))
+                return _invoke_endpoint_result(send(body, inference_id))
             except Exception as raw:
                 err = classify_error(raw, endpoint_name=endpoint_name)
                 if err is raw:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import socket
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -215,22 +216,32 @@ class LeanTransport:
             **_output_layout(operation_model.output_shape),
         )
 
-    def signed_request(self, call: PreparedCall, body: bytes | None) -> AWSRequest:
-        """The request of ``call`` with ``body``, signed with the credentials as they are now."""
-        request = _Request(method=call.method, url=call.url, headers=dict(call.headers), data=body or b"")
+    def signed_request(
+        self, call: PreparedCall, body: bytes | None, headers: Mapping[str, str] | None = None
+    ) -> AWSRequest:
+        """The request of ``call`` with ``body`` (and this call's own ``headers``), signed with the credentials
+        as they are now."""
+        request = _Request(
+            method=call.method, url=call.url, headers={**dict(call.headers), **(headers or {})}, data=body or b""
+        )
         _SigV4Auth(self._credentials.get_frozen_credentials(), self._signing_name, self._region_name).add_auth(request)
         # botocore's client adds these after signing (its signer is the first request-created handler): unsigned.
         request.headers["amz-sdk-invocation-id"] = str(uuid.uuid4())
         request.headers["amz-sdk-request"] = "attempt=1"  # botocore's value on a first attempt
         return request
 
-    def send(self, call: PreparedCall, body: bytes | None) -> dict[str, Any]:
+    def send(
+        self, call: PreparedCall, body: bytes | None, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """Send ``call`` with ``body``; the parsed response as the client returns it (``Body`` as bytes).
+
+        ``headers`` are this call's own (e.g. a per-request ``X-Amzn-SageMaker-Inference-Id``), added to
+        the prepared ones and signed with them.
 
         :raises botocore.exceptions.ClientError: the client's modeled error class for an error response.
         :raises botocore.exceptions.HTTPClientError: and the other transport errors botocore's session raises.
         """
-        request = self.signed_request(call, body)
+        request = self.signed_request(call, body, headers)
         try:
             response = self._pool.urlopen(
                 method=call.method,

@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -120,6 +121,13 @@ class EndpointServer(ThreadingHTTPServer):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, address
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets or drops its connection (a killed task, a test's fault) is no server error."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("a client closed its connection (%s)", type(sys.exc_info()[1]).__name__)
+            return
+        super().handle_error(request, client_address)
+
     def start(self) -> None:
         """Serve in a daemon thread."""
         self._thread = threading.Thread(target=self.serve_forever, name="smrt-local-endpoint", daemon=True)
@@ -222,6 +230,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
             return
         stats = endpoint.stats
         stats.arrived()
+        stats.add("bytes_in", size)
         try:
             try:
                 if size > limit:
@@ -237,6 +246,8 @@ class _Handler(ControlRoutes, AsyncRoutes):
             if kind == "sync":
                 with stats.lock:
                     stats.last_request_headers = {h: v for h in RECORDED_HEADERS if (v := self.headers.get(h))}
+                    if inference_id := self.headers.get("X-Amzn-SageMaker-Inference-Id"):
+                        stats.inference_ids.append(inference_id)
             if kind == "async":
                 if self._front_door(endpoint, check_ready=False) is _RESET:
                     return
@@ -371,6 +382,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
         if prediction.custom_attributes:
             headers["X-Amzn-SageMaker-Custom-Attributes"] = prediction.custom_attributes
         self._send(200, prediction.body, headers)
+        endpoint.stats.add("bytes_out", len(prediction.body))
         endpoint.stats.add("invocations_ok")
         endpoint.stats.add("rows_ok", prediction.rows)
 

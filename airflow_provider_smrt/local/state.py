@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -56,7 +57,11 @@ _COUNTERS = (
     "async_failed",
     "sessions_opened",
     "sessions_closed",
+    "bytes_in",
+    "bytes_out",
 )
+#: How many of the latest real-time requests' InferenceIds the stats keep (``inference_ids``).
+RECENT_INFERENCE_IDS = 10_000
 
 
 @dataclass
@@ -69,6 +74,8 @@ class Stats:
     first_arrival: float | None = None
     last_response: float | None = None
     last_request_headers: dict[str, str] = field(default_factory=dict)
+    #: The InferenceIds of the latest real-time requests that carried one, oldest first (bounded).
+    inference_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_INFERENCE_IDS))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, amount: int = 1) -> None:
@@ -115,6 +122,7 @@ class Stats:
                 "first_arrival_monotonic": self.first_arrival,
                 "last_response_monotonic": self.last_response,
                 "last_request_headers": dict(self.last_request_headers),
+                "inference_ids": list(self.inference_ids),
             }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
@@ -10,7 +10,12 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from airflow_provider_smrt.exceptions import ModelError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
-from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
+from airflow_provider_smrt.hooks.sagemaker_runtime import (
+    EndpointInvoker,
+    SageMakerRuntimeHook,
+    Transport,
+    check_transport,
+)
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
@@ -29,7 +34,7 @@ from airflow_provider_smrt.scoring.storage import Storage
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_smrt.scoring.pipeline import InvokeResult
+    from airflow_provider_smrt.scoring.pipeline import IdentifyingInvoker, InvokeResult
 
 
 class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBaseOperator[SageMakerRuntimeHook]):
@@ -85,6 +90,14 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         loses at most the requests in flight and one interval. Both None: no checkpoints.
     :param max_attempts: attempts per request, the first included (retryable errors only).
     :param progress_interval: seconds between progress lines in the task log.
+    :param inference_id_prefix: if set, every request carries a deterministic InferenceId: this prefix
+        (1-33 printable ASCII characters, templated), a digest of the work unit and the request's rows
+        (see :func:`~airflow_provider_smrt.scoring.inference_ids.inference_id`); failed rows keep it in
+        ``_errors/`` (``inference_id``), to be matched with the endpoint's data capture and logs.
+    :param instance_hourly_usd: on-demand price of one endpoint instance per hour (USD): the summary then
+        carries ``estimated_cost_usd`` = ``busy_wall_seconds / 3600 * instance_count * instance_hourly_usd``
+        (an estimate, see docs/cost.md).
+    :param instance_count: instances behind the endpoint, for the cost estimate (default 1).
     :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
         connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
@@ -106,6 +119,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         "target_container_hostname",
         "inference_component_name",
         "enable_explanations",
+        "inference_id_prefix",
     )
     ui_color = "#ffb27d"
     operator_extra_links = (SageMakerEndpointLink(), SageMakerModelLogsLink())
@@ -145,6 +159,9 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         checkpoint_every_requests: int | None = DEFAULT_CHECKPOINT_EVERY_REQUESTS,
         max_attempts: int = 8,
         progress_interval: float = 5.0,
+        inference_id_prefix: str | None = None,
+        instance_hourly_usd: float | None = None,
+        instance_count: int = 1,
         transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:
@@ -183,6 +200,9 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.checkpoint_every_requests = checkpoint_every_requests
         self.max_attempts = max_attempts
         self.progress_interval = progress_interval
+        self.inference_id_prefix = inference_id_prefix
+        self.instance_hourly_usd = instance_hourly_usd
+        self.instance_count = instance_count
         self._job: ScoringJob | None = None
         self._lineage: RunLineage | None = None
         self._model_log_stream_arn: str | None = None
@@ -212,6 +232,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
             self,
             map_index=map_index,
             invoke_params={key: value for key, value in params.items() if key not in ("content_type", "accept")},
+            inference_id_prefix=self.inference_id_prefix or None,
         )
         return ScoringJob(
             config=config,
@@ -226,12 +247,12 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
             logger=self.log,  # type: ignore[arg-type]
         )
 
-    def _recording_model_errors(self, invoke: Callable[[bytes], InvokeResult]) -> Callable[[bytes], InvokeResult]:
+    def _recording_model_errors(self, invoke: EndpointInvoker) -> IdentifyingInvoker:
         """Wrap the invoker to remember the ``LogStreamArn`` of the last ModelError (for the logs link)."""
 
-        def recording(body: bytes) -> InvokeResult:
+        def recording(body: bytes, inference_id: str | None = None) -> InvokeResult:
             try:
-                return invoke(body)
+                return invoke(body, inference_id)
             except ModelError as err:
                 if err.log_stream_arn:
                     self._model_log_stream_arn = err.log_stream_arn

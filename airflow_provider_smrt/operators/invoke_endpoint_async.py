@@ -121,7 +121,7 @@ class SageMakerInvokeEndpointAsyncOperator(
     :param poke_interval: seconds between checks while waiting.
     :param max_failures: failed invocations tolerated while waiting.
     :param wait_timeout: seconds to wait at most (default: the requests' TTL + invocation timeout + 60).
-    :param input_uri: deprecated: use
+    :param kwargs: the operator's base arguments; ``input_uri`` is deprecated: use
         :class:`~airflow_provider_smrt.operators.async_batch_score.SageMakerAsyncBatchScoreOperator`, which
         ``input_uri`` (with ``output_uri``, ``staging_uri``, ``feature_columns``, ``passthrough_columns``,
         ``prediction_columns``, ``max_payload_bytes``, ``max_rows_per_request``, ``max_error_ratio``,

@@ -14,6 +14,7 @@ from airflow_provider_smrt.scoring.checkpoints import (
     CheckpointPolicy,
 )
 from airflow_provider_smrt.scoring.codecs.templates import template_columns
+from airflow_provider_smrt.scoring.inference_ids import validate_inference_id_prefix
 from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
 
 __all__ = [
@@ -72,6 +73,13 @@ class ScoringConfig:
     #: ... or after this many requests written, whichever comes first (None: no request trigger; both
     #: None: no checkpoints, a kill loses the units not committed). See :mod:`~.checkpoints`.
     checkpoint_every_requests: int | None = DEFAULT_CHECKPOINT_EVERY_REQUESTS
+    #: If set, every request carries a deterministic InferenceId starting with it (see
+    #: :mod:`~airflow_provider_smrt.scoring.inference_ids`); not hashed (it does not change predictions).
+    inference_id_prefix: str | None = None
+    #: On-demand price of one endpoint instance per hour (USD), for the summary's cost estimate; not hashed.
+    instance_hourly_usd: float | None = None
+    #: Instances behind the endpoint (all variants invoked), for the cost estimate; not hashed.
+    instance_count: int = 1
     #: Rescore the rows under ``_errors/`` of the finished units (see :mod:`~.rescore`); not hashed.
     retry_failed_rows: bool = False
 
@@ -99,6 +107,20 @@ class ScoringConfig:
             raise ParameterValidationError(
                 f"checkpoint_every_requests={self.checkpoint_every_requests} must be at least 1 "
                 "(or None for no request trigger)"
+            )
+        validate_inference_id_prefix(self.inference_id_prefix)
+        if self.instance_hourly_usd is not None and (
+            isinstance(self.instance_hourly_usd, bool)
+            or not isinstance(self.instance_hourly_usd, (int, float))
+            or self.instance_hourly_usd < 0
+        ):
+            raise ParameterValidationError(
+                f"instance_hourly_usd={self.instance_hourly_usd!r} must be a number >= 0: the on-demand price of one "
+                "endpoint instance per hour in USD (or None for no cost estimate)"
+            )
+        if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) or self.instance_count < 1:
+            raise ParameterValidationError(
+                f"instance_count={self.instance_count!r} must be an integer >= 1: the instances behind the endpoint"
             )
         if self.retry_failed_rows and self.if_exists != "resume":
             raise ParameterValidationError(

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_smrt.exceptions import InputDataError
 from airflow_provider_smrt.s3 import ObjectInfo, basename, is_s3
+from airflow_provider_smrt.scoring.row_groups import SelectedObject, selection, split_row_groups
 from airflow_provider_smrt.scoring.storage import Storage
 
 #: Rows per work unit (the resume granularity and the size of one output part).
@@ -33,36 +34,6 @@ READ_WINDOW_BYTES = 32 * 1024 * 1024
 _PARQUET_MAGIC = b"PAR1"
 _SLUG = re.compile(r"[^A-Za-z0-9_.-]+")
 #: Suffix selecting row groups ``[start, stop)`` of one Parquet object: ``s3://b/k.parquet#row_groups=0:4``.
-ROW_GROUPS_SELECTOR = "#row_groups="
-_ROW_GROUPS = re.compile(r"^(?P<start>\d+):(?P<stop>\d+)$")
-
-
-@dataclass(frozen=True)
-class SelectedObject(ObjectInfo):
-    """An input object of which only row groups ``row_groups = (start, stop)`` are scored."""
-
-    row_groups: tuple[int, int] | None = None
-
-
-def with_row_groups(uri: str, start: int, stop: int) -> str:
-    """The input URI scoring only row groups ``[start, stop)`` of the object ``uri``."""
-    return f"{uri}{ROW_GROUPS_SELECTOR}{start}:{stop}"
-
-
-def split_row_groups(uri: str) -> tuple[str, tuple[int, int] | None]:
-    """``"s3://b/k#row_groups=2:5"`` → ``("s3://b/k", (2, 5))``; a URI without the selector → ``(uri, None)``."""
-    base, found, selector = uri.rpartition(ROW_GROUPS_SELECTOR)
-    if not found:
-        return uri, None
-    match = _ROW_GROUPS.match(selector)
-    if match is None or int(match["start"]) >= int(match["stop"]) or not base or base.endswith("/"):
-        raise InputDataError(
-            f"input_uri {uri!r} has a malformed row-group selector: write <object>{ROW_GROUPS_SELECTOR}<start>:<stop> "
-            "(0-based row groups of one Parquet object, stop exclusive and greater than start)"
-        )
-    return base, (int(match["start"]), int(match["stop"]))
-
-
 @dataclass(frozen=True)
 class InputFile:
     """A Parquet input: where it is, its identity (ETag/version) and its row-group layout."""
@@ -228,16 +199,12 @@ def resolve_inputs(storage: Storage, input_uris: str | Sequence[str]) -> list[Ob
                 )
         for info in objects:
             previous = found.setdefault(info.uri, info)
-            if _selection(previous) != _selection(info):
+            if selection(previous) != selection(info):
                 raise InputDataError(
                     f"input_uri names {info.uri} more than once with different row groups: list each object once "
                     "(with one row-group range at most)"
                 )
     return [info for info in found.values() if info.size > 0]
-
-
-def _selection(info: ObjectInfo) -> tuple[int, int] | None:
-    return info.row_groups if isinstance(info, SelectedObject) else None
 
 
 def read_input_file(storage: Storage, info: ObjectInfo) -> InputFile:
@@ -258,7 +225,7 @@ def read_input_file(storage: Storage, info: ObjectInfo) -> InputFile:
     except (pa.ArrowInvalid, OSError, ValueError) as err:
         raise InputDataError(f"{info.uri} is not a readable Parquet file ({err}): replace or remove it") from err
     groups = [meta.row_group(i) for i in range(meta.num_row_groups)]
-    row_groups = _selection(info)
+    row_groups = selection(info)
     if row_groups is not None and row_groups[1] > meta.num_row_groups:
         raise InputDataError(
             f"{info.uri} has {meta.num_row_groups} row group(s) but the input selects row groups "

@@ -262,6 +262,7 @@ class ScoringJob:
             retry_policy=self.retry_policy,
             endpoint_name=config.endpoint_name,
             variant_column=config.variant_column,
+            inference_id_prefix=config.inference_id_prefix,
             stats=self.stats,
             coordinator=self.coordinator,
             max_failed_rows=config.max_error_ratio * plan.rows_total,

@@ -15,9 +15,36 @@ from airflow_provider_smrt.scoring.sink import ERRORS_DIR
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage
 
-__all__ = ["MANIFEST_FORMAT", "build_manifest", "build_summary", "write_manifest"]
+__all__ = ["CALL_KEYS", "MANIFEST_FORMAT", "build_manifest", "build_summary", "estimate_cost_usd", "write_manifest"]
 
 MANIFEST_FORMAT = "airflow-provider-smrt/manifest/1"
+
+
+#: The summary's keys about HTTP calls and their cost, copied into the manifest's ``calls``.
+CALL_KEYS = (
+    "http_calls",
+    "bytes_sent",
+    "bytes_received",
+    "endpoint_seconds",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "busy_wall_seconds",
+    "calls_by_variant",
+    "instance_hourly_usd",
+    "instance_count",
+    "estimated_cost_usd",
+)
+
+
+def estimate_cost_usd(config: ScoringConfig, stats: RunStats) -> float | None:
+    """``busy_wall_seconds / 3600 * instance_count * instance_hourly_usd``; None without a price.
+
+    A real-time endpoint is billed per instance-hour whether busy or idle, so the run costs the
+    instances for the time it keeps them busy: from its first call's start to its last call's end.
+    """
+    if config.instance_hourly_usd is None:
+        return None
+    return round(stats.busy_wall_seconds / 3600.0 * config.instance_count * config.instance_hourly_usd, 6)
 
 
 def build_summary(config: ScoringConfig, plan: ScoringPlan, stats: RunStats, *, elapsed: float) -> dict[str, Any]:
@@ -46,6 +73,12 @@ def build_summary(config: ScoringConfig, plan: ScoringPlan, stats: RunStats, *, 
         else 0.0,
         "invoked_variants": dict(stats.variants),
         "config_hash": plan.config_hash,
+        **stats.calls.summary(),
+        "busy_wall_seconds": round(stats.busy_wall_seconds, 6),
+        "calls_by_variant": {name: calls.summary() for name, calls in sorted(stats.calls_by_variant.items())},
+        "instance_hourly_usd": config.instance_hourly_usd,
+        "instance_count": config.instance_count,
+        "estimated_cost_usd": estimate_cost_usd(config, stats),
     }
 
 
@@ -90,6 +123,7 @@ def build_manifest(
         "parts": parts,
         "totals": {key: summary[key] for key in ("rows_in", "rows_scored", "rows_failed", "requests")},
         "invoked_variants": summary["invoked_variants"],
+        "calls": {key: summary[key] for key in CALL_KEYS},
         "config_hash": plan.config_hash,
     }
 

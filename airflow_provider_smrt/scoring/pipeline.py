@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import Protocol, cast
 
 import pyarrow as pa
 
@@ -48,13 +48,22 @@ from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.codecs import Codec
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
+from airflow_provider_smrt.scoring.inference_ids import inference_id
 from airflow_provider_smrt.scoring.limiter import AdaptiveLimiter
 from airflow_provider_smrt.scoring.sink import PartWriter
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task, TaskSource, locate_input_error
 from airflow_provider_smrt.scoring.writer import InOrderWriter, TaskWriter
 
-__all__ = ["BISECT_SERVER_ERROR_ATTEMPTS", "ENCODE_AHEAD", "InvokeResult", "Invoker", "Pipeline", "isolates_rows"]
+__all__ = [
+    "BISECT_SERVER_ERROR_ATTEMPTS",
+    "ENCODE_AHEAD",
+    "IdentifyingInvoker",
+    "InvokeResult",
+    "Invoker",
+    "Pipeline",
+    "isolates_rows",
+]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +104,14 @@ class InvokeResult(Protocol):
     def invoked_production_variant(self) -> str | None: ...
 
 
+#: ``invoke(body) -> result``: one InvokeEndpoint attempt per call.
 Invoker = Callable[[bytes], InvokeResult]
+
+
+class IdentifyingInvoker(Protocol):
+    """An invoker that also sends the request's InferenceId (the hook's ``make_invoker`` returns one)."""
+
+    def __call__(self, body: bytes, inference_id: str | None = None) -> InvokeResult: ...
 
 
 class Pipeline:
@@ -113,6 +129,9 @@ class Pipeline:
         None: no budget.
     :param fallback_schema: the schema of an existing part of the output, for parts whose rows all
         failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`).
+    :param inference_id_prefix: if set, each request is sent with its deterministic InferenceId
+        (:func:`~airflow_provider_smrt.scoring.inference_ids.inference_id`): ``invoke`` must then take
+        ``inference_id=`` (an :class:`IdentifyingInvoker`).
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
     :param checkpoint_policy: when the writer leaves checkpoints of the units being written (None: never).
@@ -133,6 +152,7 @@ class Pipeline:
         retry_policy: RetryPolicy,
         endpoint_name: str | None = None,
         variant_column: str | None = None,
+        inference_id_prefix: str | None = None,
         stats: RunStats | None = None,
         coordinator: Coordinator | None = None,
         max_failed_rows: float | None = None,
@@ -152,6 +172,7 @@ class Pipeline:
         self.passthrough_columns = passthrough_columns
         self.retry_policy = retry_policy
         self.endpoint_name = endpoint_name
+        self.inference_id_prefix = inference_id_prefix
         self.concurrency = concurrency
         self.stats = stats or RunStats()
         self.coordinator = coordinator or Coordinator()
@@ -163,7 +184,10 @@ class Pipeline:
         #: One slot per task a worker holds or the writer has not yet written: bounds buffered work.
         self.buffer = threading.Semaphore(2 * concurrency + 2)
         self.task_writer = TaskWriter(
-            passthrough_schema=passthrough_schema, stats=self.stats, variant_column=variant_column
+            passthrough_schema=passthrough_schema,
+            stats=self.stats,
+            variant_column=variant_column,
+            inference_id_prefix=inference_id_prefix,
         )
         self.writer = InOrderWriter(
             open_part=open_part,
@@ -284,6 +308,26 @@ class Pipeline:
             else:
                 self.coordinator.cancel("the error budget is spent")
 
+    def _call(self, body: bytes, request_id: str | None) -> InvokeResult:
+        """One HTTP call (one attempt of a request), counted with its bytes and latency."""
+        started = time.monotonic()
+        try:
+            if request_id is None:
+                result = self.invoke(body)
+            else:
+                result = cast(IdentifyingInvoker, self.invoke)(body, inference_id=request_id)
+        except BaseException:
+            self.stats.record_call(variant=None, sent=len(body), received=0, started=started, ended=time.monotonic())
+            raise
+        self.stats.record_call(
+            variant=result.invoked_production_variant,
+            sent=len(body),
+            received=len(result.body),
+            started=started,
+            ended=time.monotonic(),
+        )
+        return result
+
     def _score(
         self, task: Task, offset: int, count: int, body: bytes, *, bisecting: bool = False
     ) -> tuple[list[Piece], RowErrors]:
@@ -297,10 +341,15 @@ class Pipeline:
         if self.coordinator.stop.is_set() or not self.limiter.acquire(self.coordinator.stop):
             raise ScoringCancelledError("scoring stopped")
         failed: InvocationError | None = None
+        request_id = (
+            None
+            if self.inference_id_prefix is None
+            else inference_id(self.inference_id_prefix, task.unit, task.offset + offset, count)
+        )
         try:
             self.stats.add(requests=1)
             result = self.retry_policy.call(
-                lambda: self.invoke(body),
+                lambda: self._call(body, request_id),
                 endpoint_name=self.endpoint_name,
                 on_retry=self._on_retry,
                 cancel=self.coordinator.stop,

@@ -2,7 +2,7 @@
 
 A shard is a list of input URIs, the value of one mapped task's ``input_uri``: whole Parquet objects,
 and for an object too large for one shard, a range of its row groups
-(``s3://bucket/key.parquet#row_groups=4:9``, see :func:`~airflow_provider_smrt.scoring.dataset.with_row_groups`).
+(``s3://bucket/key.parquet#row_groups=4:9``, see :func:`~airflow_provider_smrt.scoring.row_groups.with_row_groups`).
 Shards are cut only at work-unit boundaries that are also row-group boundaries, so every shard
 scores exactly the work units (and writes exactly the part names) a single run over the whole input
 would: the union of the shards' outputs is the single run's output, and a rerun of one shard finds
@@ -20,8 +20,8 @@ from airflow_provider_smrt.scoring.dataset import (
     plan_units,
     read_input_files,
     resolve_inputs,
-    with_row_groups,
 )
+from airflow_provider_smrt.scoring.row_groups import with_row_groups
 from airflow_provider_smrt.scoring.storage import Storage
 
 #: The most shards one plan may hold (Airflow's default ``max_map_length`` is 1024).

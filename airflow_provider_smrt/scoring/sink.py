@@ -61,9 +61,12 @@ ERROR_FIELDS: tuple[pa.Field, ...] = (
     pa.field("request_id", pa.string()),
     pa.field("attempts", pa.int32()),
     pa.field("invoked_variant", pa.string()),
+    #: The InferenceId of the request that failed (null without ``inference_id_prefix``).
+    pa.field("inference_id", pa.string()),
 )
 #: The container's message is cut to this many bytes (UTF-8) in ``_errors/``.
 ORIGINAL_MESSAGE_BYTES = 1024
+ERROR_INFERENCE_ID_COLUMN = "inference_id"
 _PART = re.compile(r"^part-(?P<slug>.+)-(?P<start>\d{10})-(?P<end>\d{10})-(?P<fp>[0-9a-f]{12})\.parquet$")
 
 

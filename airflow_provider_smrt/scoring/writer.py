@@ -24,7 +24,14 @@ from airflow_provider_smrt.s3 import basename
 from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
-from airflow_provider_smrt.scoring.sink import ERROR_FIELDS, ORIGINAL_MESSAGE_BYTES, PartWriter, PendingSegment
+from airflow_provider_smrt.scoring.inference_ids import inference_id
+from airflow_provider_smrt.scoring.sink import (
+    ERROR_FIELDS,
+    ERROR_INFERENCE_ID_COLUMN,
+    ORIGINAL_MESSAGE_BYTES,
+    PartWriter,
+    PendingSegment,
+)
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task
 
@@ -45,7 +52,15 @@ class TaskWriter:
     :param variant_column: if set, an output column holding each row's invoked production variant.
     """
 
-    def __init__(self, *, passthrough_schema: pa.Schema, stats: RunStats, variant_column: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        passthrough_schema: pa.Schema,
+        stats: RunStats,
+        variant_column: str | None = None,
+        inference_id_prefix: str | None = None,
+    ) -> None:
+        self.inference_id_prefix = inference_id_prefix
         self.passthrough_schema = passthrough_schema
         self.stats = stats
         self.variant_column = variant_column
@@ -94,6 +109,11 @@ class TaskWriter:
             table = task.passthrough.slice(offset, count)
             first = task.unit.start + task.offset + offset
             story = error_story(err)
+            story[ERROR_INFERENCE_ID_COLUMN] = (
+                None
+                if self.inference_id_prefix is None
+                else inference_id(self.inference_id_prefix, task.unit, task.offset + offset, count)
+            )
             for field in ERROR_FIELDS:
                 values = range(first, first + count) if field.name == "input_row" else [story[field.name]] * count
                 table = table.append_column(field, pa.array(values, type=field.type))

@@ -22,6 +22,7 @@ from airflow_provider_smrt.exceptions import (
     ModelInputError,
     ModelNotReadyError,
     ModelServerError,
+    ParameterValidationError,
     PayloadTooLargeError,
     ServiceError,
     ThrottlingError,
@@ -116,6 +117,21 @@ def test_lean_path_returns_what_the_botocore_path_returns(
     assert endpoint_stats(endpoint)["invocations_ok"] == 2
     paths = chosen_paths(capsys)
     assert paths[0].startswith(f"{CHOSEN} lean") and paths[1] == f'{CHOSEN} botocore client (transport="botocore")'
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_each_call_sends_its_own_inference_id_signed(transport: str, make_endpoint: Any, endpoint_stats: Any) -> None:
+    """The local endpoint checks the SigV4 signature, so a header added after signing would be refused."""
+    endpoint = make_endpoint("sum")
+    invoke = make_hook(transport).make_invoker(endpoint, content_type="text/csv")
+    assert invoke(b"1,2\n", inference_id="run-1-a").body == b"3.0\n"
+    assert invoke(b"1,2\n").body == b"3.0\n"  # no id: none sent
+    assert invoke(b"1,2\n", inference_id="run-1-b").body == b"3.0\n"
+    stats = endpoint_stats(endpoint)
+    assert stats["inference_ids"] == ["run-1-a", "run-1-b"] and stats["invocations_ok"] == 3
+    with pytest.raises(ParameterValidationError, match="inference_id"):
+        invoke(b"1,2\n", inference_id=" leading space")
+    assert endpoint_stats(endpoint)["requests"] == 3  # refused before sending
 
 
 def test_lean_path_sends_the_headers_and_path_botocore_sends(

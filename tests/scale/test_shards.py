@@ -16,7 +16,7 @@ import pytest
 from airflow_provider_smrt.exceptions import InputDataError, ParameterValidationError
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
 from airflow_provider_smrt.scoring import dataset
-from airflow_provider_smrt.scoring.dataset import split_row_groups, with_row_groups
+from airflow_provider_smrt.scoring.row_groups import split_row_groups, with_row_groups
 from airflow_provider_smrt.scoring.shards import plan_shards
 from airflow_provider_smrt.scoring.storage import Storage
 from airflow_provider_smrt.shards import plan_shards as plan_shards_task
