@@ -75,6 +75,10 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     :param max_error_ratio: fraction of rows allowed to fail (isolated into ``_errors/``) before the task fails.
     :param if_exists: ``resume`` (default: skip finished parts), ``overwrite`` (remove this input's
         previous parts first) or ``fail`` (refuse a non-empty output).
+    :param retry_failed_rows: rescore only the rows under ``_errors/`` of the finished parts (e.g. after
+        fixing the model; needs ``if_exists="resume"``): each row that now succeeds moves into its data
+        part at its input position, the others stay in ``_errors/``, the manifest is updated. Units not
+        finished, or whose input or configuration changed, are scored in full as usual.
     :param allow_empty_input: succeed with zero rows when the input matches no object.
     :param variant_column: if set, add a column with each row's invoked production variant.
     :param custom_attributes: InvokeEndpoint CustomAttributes (templated; sensitive: registered with
@@ -158,6 +162,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         concurrency: int = DEFAULT_CONCURRENCY,
         max_error_ratio: float = 0.0,
         if_exists: IfExists = "resume",
+        retry_failed_rows: bool = False,
         allow_empty_input: bool = False,
         variant_column: str | None = None,
         custom_attributes: str | None = None,
@@ -207,6 +212,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.concurrency = concurrency
         self.max_error_ratio = max_error_ratio
         self.if_exists = if_exists
+        self.retry_failed_rows = retry_failed_rows
         self.allow_empty_input = allow_empty_input
         self.variant_column = variant_column
         self.custom_attributes = custom_attributes

@@ -84,6 +84,8 @@ class ScoringConfig:
     instance_hourly_usd: float | None = None
     #: Instances behind the endpoint (all variants invoked), for the cost estimate; not hashed.
     instance_count: int = 1
+    #: Rescore the rows under ``_errors/`` of the finished units (see :mod:`~.rescore`); not hashed.
+    retry_failed_rows: bool = False
 
     def validate(self) -> None:
         """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
@@ -123,6 +125,12 @@ class ScoringConfig:
         if isinstance(self.instance_count, bool) or not isinstance(self.instance_count, int) or self.instance_count < 1:
             raise ParameterValidationError(
                 f"instance_count={self.instance_count!r} must be an integer >= 1: the instances behind the endpoint"
+            )
+        if self.retry_failed_rows and self.if_exists != "resume":
+            raise ParameterValidationError(
+                f"retry_failed_rows=True rescores the failed rows of finished parts, which needs if_exists='resume' "
+                f"(got {self.if_exists!r}): set if_exists='resume', or drop retry_failed_rows ('overwrite' "
+                "rescores every row anyway)"
             )
         if self.request_template is not None:
             template_columns(self.request_template)  # validates the template

@@ -10,6 +10,7 @@ in :mod:`~airflow_provider_smrt.scoring.manifest`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator
@@ -42,6 +43,13 @@ from airflow_provider_smrt.scoring.dataset import WorkUnit, iter_units
 from airflow_provider_smrt.scoring.manifest import build_manifest, build_summary, write_manifest
 from airflow_provider_smrt.scoring.pipeline import Invoker, Pipeline
 from airflow_provider_smrt.scoring.plan import ScoringPlan, plan_scoring
+from airflow_provider_smrt.scoring.rescore import (
+    RetryPart,
+    RetryUnit,
+    iter_retry_rows,
+    plan_retries,
+    repair_error_part,
+)
 from airflow_provider_smrt.scoring.sink import PartWriter, delete_parts, read_part_counts, read_part_schema
 from airflow_provider_smrt.scoring.stats import RunStats
 from airflow_provider_smrt.scoring.storage import Storage
@@ -126,11 +134,17 @@ class ScoringJob:
         todo = plan.todo
         rows_total = plan.rows_total
         resumed_rows = resumed_failed = 0
-        for part in plan.done.values():
+        for unit, part in plan.done.items():
             scored, failed = read_part_counts(self.storage, part)
+            if part.error_uri is not None and scored + failed > unit.num_rows:
+                # a retry of the failed rows was killed between its two writes (see rescore.py)
+                failed = repair_error_part(self.storage, part)
             self.stats.part_rows[part.name] = (scored, failed)
             resumed_rows += scored
             resumed_failed += failed
+        retries = plan_retries(self.storage, plan.done) if config.retry_failed_rows else []
+        retried = sum(retry.num_rows for retry in retries)
+        resumed_failed -= retried  # scored again in this run
         checkpointed = plan.checkpointed_rows
         checkpointed_failed = sum(checkpoint.failed for checkpoint in plan.checkpoints.values())
         self.stats.rows_total = rows_total
@@ -155,6 +169,8 @@ class ScoringJob:
                 len(plan.checkpoints),
                 checkpointed,
             )
+        if config.retry_failed_rows:
+            self.log.info("retry_failed_rows: rescoring %d failed row(s) of %d finished unit(s)", retried, len(retries))
         if plan.stale_checkpoints:  # before the run: it may write checkpoints of the same names
             delete_checkpoint_objects(self.storage, plan.stale_checkpoints)
         if plan.stale:
@@ -163,8 +179,8 @@ class ScoringJob:
                 "configuration; they are replaced once the new parts are committed",
                 len(plan.stale),
             )
-        if todo:
-            self._pipeline(plan).run(self._batches(plan, todo))
+        if todo or retries:
+            self._pipeline(plan).run(itertools.chain(self._batches(plan, todo), self._retry_batches(plan, retries)))
         if plan.stale or plan.stale_errors:
             delete_parts(self.storage, plan.stale)
             if plan.stale_errors:
@@ -211,6 +227,15 @@ class ScoringJob:
         policy = config.checkpoint_policy
 
         def open_part(unit: WorkUnit) -> PartWriter:
+            if isinstance(unit, RetryUnit):
+                assert unit.part is not None
+                return RetryPart(
+                    unit=unit,
+                    storage=self.storage,
+                    output_uri=config.output_uri,
+                    name=unit.part.name,
+                    error_passthrough_schema=plan.passthrough_schema,
+                )
             name = plan.names[unit]
             resumed = plan.checkpoints.get(unit)
             checkpoints = (
@@ -282,6 +307,13 @@ class ScoringJob:
                 # one read (one ranged GET on S3).
                 parquet = pq.ParquetFile(handle, metadata=file.metadata, pre_buffer=True)
                 yield from skip_checkpointed(iter_units(parquet, units, columns=columns), plan.checkpoints)
+
+    def _retry_batches(self, plan: ScoringPlan, retries: list[RetryUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
+        columns = plan.features + [name for name in plan.passthrough if name not in plan.features]
+        for file in plan.files:
+            units = [retry for retry in retries if retry.file.uri == file.uri]
+            if units:
+                yield from iter_retry_rows(self.storage, file, units, columns=columns)
 
     def _progress(self, stats: RunStats) -> None:
         elapsed = max(time.monotonic() - self._started, 1e-9)

@@ -32,6 +32,7 @@ OVERRIDABLE = frozenset(
         "concurrency",
         "max_error_ratio",
         "if_exists",
+        "retry_failed_rows",
         "allow_empty_input",
         "max_attempts",
         "progress_interval",
