@@ -14,6 +14,7 @@ from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
@@ -212,6 +213,7 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         invoker.cancel = job.coordinator.stop
         return job, invoker
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         persist_links(context, self, self.endpoint_name)
         return self.score(context)

@@ -13,6 +13,7 @@ from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
@@ -222,6 +223,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
 
         return recording
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context.get("ti")
         map_index = getattr(ti, "map_index", None)

@@ -53,6 +53,7 @@ from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES
 from airflow_provider_smrt.lineage import RunLineage, async_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._async_submit import submit_all
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators.async_batch_score import (
     DEFAULT_ASYNC_PAYLOAD_BYTES,
@@ -262,6 +263,7 @@ class SageMakerInvokeEndpointAsyncOperator(
 
     # -- execute ---------------------------------------------------------------------------------
 
+    @fails_fast
     def execute(self, context: Context) -> Any:
         persist_links(context, self, self.endpoint_name)
         if self.input_uri is not None:
@@ -426,6 +428,7 @@ class SageMakerInvokeEndpointAsyncOperator(
         statuses = outcome_result(outcome.event(tracker), log=self.log, timeout_error=AirflowSensorTimeout)
         return _merge(records, statuses)
 
+    @fails_fast
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the trigger fired: the records with their statuses, or raise (as the sensor does)."""
         statuses = resume_from_event(event, log=self.log)
