@@ -16,7 +16,7 @@ from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, 
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
-from airflow_provider_smrt.operators._scoring import scoring_config
+from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
 from airflow_provider_smrt.scoring.job import IfExists, ScoringJob
@@ -147,6 +147,7 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         self.invoke_retry_policy = invoke_retry_policy
         self.poke_interval = poke_interval
         self.wait_timeout = wait_timeout
+        check_at_parse_time(self, content_type=content_type or "text/csv", payload_limit=MAX_ASYNC_PAYLOAD_BYTES)
         self._job: ScoringJob | None = None
 
     @classmethod

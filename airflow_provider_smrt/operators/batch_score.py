@@ -15,7 +15,7 @@ from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_op
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
-from airflow_provider_smrt.operators._scoring import scoring_config
+from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CONCURRENCY,
@@ -167,6 +167,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.expected_bucket_owner = expected_bucket_owner
         self.max_attempts = max_attempts
         self.progress_interval = progress_interval
+        check_at_parse_time(self)
         self._job: ScoringJob | None = None
         self._lineage: RunLineage | None = None
         self._model_log_stream_arn: str | None = None

@@ -157,3 +157,23 @@ def test_transient_errors_back_off_and_permanent_errors_end_with_one_event(
     monkeypatch.setattr(trigger_module, "poll_async", broken)
     (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.05, timeout=30))
     assert event.payload["status"] == "error" and "RuntimeError" in event.payload["message"]
+
+
+def test_deferring_without_the_async_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without aiobotocore the task fails before deferring (the trigger could not run), naming the extra."""
+    import sys
+
+    from airflow_provider_smrt._compat import AirflowFailException
+    from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
+
+    sensor = SageMakerAsyncInferenceSensor(
+        task_id="wait", output_location="s3://bucket/out/x.out", deferrable=True, poke_interval=1
+    )
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)  # `import aiobotocore` raises ImportError
+    with pytest.raises(AirflowFailException, match=r"pip install 'airflow-provider-smrt\[async\]'"):
+        trigger_module.defer_wait(sensor, [{"output_location": "s3://bucket/out/x.out"}], timeout=5)
+    monkeypatch.delitem(sys.modules, "aiobotocore")
+    from airflow.sdk.exceptions import TaskDeferred
+
+    with pytest.raises(TaskDeferred):  # with the client installed, the same call defers
+        trigger_module.defer_wait(sensor, [{"output_location": "s3://bucket/out/x.out"}], timeout=5)
