@@ -115,7 +115,8 @@ class SageMakerInvokeEndpointAsyncOperator(
         ``retry_policy``: that is Airflow's own task retry policy (``BaseOperator.retry_policy``).
     :param ledger_uri: the S3 object (or a prefix ending in ``/``) where submissions are recorded;
         default under the first S3 input's directory. (templated)
-    :param ledger_flush_seconds: how often the ledger is rewritten while submitting.
+    :param ledger_flush_seconds: accepted for compatibility and unused: every submission is recorded as
+        its response arrives.
     :param resubmit: ignore the ledger and existing outputs and submit every request again.
     :param wait_for_completion: wait until every output (or failure) object exists.
     :param deferrable: wait in the triggerer instead of the worker (implies ``wait_for_completion``).
@@ -297,7 +298,6 @@ class SageMakerInvokeEndpointAsyncOperator(
                 records,
                 ledger=ledger,
                 concurrency=self.concurrency,
-                flush_seconds=self.ledger_flush_seconds,
                 log=self.log,
                 endpoint_name=self.endpoint_name,
             )
