@@ -16,7 +16,6 @@ from airflow_provider_smrt.classify import classify_error
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.transport import LeanTransport, lean_transport_for
 from airflow_provider_smrt.invocation import (
-    DEFAULT_READ_TIMEOUT_SECONDS,
     INVOCATION_TIMEOUT_RANGE,
     MAX_ASYNC_INLINE_BODY_BYTES,
     MAX_INPUT_LOCATION_CHARS,
@@ -120,7 +119,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
         *args: Any,
         retry_policy: RetryPolicy | None = None,
         max_pool_connections: int = 10,
-        read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
+        read_timeout: float = 70,
         transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:

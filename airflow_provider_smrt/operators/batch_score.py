@@ -18,8 +18,6 @@ from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.job import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_PAYLOAD_BYTES,
     IfExists,
     ScoringJob,
 )
@@ -115,9 +113,9 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         decoder: str | None = None,
         request_template: dict[str, Any] | None = None,
         response_field: str | None = None,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = 5_242_880,
         max_rows_per_request: int | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int = 8,
         max_error_ratio: float = 0.0,
         if_exists: IfExists = "resume",
         allow_empty_input: bool = False,

@@ -123,7 +123,7 @@ class SageMakerInvokeEndpointAsyncOperator(
     :param poke_interval: seconds between checks while waiting.
     :param max_failures: failed invocations tolerated while waiting.
     :param wait_timeout: seconds to wait at most (default: the requests' TTL + invocation timeout + 60).
-    :param input_uri: deprecated: use
+    :param str|None input_uri: deprecated: use
         :class:`~airflow_provider_smrt.operators.async_batch_score.SageMakerAsyncBatchScoreOperator`, which
         ``input_uri`` (with ``output_uri``, ``staging_uri``, ``feature_columns``, ``passthrough_columns``,
         ``prediction_columns``, ``max_payload_bytes``, ``max_rows_per_request``, ``max_error_ratio``,
@@ -167,7 +167,7 @@ class SageMakerInvokeEndpointAsyncOperator(
         request_ttl_seconds: int | None = None,
         invocation_timeout_seconds: int | None = None,
         s3_output_path_extension: str | None = None,
-        filename: str | None = DEFAULT_FILENAME,
+        filename: str | None = "{output_id}.out",
         deterministic_ids: bool = True,
         concurrency: int = 8,
         invoke_retry_policy: RetryPolicy | None = None,
