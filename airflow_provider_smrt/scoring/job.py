@@ -22,6 +22,7 @@ from airflow_provider_smrt.exceptions import ErrorRatioExceededError
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.codecs import get_codec
+from airflow_provider_smrt.scoring.codecs.base import CSV, media_type
 from airflow_provider_smrt.scoring.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -81,6 +82,8 @@ class ScoringJob:
         self.coordinator = Coordinator()
         self.stats = RunStats()
         self._started = 0.0
+        self._null_features = 0  # null feature values sent as empty CSV fields (said once, at the end)
+        self._resumed_rows = 0  # rows of parts an earlier run finished: not part of this run's rate
         #: The plan of the last :meth:`run` (inputs, columns, units, part names), e.g. for lineage;
         #: None before the first run.
         self.last_plan: ScoringPlan | None = None
@@ -119,6 +122,7 @@ class ScoringJob:
         self.stats.rows_total = rows_total
         self.stats.rows_scored = resumed_rows
         self.stats.rows_failed = resumed_failed
+        self._resumed_rows = resumed_rows + resumed_failed
         self.log.info(
             "scoring %d input file(s), %d rows in %d unit(s) against endpoint %r; %d unit(s) already done "
             "(%d rows), %d to score; output %s",
@@ -138,7 +142,12 @@ class ScoringJob:
                 len(plan.stale),
             )
         if todo:
-            self._pipeline(plan).run(self._batches(plan, todo))
+            pipeline = self._pipeline(plan)
+            try:
+                pipeline.run(self._batches(plan, todo))
+            finally:
+                for name, rows in sorted(pipeline.isolated.items()):
+                    self.log.warning("%d row(s) failed with %s in this run (isolated into _errors/)", rows, name)
         if plan.stale or plan.stale_errors:
             delete_parts(self.storage, plan.stale)
             if plan.stale_errors:
@@ -206,6 +215,8 @@ class ScoringJob:
 
     def _batches(self, plan: ScoringPlan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
         columns = plan.features + [name for name in plan.passthrough if name not in plan.features]
+        csv = media_type(self.config.content_type) == CSV and self.config.encoder is None
+        self._null_features = 0
         by_file: dict[str, list[WorkUnit]] = {}
         for unit in todo:
             by_file.setdefault(unit.file.uri, []).append(unit)
@@ -217,16 +228,31 @@ class ScoringJob:
                 # The planning footer is reused; pre_buffer coalesces each window's column chunks into
                 # one read (one ranged GET on S3).
                 parquet = pq.ParquetFile(handle, metadata=file.metadata, pre_buffer=True)
-                yield from iter_units(parquet, units, columns=columns)
+                for unit, batch in iter_units(parquet, units, columns=columns):
+                    if csv:
+                        self._null_features += sum(batch.column(name).null_count for name in plan.features)
+                    yield unit, batch
+        if csv and self._null_features:
+            self.log.warning(
+                "%d null feature value(s) were sent as empty CSV fields (the model sees a missing value)",
+                self._null_features,
+            )
 
     def _progress(self, stats: RunStats) -> None:
+        """One progress line; the rate and ETA count only the rows scored in this run (not resumed ones)."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
         done = stats.rows_scored + stats.rows_failed
         total = max(stats.rows_total, 1)
-        rate = done / elapsed
-        eta = (stats.rows_total - done) / rate if rate > 0 else float("nan")
+        rate = max(done - self._resumed_rows, 0) / elapsed
+        remaining = max(stats.rows_total - done, 0)
+        if remaining == 0:
+            eta = "0s"
+        elif rate > 0:
+            eta = f"{remaining / rate:.0f}s"
+        else:
+            eta = "unknown"
         self.log.info(
-            "scored %d/%d rows (%.1f%%), %.0f rows/s, ETA %.0fs; failed %d, requests %d, retries %d, throttles %d",
+            "scored %d/%d rows (%.1f%%), %.0f rows/s, ETA %s; failed %d, requests %d, retries %d, throttles %d",
             done,
             stats.rows_total,
             100.0 * done / total,

@@ -111,6 +111,9 @@ class Pipeline:
             raise ValueError("concurrency must be at least 1")
         self.invoke = invoke
         self.codec = codec
+        #: Rows isolated into ``_errors/`` in this run, by error class (logged as they happen).
+        self._isolated: dict[str, int] = {}
+        self._isolated_lock = threading.Lock()
         self.planner = planner
         self.feature_columns = feature_columns
         self.passthrough_columns = passthrough_columns
@@ -227,7 +230,25 @@ class Pipeline:
         self.stats.add(retries=1, throttles=1 if err.throttled else 0)
         if err.throttled:
             self.limiter.on_throttle()
-        log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
+            log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
+        else:  # the class and code only: a container's message may quote the payload
+            log.info("retrying after %s %s (attempt %d, sleeping %.2fs)", type(err).__name__, err.code, attempt, delay)
+
+    @property
+    def isolated(self) -> dict[str, int]:
+        """Rows isolated into ``_errors/`` so far, by error class."""
+        with self._isolated_lock:
+            return dict(self._isolated)
+
+    def _log_isolated(self, task: Task, offset: int, err: Exception) -> None:
+        """One info line per isolated row; one warning per distinct error class, with the rows so far."""
+        name = type(err).__name__
+        with self._isolated_lock:
+            self._isolated[name] = seen = self._isolated.get(name, 0) + 1
+        row = task.unit.start + task.offset + offset  # the row's number in its file
+        log.info("row %d of %s isolated into _errors/ (%s)", row, task.unit.file.uri, name)
+        if seen == 1:
+            log.warning("rows failing with %s are isolated into _errors/ (%d row(s) so far)", name, seen)
 
     def _score(self, task: Task, offset: int, count: int, body: bytes) -> tuple[list[Piece], RowErrors]:
         """Score rows ``[offset, offset+count)`` of a task; bisect if the model rejects them.
@@ -252,7 +273,15 @@ class Pipeline:
             self.limiter.release()
         if rejected is not None:
             if count == 1:
+                self._log_isolated(task, offset, rejected)
                 return [], [(offset, 1, rejected)]
+            log.info(
+                "%s on rows %d-%d of %s: splitting the request to isolate the failing rows",
+                type(rejected).__name__,
+                task.unit.start + task.offset + offset,
+                task.unit.start + task.offset + offset + count - 1,
+                task.unit.file.uri,
+            )
             self.stats.add(bisections=1)
             half = count // 2
             left = self._score(task, offset, half, self.codec.encode(task.features.slice(offset, half)))
