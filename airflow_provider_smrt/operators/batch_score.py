@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from airflow_provider_smrt.exceptions import ModelError
+from airflow_provider_smrt.exceptions import ErrorRatioExceededError, ModelError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
@@ -230,6 +230,10 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self._job = self.build_job(map_index)
         try:
             summary = self._job.run()
+        except ErrorRatioExceededError:
+            if not self._model_log_stream_arn:  # e.g. a rerun failing on rows an earlier try isolated
+                SageMakerModelLogsLink.persist_endpoint_log_group(context, self, self.endpoint_name)
+            raise
         finally:
             if self._model_log_stream_arn:
                 SageMakerModelLogsLink.persist_arn(context, self, self._model_log_stream_arn)

@@ -53,3 +53,18 @@ def test_transient_failure_is_retried(rig: ScoringRig) -> None:
     tries, error = _tries(rig, rig.conf(endpoint, op={"max_attempts": 2}), "transient")
     assert tries == 3, error
     assert "not retried" not in error
+
+
+def test_logs_link_on_a_rerun_that_fails_on_model_errors(rig: ScoringRig) -> None:
+    """The rerun resumes the parts (its rows are in _errors/) and fails without a request of its own: the
+    model-logs link still points at the endpoint's log group."""
+    from airflow_provider_smrt.links import SageMakerModelLogsLink
+
+    endpoint = rig.make_endpoint("llm")  # rejects text/csv: every request is a ModelError
+    put_files(rig.s3, rig.input_uri, files=1, rows=10)
+    for name in ("first", "rerun"):
+        run = rig.run(rig.conf(endpoint), name)
+        assert run.state == "failed", run.states
+        persisted = run.xcom("score", key=SageMakerModelLogsLink.key)
+        assert persisted["log_group"] == f"/aws/sagemaker/Endpoints/{endpoint}", (name, persisted)
+    assert "/log-group/%2Faws%2Fsagemaker%2FEndpoints%2F" in run.xcom("score", key=SageMakerModelLogsLink().xcom_key)
