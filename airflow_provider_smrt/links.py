@@ -82,6 +82,29 @@ class SageMakerModelLogsLink(BaseAwsLink):
         return True
 
 
+    @classmethod
+    def persist_endpoint_log_group(cls, context: Context, operator: Any, endpoint_name: str) -> None:
+        """Persist the link of the endpoint's log group (``/aws/sagemaker/Endpoints/NAME``, the hook's region).
+
+        For a run that fails on ModelErrors without having seen one itself (a rerun that resumes parts
+        whose rows an earlier try isolated into ``_errors/``): no ``LogStreamArn`` to read it from.
+        """
+        try:
+            hook = operator.hook
+            region_name, partition = hook.conn_region_name, hook.conn_partition
+        except Exception:  # a link is never worth failing the task
+            log.debug("no region or partition for the model-logs link", exc_info=True)
+            return
+        cls.persist(
+            context=context,
+            operator=operator,
+            region_name=region_name,
+            aws_partition=partition,
+            log_group=f"/aws/sagemaker/Endpoints/{endpoint_name}",
+            log_stream=None,
+        )
+
+
 @dataclass(frozen=True)
 class LogStreamLocation:
     """Where a CloudWatch Logs ARN points."""

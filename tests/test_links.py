@@ -68,13 +68,14 @@ def test_model_logs_link_format() -> None:
     assert link.format_link(**{**conf, "log_group": None}) == ""  # persisted empty when there was no ModelError
 
 
-def _seed(s3_client: Any, s3_prefix: str, rows: int) -> dict[str, str]:
-    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/", rows=rows, files=1)
-    return {"input_uri": s3_prefix + "in/", "output_root": s3_prefix + "out"}
+def _seed(s3_client: Any, s3_prefix: str, rows: int, date: str) -> dict[str, str]:
+    """Demo rows in the partition of ``date`` (the example DAG reads ``<input_root>/ds=<date>/``)."""
+    write_demo_dataset(s3_client=s3_client, uri=f"{s3_prefix}in/ds={date}/", rows=rows, files=1)
+    return {"input_root": s3_prefix + "in", "output_root": s3_prefix + "out"}
 
 
 def test_links_persisted_after_a_run(s3_client: Any, s3_prefix: str) -> None:
-    conf = _seed(s3_client, s3_prefix, 100)
+    conf = _seed(s3_client, s3_prefix, 100, "2026-02-01")
     run = run_dag("smrt_example_batch_score", conf, logical_date=datetime(2026, 2, 1, tzinfo=timezone.utc))
     assert run.state == "success", run.states
     assert run.xcom("score", key=SageMakerEndpointLink.key) == {
@@ -90,7 +91,7 @@ def test_links_persisted_after_a_run(s3_client: Any, s3_prefix: str) -> None:
 
 def test_logs_link_persisted_after_a_model_error(s3_client: Any, s3_prefix: str, make_endpoint: Any) -> None:
     endpoint = make_endpoint("llm")  # the llm model rejects text/csv: every request is a ModelError (415)
-    conf = {**_seed(s3_client, s3_prefix, 8), "endpoint_name": endpoint}
+    conf = {**_seed(s3_client, s3_prefix, 8, "2026-02-02"), "endpoint_name": endpoint}
     run = run_dag("smrt_example_batch_score", conf, logical_date=datetime(2026, 2, 2, tzinfo=timezone.utc))
     assert run.state == "failed" and run.states["score"] == "failed", run.states
     persisted = run.xcom("score", key=SageMakerModelLogsLink.key)

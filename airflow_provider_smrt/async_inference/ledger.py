@@ -17,12 +17,16 @@ operator therefore makes every submission *deterministic* and *recorded*:
    FailureLocation, submitted_at) are written to one JSON object per task instance (map index
    included), at ``ledger_uri`` or by default under the first input's directory:
    ``<input dir>/_smrt_async_ledger/<dag_id>/<task_id>/<sha256(run_id, map_index)[:32]>.json``.
-   The ledger is written every ``ledger_flush_seconds`` while submitting and always at the end (also
-   when a submission fails). A later try of the same task instance reads it first and does not
-   resubmit what it lists; its records (with their original ``submitted_at``) are returned again.
-   For inputs the ledger lacks (the worker died between a submission and the next flush), the
-   operator predicts the output (and failure) key from a recorded sibling and the deterministic
-   ``Filename`` and skips the request when that object already exists.
+   Every submission is recorded as soon as its response arrives, before its slot is given to the
+   next request: the worker thread appends it to a small *segment* object next to the ledger
+   (``<ledger>.parts/<writer>-<seq>.json``; completions that arrive while a segment is being written
+   go into the next one). At the end the segments are folded into the ledger object. So a kill or a
+   timeout at any point (even inside the submitter's shutdown) leaves unrecorded at most the
+   requests in flight. A later try of the same task instance reads the ledger and its segments
+   first and does not resubmit what they list; its records (with their original ``submitted_at``)
+   are returned again. For inputs the ledger lacks (in flight when the worker died), the operator
+   predicts the output (and failure) key from a recorded sibling and the deterministic ``Filename``
+   and skips the request when that object already exists.
 
 Why not XCom: Airflow clears a task instance's XCom when a new try starts. Why not a ledger "next
 to the output": the OutputLocation is only known from the first response, so a retry could not
@@ -39,8 +43,10 @@ import datetime as dt
 import hashlib
 import json
 import re
+import threading
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_provider_smrt.async_inference.poll import poll_sync
@@ -177,19 +183,39 @@ class SubmissionLedger:
             return None
         return cls(client=client, location=location, key=key, endpoint_name=endpoint_name)
 
+    @property
+    def segments_prefix(self) -> str:
+        """The key prefix of this ledger's segments (records appended one response at a time)."""
+        return self.location.key + ".parts/"
+
     def read(self) -> dict[str, Record]:
-        """The records by input; empty when there is no ledger yet."""
+        """The records by input: the ledger object's and its segments'; empty when there is no ledger yet."""
+        records = self._read_document(self.location.key) or {}
+        for key in self._segment_keys():
+            records.update(self._read_document(key) or {})
+        return records
+
+    def _read_document(self, key: str) -> dict[str, Record] | None:
         loc = self.location
         try:
-            response = self.client.get_object(Bucket=loc.bucket, Key=loc.key)
+            response = self.client.get_object(Bucket=loc.bucket, Key=key)
         except Exception as err:
             if is_not_found(err):
-                return {}
+                return None
             code = error_code(err) or ""
-            raise SmrtError(f"cannot read the submission ledger {loc.uri}: {type(err).__name__} {code}") from err
+            raise SmrtError(
+                f"cannot read the submission ledger s3://{loc.bucket}/{key}: {type(err).__name__} {code}"
+            ) from err
         with response["Body"] as stream:
             document = json.loads(stream.read())
         return {entry["input"]: entry for entry in document.get("invocations", [])}
+
+    def _segment_keys(self) -> list[str]:
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=self.segments_prefix):
+            keys.extend(item["Key"] for item in page.get("Contents", []))
+        return sorted(keys)
 
     def previous_submissions(
         self,
@@ -221,19 +247,71 @@ class SubmissionLedger:
         return recorded
 
     def write(self, records: dict[str, Record]) -> None:
+        """Write the ledger object with ``records`` (every record of the task instance)."""
+        self._put(self.location.key, list(records.values()))
+
+    def _put(self, key: str, records: list[Record]) -> None:
         document = {
             "version": _LEDGER_VERSION,
             **self.key,
             "endpoint_name": self.endpoint_name,
             "written_at": now_iso(),
-            "invocations": list(records.values()),
+            "invocations": records,
         }
         self.client.put_object(
             Bucket=self.location.bucket,
-            Key=self.location.key,
+            Key=key,
             Body=json.dumps(document, indent=1).encode(),
             ContentType="application/json",
         )
+
+    def appender(self) -> LedgerAppender:
+        """A thread-safe appender of records to new segments of this ledger."""
+        return LedgerAppender(self)
+
+
+@dataclass
+class LedgerAppender:
+    """Records submissions durably as their responses arrive (group commit), from any thread.
+
+    :meth:`append` returns once the record is in S3: in a segment written by this call, or by a call
+    that took it while this one waited for the write lock. :meth:`fold` writes every record into the
+    ledger object and removes this appender's segments.
+    """
+
+    ledger: SubmissionLedger
+    _writer: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _pending: list[Record] = field(default_factory=list)
+    _pending_lock: threading.Lock = field(default_factory=threading.Lock)
+    _write_lock: threading.Lock = field(default_factory=threading.Lock)
+    _segments: list[str] = field(default_factory=list)
+
+    def append(self, record: Record) -> None:
+        with self._pending_lock:
+            self._pending.append(record)
+        with self._write_lock:
+            with self._pending_lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return  # an earlier holder of the write lock wrote it
+            key = f"{self.ledger.segments_prefix}{self._writer}-{len(self._segments):07d}.json"
+            try:
+                self.ledger._put(key, batch)
+            except BaseException:
+                with self._pending_lock:
+                    self._pending[:0] = batch
+                raise
+            self._segments.append(key)
+
+    def fold(self, records: dict[str, Record]) -> None:
+        """Write ``records`` (all of them) into the ledger object, then delete this appender's segments."""
+        self.ledger.write(records)
+        with self._write_lock:
+            segments, self._segments = self._segments, []
+        client, bucket = self.ledger.client, self.ledger.location.bucket
+        for start in range(0, len(segments), 1000):
+            chunk = segments[start : start + 1000]
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in chunk], "Quiet": True})
 
 
 def recover_unrecorded(

@@ -20,7 +20,6 @@ from airflow_provider_smrt.hooks._requests import (
 )
 from airflow_provider_smrt.hooks.transport import LeanTransport, lean_transport_for
 from airflow_provider_smrt.invocation import (
-    DEFAULT_READ_TIMEOUT_SECONDS,
     InvokeEndpointAsyncResult,
     InvokeEndpointResult,
     validate_body,
@@ -83,7 +82,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
         *args: Any,
         retry_policy: RetryPolicy | None = None,
         max_pool_connections: int = 10,
-        read_timeout: float = DEFAULT_READ_TIMEOUT_SECONDS,
+        read_timeout: float = 70,
         transport: Transport = "auto",
         **kwargs: Any,
     ) -> None:

@@ -1,8 +1,10 @@
 """Bounded, recorded submission of InvokeEndpointAsync requests for the invoke operator.
 
-:func:`submit_all` keeps at most ``concurrency`` requests in flight (:class:`BoundedSubmitter`), adds
-each answer to the records and rewrites the ledger every ``flush_seconds`` and once at the end (also
-when a submission fails).
+:func:`submit_all` keeps at most ``concurrency`` requests in flight (:class:`BoundedSubmitter`). Each
+worker records its answer in the ledger (a segment:
+:class:`~airflow_provider_smrt.async_inference.ledger.LedgerAppender`) before its slot is freed, so
+whatever interrupts the task (a kill, ``execution_timeout`` firing inside the pool's shutdown) leaves
+at most the requests in flight unrecorded. At the end the segments are folded into the ledger object.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class BoundedSubmitter:
         self._pool.shutdown(wait=True)
 
 
+def _nothing() -> None:
+    return None
+
+
 def submit_all(
     todo: Sequence[AsyncRequest],
     submit_one: Callable[[AsyncRequest], Record],
@@ -62,7 +68,6 @@ def submit_all(
     *,
     ledger: SubmissionLedger | None,
     concurrency: int,
-    flush_seconds: float,
     log: Log,
     endpoint_name: str,
 ) -> None:
@@ -74,38 +79,27 @@ def submit_all(
     if not todo:
         return
     lock = threading.Lock()
-    dirty = False
-    last_flush = time.monotonic()
     started = time.monotonic()
+    appender = ledger.appender() if ledger is not None else None
 
     def run(request: AsyncRequest) -> None:
-        nonlocal dirty
         record = submit_one(request)
         with lock:
             records[request.identity] = record
-            dirty = True
-
-    def flush(force: bool = False) -> None:
-        nonlocal dirty, last_flush
-        if ledger is None:
-            return
-        with lock:
-            if not dirty or (not force and time.monotonic() - last_flush < flush_seconds):
-                return
-            snapshot = dict(records)
-            dirty = False
-            last_flush = time.monotonic()
-        ledger.write(snapshot)
+        if appender is not None:
+            appender.append(record)  # durable before this worker's slot is freed
 
     submitter = BoundedSubmitter(concurrency)
     try:
         for request in todo:
-            if submitter.submit(functools.partial(run, request), on_wait=flush) is None:
+            if submitter.submit(functools.partial(run, request), on_wait=_nothing) is None:
                 break
-            flush()
     finally:
         submitter.shutdown()
-        flush(force=True)
+    if appender is not None:
+        with lock:
+            snapshot = dict(records)
+        appender.fold(snapshot)
     elapsed = time.monotonic() - started
     submitted = sum(1 for request in todo if request.identity in records)
     log.info(

@@ -14,8 +14,9 @@ from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
-from airflow_provider_smrt.operators._scoring import scoring_config
+from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
 from airflow_provider_smrt.scoring.job import IfExists, ScoringJob
@@ -109,7 +110,7 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         request_ttl_seconds: int | None = None,
         invocation_timeout_seconds: int | None = None,
         s3_output_path_extension: str | None = None,
-        max_payload_bytes: int = DEFAULT_ASYNC_PAYLOAD_BYTES,
+        max_payload_bytes: int = 67_108_864,
         max_rows_per_request: int | None = None,
         concurrency: int = 8,
         max_error_ratio: float = 0.0,
@@ -146,6 +147,7 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         self.invoke_retry_policy = invoke_retry_policy
         self.poke_interval = poke_interval
         self.wait_timeout = wait_timeout
+        check_at_parse_time(self, content_type=content_type or "text/csv", payload_limit=MAX_ASYNC_PAYLOAD_BYTES)
         self._job: ScoringJob | None = None
 
     @classmethod
@@ -212,6 +214,7 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         invoker.cancel = job.coordinator.stop
         return job, invoker
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         persist_links(context, self, self.endpoint_name)
         return self.score(context)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from airflow_provider_smrt.exceptions import ModelError, ParameterValidationError
+from airflow_provider_smrt.exceptions import ErrorRatioExceededError, ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import (
     EndpointInvoker,
@@ -19,15 +19,14 @@ from airflow_provider_smrt.hooks.sagemaker_runtime import (
 )
 from airflow_provider_smrt.lineage import RunLineage, scoring_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
-from airflow_provider_smrt.operators._scoring import scoring_config
+from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import NO_RETRY, RetryPolicy
 from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CHECKPOINT_EVERY_REQUESTS,
     DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
-    DEFAULT_CONCURRENCY,
-    DEFAULT_MAX_PAYLOAD_BYTES,
     IfExists,
     ScoringJob,
 )
@@ -157,9 +156,9 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         request_template: dict[str, Any] | None = None,
         response_field: str | None = None,
         csv_header: bool = False,
-        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = 5_242_880,
         max_rows_per_request: int | None = None,
-        concurrency: int = DEFAULT_CONCURRENCY,
+        concurrency: int = 8,
         max_error_ratio: float = 0.0,
         if_exists: IfExists = "resume",
         retry_failed_rows: bool = False,
@@ -230,6 +229,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         self.inference_id_prefix = inference_id_prefix
         self.instance_hourly_usd = instance_hourly_usd
         self.instance_count = instance_count
+        check_at_parse_time(self)
         self._job: ScoringJob | None = None
         self._lineage: RunLineage | None = None
         self._model_log_stream_arn: str | None = None
@@ -319,6 +319,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
 
         return recording
 
+    @fails_fast
     def execute(self, context: Context) -> dict[str, Any]:
         ti = context.get("ti")
         map_index = getattr(ti, "map_index", None)
@@ -327,6 +328,10 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         try:
             summary = self._job.run()
             summary["transport"] = self.hook.transport_in_use
+        except ErrorRatioExceededError:
+            if not self._model_log_stream_arn:  # e.g. a rerun failing on rows an earlier try isolated
+                SageMakerModelLogsLink.persist_endpoint_log_group(context, self, self.endpoint_name)
+            raise
         finally:
             if self._model_log_stream_arn:
                 SageMakerModelLogsLink.persist_arn(context, self, self._model_log_stream_arn)

@@ -53,6 +53,7 @@ from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES
 from airflow_provider_smrt.lineage import RunLineage, async_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._async_submit import submit_all
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators.async_batch_score import (
     DEFAULT_ASYNC_PAYLOAD_BYTES,
@@ -114,7 +115,8 @@ class SageMakerInvokeEndpointAsyncOperator(
         ``retry_policy``: that is Airflow's own task retry policy (``BaseOperator.retry_policy``).
     :param ledger_uri: the S3 object (or a prefix ending in ``/``) where submissions are recorded;
         default under the first S3 input's directory. (templated)
-    :param ledger_flush_seconds: how often the ledger is rewritten while submitting.
+    :param ledger_flush_seconds: accepted for compatibility and unused: every submission is recorded as
+        its response arrives.
     :param resubmit: ignore the ledger and existing outputs and submit every request again.
     :param wait_for_completion: wait until every output (or failure) object exists.
     :param deferrable: wait in the triggerer instead of the worker (implies ``wait_for_completion``).
@@ -165,7 +167,7 @@ class SageMakerInvokeEndpointAsyncOperator(
         request_ttl_seconds: int | None = None,
         invocation_timeout_seconds: int | None = None,
         s3_output_path_extension: str | None = None,
-        filename: str | None = DEFAULT_FILENAME,
+        filename: str | None = "{output_id}.out",
         deterministic_ids: bool = True,
         concurrency: int = 8,
         invoke_retry_policy: RetryPolicy | None = None,
@@ -262,6 +264,7 @@ class SageMakerInvokeEndpointAsyncOperator(
 
     # -- execute ---------------------------------------------------------------------------------
 
+    @fails_fast
     def execute(self, context: Context) -> Any:
         persist_links(context, self, self.endpoint_name)
         if self.input_uri is not None:
@@ -295,7 +298,6 @@ class SageMakerInvokeEndpointAsyncOperator(
                 records,
                 ledger=ledger,
                 concurrency=self.concurrency,
-                flush_seconds=self.ledger_flush_seconds,
                 log=self.log,
                 endpoint_name=self.endpoint_name,
             )
@@ -426,6 +428,7 @@ class SageMakerInvokeEndpointAsyncOperator(
         statuses = outcome_result(outcome.event(tracker), log=self.log, timeout_error=AirflowSensorTimeout)
         return _merge(records, statuses)
 
+    @fails_fast
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the trigger fired: the records with their statuses, or raise (as the sensor does)."""
         statuses = resume_from_event(event, log=self.log)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import ParameterValidationError, RowTooLargeError
-from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes
+from airflow_provider_smrt.invocation import validate_max_payload_bytes
 from airflow_provider_smrt.scoring.codecs import Codec
 
 __all__ = ["PlannerStats", "Request", "RequestPlanner"]
@@ -117,11 +117,11 @@ class RequestPlanner:
         self,
         *,
         codec: Codec,
-        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        max_payload_bytes: int = 6_291_456,
         max_rows_per_request: int | None = None,
-        probe_rows: int = DEFAULT_PROBE_ROWS,
-        fill_ratio: float = DEFAULT_FILL_RATIO,
-        service_limit: int = MAX_PAYLOAD_BYTES,
+        probe_rows: int = 32,
+        fill_ratio: float = 0.9,
+        service_limit: int = 6_291_456,
         oversize: bool = False,
     ) -> None:
         validate_max_payload_bytes(max_payload_bytes, limit=service_limit)

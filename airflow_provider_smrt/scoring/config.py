@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from airflow_provider_smrt.exceptions import ParameterValidationError
-from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, validate_max_payload_bytes
+from airflow_provider_smrt.invocation import validate_max_payload_bytes
 from airflow_provider_smrt.scoring.checkpoints import (
     DEFAULT_CHECKPOINT_EVERY_REQUESTS,
     DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
@@ -52,16 +52,16 @@ class ScoringConfig:
     accept: str | None = None
     encoder: str | None = None
     decoder: str | None = None
-    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    max_payload_bytes: int = 5_242_880
     max_rows_per_request: int | None = None
-    concurrency: int = DEFAULT_CONCURRENCY
+    concurrency: int = 8
     max_error_ratio: float = 0.0
     if_exists: IfExists = "resume"
     allow_empty_input: bool = False
     variant_column: str | None = None
     manifest_name: str = MANIFEST_NAME
     #: The largest request the invoker takes: InvokeEndpoint's 6 MiB, or more for InvokeEndpointAsync.
-    payload_limit: int = MAX_PAYLOAD_BYTES
+    payload_limit: int = 6_291_456
     #: One JSON request per row from this template (see :mod:`~airflow_provider_smrt.scoring.codecs.templates`).
     request_template: dict[str, Any] | None = None
     #: Dotted path of the prediction in a JSON response (see :mod:`~airflow_provider_smrt.scoring.codecs.templates`).

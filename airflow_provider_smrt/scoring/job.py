@@ -31,6 +31,7 @@ from airflow_provider_smrt.scoring.checkpoints import (
     skip_checkpointed,
 )
 from airflow_provider_smrt.scoring.codecs import get_codec
+from airflow_provider_smrt.scoring.codecs.base import CSV, media_type
 from airflow_provider_smrt.scoring.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -104,6 +105,8 @@ class ScoringJob:
         self.coordinator = Coordinator()
         self.stats = RunStats()
         self._started = 0.0
+        self._null_features = 0  # null feature values sent as empty CSV fields (said once, at the end)
+        self._resumed_rows = 0  # rows of parts an earlier run finished: not part of this run's rate
         #: The plan of the last :meth:`run` (inputs, columns, units, part names), e.g. for lineage;
         #: None before the first run.
         self.last_plan: ScoringPlan | None = None
@@ -151,6 +154,7 @@ class ScoringJob:
         self.stats.rows_scored = resumed_rows + checkpointed - checkpointed_failed
         self.stats.rows_failed = resumed_failed + checkpointed_failed
         self.stats.rows_resumed_from_checkpoints = checkpointed
+        self._resumed_rows = resumed_rows + resumed_failed + checkpointed
         self.log.info(
             "scoring %d input file(s), %d rows in %d unit(s) against endpoint %r; %d unit(s) already done "
             "(%d rows), %d to score; output %s",
@@ -180,7 +184,12 @@ class ScoringJob:
                 len(plan.stale),
             )
         if todo or retries:
-            self._pipeline(plan).run(itertools.chain(self._batches(plan, todo), self._retry_batches(plan, retries)))
+            pipeline = self._pipeline(plan)
+            try:
+                pipeline.run(itertools.chain(self._batches(plan, todo), self._retry_batches(plan, retries)))
+            finally:
+                for name, rows in sorted(pipeline.isolated.items()):
+                    self.log.warning("%d row(s) failed with %s in this run (isolated into _errors/)", rows, name)
         if plan.stale or plan.stale_errors:
             delete_parts(self.storage, plan.stale)
             if plan.stale_errors:
@@ -295,6 +304,8 @@ class ScoringJob:
 
     def _batches(self, plan: ScoringPlan, todo: list[WorkUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
         columns = plan.features + [name for name in plan.passthrough if name not in plan.features]
+        csv = media_type(self.config.content_type) == CSV and self.config.encoder is None
+        self._null_features = 0
         by_file: dict[str, list[WorkUnit]] = {}
         for unit in todo:
             by_file.setdefault(unit.file.uri, []).append(unit)
@@ -306,7 +317,15 @@ class ScoringJob:
                 # The planning footer is reused; pre_buffer coalesces each window's column chunks into
                 # one read (one ranged GET on S3).
                 parquet = pq.ParquetFile(handle, metadata=file.metadata, pre_buffer=True)
-                yield from skip_checkpointed(iter_units(parquet, units, columns=columns), plan.checkpoints)
+                for unit, batch in skip_checkpointed(iter_units(parquet, units, columns=columns), plan.checkpoints):
+                    if csv:
+                        self._null_features += sum(batch.column(name).null_count for name in plan.features)
+                    yield unit, batch
+        if csv and self._null_features:
+            self.log.warning(
+                "%d null feature value(s) were sent as empty CSV fields (the model sees a missing value)",
+                self._null_features,
+            )
 
     def _retry_batches(self, plan: ScoringPlan, retries: list[RetryUnit]) -> Iterator[tuple[WorkUnit, pa.RecordBatch]]:
         columns = plan.features + [name for name in plan.passthrough if name not in plan.features]
@@ -316,13 +335,20 @@ class ScoringJob:
                 yield from iter_retry_rows(self.storage, file, units, columns=columns)
 
     def _progress(self, stats: RunStats) -> None:
+        """One progress line; the rate and ETA count only the rows scored in this run (not resumed ones)."""
         elapsed = max(time.monotonic() - self._started, 1e-9)
         done = stats.rows_scored + stats.rows_failed
         total = max(stats.rows_total, 1)
-        rate = done / elapsed
-        eta = (stats.rows_total - done) / rate if rate > 0 else float("nan")
+        rate = max(done - self._resumed_rows, 0) / elapsed
+        remaining = max(stats.rows_total - done, 0)
+        if remaining == 0:
+            eta = "0s"
+        elif rate > 0:
+            eta = f"{remaining / rate:.0f}s"
+        else:
+            eta = "unknown"
         self.log.info(
-            "scored %d/%d rows (%.1f%%), %.0f rows/s, ETA %.0fs; failed %d, requests %d, retries %d, throttles %d",
+            "scored %d/%d rows (%.1f%%), %.0f rows/s, ETA %s; failed %d, requests %d, retries %d, throttles %d",
             done,
             stats.rows_total,
             100.0 * done / total,

@@ -172,6 +172,9 @@ class Pipeline:
         self.invoke = invoke
         self.oversize_invoke = oversize_invoke
         self.codec = codec
+        #: Rows isolated into ``_errors/`` in this run, by error class (logged as they happen).
+        self._isolated: dict[str, int] = {}
+        self._isolated_lock = threading.Lock()
         self.planner = planner
         self.feature_columns = feature_columns
         self.passthrough_columns = passthrough_columns
@@ -303,7 +306,25 @@ class Pipeline:
         self.stats.add(retries=1, throttles=1 if err.throttled else 0)
         if err.throttled:
             self.limiter.on_throttle()
-        log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
+            log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
+        else:  # the class and code only: a container's message may quote the payload
+            log.info("retrying after %s %s (attempt %d, sleeping %.2fs)", type(err).__name__, err.code, attempt, delay)
+
+    @property
+    def isolated(self) -> dict[str, int]:
+        """Rows isolated into ``_errors/`` so far, by error class."""
+        with self._isolated_lock:
+            return dict(self._isolated)
+
+    def _log_isolated(self, task: Task, offset: int, err: Exception) -> None:
+        """One info line per isolated row; one warning per distinct error class, with the rows so far."""
+        name = type(err).__name__
+        with self._isolated_lock:
+            self._isolated[name] = seen = self._isolated.get(name, 0) + 1
+        row = task.unit.start + task.offset + offset  # the row's number in its file
+        log.info("row %d of %s isolated into _errors/ (%s)", row, task.unit.file.uri, name)
+        if seen == 1:
+            log.warning("rows failing with %s are isolated into _errors/ (%d row(s) so far)", name, seen)
 
     def _count_failed(self, rows: int, err: InvocationError) -> None:
         """Count rows that failed; past the error budget, stop the run (no request is sent after this)."""
@@ -388,7 +409,15 @@ class Pipeline:
         if failed is not None:
             if count == 1:
                 self._count_failed(1, failed)
+                self._log_isolated(task, offset, failed)
                 return [], [(offset, 1, failed)]
+            log.info(
+                "%s on rows %d-%d of %s: splitting the request to isolate the failing rows",
+                type(failed).__name__,
+                task.unit.start + task.offset + offset,
+                task.unit.start + task.offset + offset + count - 1,
+                task.unit.file.uri,
+            )
             self.stats.add(bisections=1)
             half = count // 2
             left_body = self.codec.encode(task.features.slice(offset, half))

@@ -24,6 +24,7 @@ from airflow_provider_smrt.async_inference import (
 )
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
+from airflow_provider_smrt.operators._failures import fails_fast
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.triggers.async_inference import defer_wait, resume_from_event
 
@@ -121,6 +122,7 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
 
     # -- execute ---------------------------------------------------------------------------------
 
+    @fails_fast
     def execute(self, context: Context) -> Any:
         invocations = self.resolve_invocations()
         if self.timeout_from_ttl:
@@ -149,6 +151,7 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
         self.log.info("async results ready: %s (%d S3 requests)", tracker.summary(), tracker.requests)
         return PokeReturnValue(is_done=True, xcom_value=statuses)
 
+    @fails_fast
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Resume after the trigger fired: return the statuses, or raise (a timeout as Airflow's sensor timeout)."""
         return resume_from_event(event, log=self.log)

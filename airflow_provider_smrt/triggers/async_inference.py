@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_smrt._compat import AirflowSensorTimeout
+from airflow_provider_smrt._compat import AirflowFailException, AirflowSensorTimeout
 from airflow_provider_smrt.async_inference import AsyncInferenceTracker, poll_async
 from airflow_provider_smrt.async_inference.wait import ERROR, Log, WaitOutcome, Watch, outcome_result, wait_async
 from airflow_provider_smrt.exceptions import InvocationError
@@ -114,11 +114,29 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
             return await wait_async(watch, client, poll=poll_async)
 
 
+ASYNC_EXTRA_HINT = "pip install 'airflow-provider-smrt[async]'"
+
+
+def check_async_client() -> None:
+    """Raise ``AirflowFailException`` naming the ``async`` extra when aiobotocore does not import."""
+    try:
+        import aiobotocore  # noqa: F401
+    except ImportError as err:
+        raise AirflowFailException(
+            "deferrable=True waits in the triggerer with the asyncio S3 client (aiobotocore), which is not "
+            f"installed: {ASYNC_EXTRA_HINT} on the workers and triggerer, or pass deferrable=False"
+        ) from err
+
+
 def defer_wait(task: Any, invocations: list[dict[str, Any]], *, timeout: float) -> None:
     """Defer ``task`` (the sensor, the invoke operator) to this trigger; it resumes in ``execute_complete``.
 
     The trigger gets the task's connection parameters, ``poke_interval`` and ``max_failures``.
+
+    :raises AirflowFailException: the async S3 client (aiobotocore, the ``async`` extra) is not installed:
+        the trigger could not run, and a task retry would not install it.
     """
+    check_async_client()
     task.defer(
         trigger=SageMakerAsyncInferenceTrigger(
             invocations=invocations,

@@ -7,6 +7,7 @@ Endpoint and inputs come from ``run_conf`` (params). ``render_template_as_native
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -46,6 +47,28 @@ class FailAfterSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
         if context["ti"].try_number == 1:
             raise RuntimeError("simulated worker failure after the requests were submitted")
         return result
+
+
+class HangingSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
+    """First try: the first half of the requests is answered, the second half hangs (in flight) until the
+    retry starts, so ``execution_timeout`` fires while the submitter waits for them in its shutdown."""
+
+    release = threading.Event()
+
+    def execute(self, context: Any) -> Any:
+        self._try = context["ti"].try_number
+        if self._try == 1:
+            HangingSubmitOperator.release.clear()
+        else:
+            HangingSubmitOperator.release.set()  # the first try's hung requests go out now: in flight twice
+        inputs = list(self.input_location or [])
+        self._hanging = set(inputs[len(inputs) // 2 :])
+        return super().execute(context)
+
+    def _submit_one(self, request: Any, *, ids: dict[str, str]) -> Any:
+        if self._try == 1 and request.identity in self._hanging:
+            HangingSubmitOperator.release.wait(timeout=60)
+        return super()._submit_one(request, ids=ids)
 
 
 # One DAG per sensor mode; the same DAGs serve success, failure and TTL cases (inputs decide).
@@ -92,3 +115,10 @@ for _mode in ("poke", "deferrable"):
 
 with _dag("t_async_retry"):
     FailAfterSubmitOperator(**_invoke_args(retries=1, retry_delay=timedelta(seconds=0)))
+
+with _dag("t_async_submit_timeout"):
+    HangingSubmitOperator(
+        **_invoke_args(
+            concurrency=8, retries=1, retry_delay=timedelta(seconds=0), execution_timeout=timedelta(seconds=3)
+        )
+    )

@@ -88,3 +88,5 @@ def _dag(dag_id: str, **task_args: Any) -> DAG:
 r_score = _dag("r_score")
 # For the task-timeout test: Airflow's execution_timeout fires (SIGALRM), then calls on_kill.
 r_score_timeout = _dag("r_score_timeout", execution_timeout=timedelta(seconds=4))
+# For the retry tests: a retry must only happen where it can help.
+r_score_retries = _dag("r_score_retries", retries=2, retry_delay=timedelta(seconds=0))

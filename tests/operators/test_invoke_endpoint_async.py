@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from airflow_provider_smrt._compat import AirflowFailException
 from airflow_provider_smrt.async_inference.ledger import output_id
 from airflow_provider_smrt.exceptions import ParameterValidationError, ThrottlingError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, InvokeEndpointAsyncResult
@@ -89,8 +90,10 @@ def test_inference_id_is_deterministic_and_short() -> None:
 def test_validation_before_any_request(kwargs: dict[str, Any], message: str) -> None:
     op = _op(**kwargs)
     op.__dict__["hook"] = None  # any request would fail loudly
-    with pytest.raises(ParameterValidationError, match=message):
+    # A retry cannot fix a bad parameter: Airflow's AirflowFailException, the package error as its cause.
+    with pytest.raises(AirflowFailException, match=message) as failed:
         op.execute(_context())
+    assert isinstance(failed.value.__cause__, ParameterValidationError)
 
 
 class _FakeHook:
@@ -239,7 +242,7 @@ def test_filename_longer_than_the_service_allows_is_refused_before_sending(
     endpoint = make_endpoint("sum")
     inputs = ["s3://smrt-local/a", "s3://smrt-local/b"]
     op = _op(endpoint_name=endpoint, input_location=inputs, filename="{inference_id}.out")
-    with pytest.raises(ParameterValidationError, match=r"1-32 .*'\{output_id\}'"):
+    with pytest.raises(AirflowFailException, match=r"1-32 .*'\{output_id\}'"):
         op.execute(_context())
     assert endpoint_stats(endpoint)["async_submitted"] == 0
 
@@ -273,6 +276,21 @@ def test_retried_task_does_not_resubmit_through_dag(
     assert ti.try_number == 2  # the first try failed after submitting
     assert endpoint_stats(endpoint)["async_submitted"] == 5
     assert len(run.xcom("invoke")) == 5
+
+
+def test_execution_timeout_while_submitting_resends_only_the_requests_in_flight(
+    make_endpoint: Any, endpoint_stats: Any, s3_client: Any, s3_prefix: str
+) -> None:
+    """execution_timeout fires inside the submitter's shutdown while 4 of 8 requests hang: the 4 answered
+    ones are already in the ledger, so the retry sends only the 4 that were in flight (12 in all, not 16)."""
+    endpoint = make_endpoint("sum")
+    inputs = [_upload(s3_client, f"{s3_prefix}in/{i}.csv", f"{i},1\n".encode()) for i in range(8)]
+    run = run_dag("t_async_submit_timeout", {"endpoint_name": endpoint, "inputs": inputs})
+    assert run.state == "success", run.states
+    assert run.task_instance("invoke").try_number == 2  # the first try timed out
+    submitted = endpoint_stats(endpoint)["async_submitted"]
+    in_flight = 4
+    assert len(inputs) <= submitted <= len(inputs) + in_flight, submitted
 
 
 def test_operator_waits_in_worker_and_in_triggerer(make_endpoint: Any, s3_client: Any, s3_prefix: str) -> None:

@@ -104,26 +104,31 @@ def test_success_failure_and_timeout_events(local_stack: Any, s3_client: Any, s3
     assert event.payload["polls"] >= 3
 
 
-def test_completion_while_waiting(local_stack: Any, s3_client: Any, s3_prefix: str) -> None:
+def test_completion_while_waiting(
+    monkeypatch: pytest.MonkeyPatch, local_stack: Any, s3_client: Any, s3_prefix: str
+) -> None:
+    """The outputs appear between polls (counted, not timed): one before poll 2, the other before poll 4."""
     records = _records(s3_prefix, 2)
+    real_poll = trigger_module.poll_async
+    polls = {"n": 0}
+
+    async def counting(tracker: Any, client: Any, **kwargs: Any) -> Any:
+        polls["n"] += 1
+        if polls["n"] == 2:
+            _put(s3_client, records[0]["output_location"], b"1")
+        elif polls["n"] == 4:
+            _put(s3_client, records[1]["output_location"], b"2")
+        return await real_poll(tracker, client, **kwargs)
+
+    monkeypatch.setattr(trigger_module, "poll_async", counting)
 
     async def scenario() -> list[Any]:
-        trigger = SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.1, timeout=20)
-        events: list[Any] = []
-
-        async def consume() -> None:
-            events.extend([event async for event in trigger.run()])
-
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(0.5)
-        _put(s3_client, records[0]["output_location"], b"1")
-        await asyncio.sleep(0.3)
-        _put(s3_client, records[1]["output_location"], b"2")
-        await task
-        return events
+        trigger = SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.01, timeout=60)
+        return [event async for event in trigger.run()]
 
     (event,) = asyncio.run(scenario())
-    assert event.payload["status"] == "success" and event.payload["polls"] >= 4
+    assert event.payload["status"] == "success", event.payload
+    assert event.payload["polls"] == polls["n"] == 4  # done on the poll after the last output appeared
 
 
 def test_transient_errors_back_off_and_permanent_errors_end_with_one_event(
@@ -157,3 +162,23 @@ def test_transient_errors_back_off_and_permanent_errors_end_with_one_event(
     monkeypatch.setattr(trigger_module, "poll_async", broken)
     (event,) = _events(SageMakerAsyncInferenceTrigger(invocations=records, poke_interval=0.05, timeout=30))
     assert event.payload["status"] == "error" and "RuntimeError" in event.payload["message"]
+
+
+def test_deferring_without_the_async_client_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without aiobotocore the task fails before deferring (the trigger could not run), naming the extra."""
+    import sys
+
+    from airflow_provider_smrt._compat import AirflowFailException
+    from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
+
+    sensor = SageMakerAsyncInferenceSensor(
+        task_id="wait", output_location="s3://bucket/out/x.out", deferrable=True, poke_interval=1
+    )
+    monkeypatch.setitem(sys.modules, "aiobotocore", None)  # `import aiobotocore` raises ImportError
+    with pytest.raises(AirflowFailException, match=r"pip install 'airflow-provider-smrt\[async\]'"):
+        trigger_module.defer_wait(sensor, [{"output_location": "s3://bucket/out/x.out"}], timeout=5)
+    monkeypatch.delitem(sys.modules, "aiobotocore")
+    from airflow.sdk.exceptions import TaskDeferred
+
+    with pytest.raises(TaskDeferred):  # with the client installed, the same call defers
+        trigger_module.defer_wait(sensor, [{"output_location": "s3://bucket/out/x.out"}], timeout=5)
