@@ -1,6 +1,6 @@
 """Score payloads too large for real-time inference (> 6 MiB) through SageMaker asynchronous inference.
 
-Runs on the local stack as is (``smrt-local run -- airflow dags test example_async_large_payload``):
+Runs on the local stack as is (``smrt-local run -- airflow dags test smrt_example_async_large_payload``):
 the endpoint ``smrt-sum`` returns each CSV line's sum. Against AWS, set the params to an endpoint with
 an async inference config and a bucket the role may write.
 
@@ -31,7 +31,7 @@ def _payload(seed: int) -> Any:
 
 
 with DAG(
-    dag_id="example_async_large_payload",
+    dag_id="smrt_example_async_large_payload",
     schedule=None,
     start_date=datetime(2026, 1, 1),
     catchup=False,

@@ -17,7 +17,7 @@ EXAMPLE_DAG_IDS = {
     "smrt_example_batch_score",
     "smrt_example_backfill",
     "smrt_example_mapped_fanout",
-    "example_async_large_payload",
+    "smrt_example_async_large_payload",
     "smrt_example_llm",
     "smrt_example_csv_header",
     "smrt_example_stream",
@@ -40,6 +40,7 @@ def test_example_dags_import_into_a_dagbag() -> None:
     for dag_id in EXAMPLE_DAG_IDS:
         dag = bag.dags[dag_id]
         assert dag.tags, f"{dag_id} has no tags"
+        assert dag_id.startswith("smrt_"), f"{dag_id} lacks the smrt_ prefix of the provider's DAG ids"
         assert get_dag(dag_id).dag_id == dag_id  # also runnable through tests/dags/example_dags.py
 
 
@@ -170,7 +171,7 @@ class _Messages(logging.Handler):
 
 
 def test_async_large_payload_with_a_deferrable_sensor(s3_prefix: str, make_endpoint: Any) -> None:
-    dag = get_dag("example_async_large_payload")
+    dag = get_dag("smrt_example_async_large_payload")
     assert dag.get_task("wait").deferrable is True
     # The outputs take 3 s, so the sensor's first check (before it defers) cannot find them already there.
     endpoint = make_endpoint("sum", faults={"async_delay_seconds": 3})
@@ -180,7 +181,7 @@ def test_async_large_payload_with_a_deferrable_sensor(s3_prefix: str, make_endpo
     level = root.level
     root.setLevel(logging.INFO)
     try:
-        run = run_dag("example_async_large_payload", conf)
+        run = run_dag("smrt_example_async_large_payload", conf)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
