@@ -61,8 +61,20 @@ def record_aws_calls() -> Iterator[CallRecorder]:
         self.meta.events.register("before-call", recorder.on_call)
         self.meta.events.register("before-parameter-build.s3", recorder.on_s3_params)
 
+    # The hook's lean transport sends InvokeEndpoint(Async) without the client's events: record its sends too.
+    from airflow_provider_smrt.hooks.transport import LeanTransport
+
+    original_send = LeanTransport.send
+
+    def send(self: Any, call: Any, *args: Any, **kwargs: Any) -> Any:
+        model = call.operation_model
+        recorder.calls.append((model.service_model.service_name, model.name))
+        return original_send(self, call, *args, **kwargs)
+
     BaseClient.__init__ = init  # type: ignore[method-assign]
+    LeanTransport.send = send  # type: ignore[method-assign]
     try:
         yield recorder
     finally:
         BaseClient.__init__ = original  # type: ignore[method-assign]
+        LeanTransport.send = original_send  # type: ignore[method-assign]
