@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -227,10 +228,20 @@ class PartWriter:
         self._segment_errors: list[pa.Table] = []
         #: the first row (of the input file) of the next segment, and the end of the rows written so far
         self.segment_start = self.written_end = checkpoints.first_row if checkpoints is not None else 0
-        #: a segment of this part is being written
-        self.checkpoint_busy = False
+        #: set while no segment of this part is being written
+        self._segment_idle = threading.Event()
+        self._segment_idle.set()
         self.rows = resumed.rows - resumed.failed if resumed is not None else 0
         self.error_rows = resumed.failed if resumed is not None else 0
+
+    @property
+    def checkpoint_busy(self) -> bool:
+        """A segment of this part is being written."""
+        return not self._segment_idle.is_set()
+
+    def wait_for_segment(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the segment being written (True once none is)."""
+        return self._segment_idle.wait(timeout)
 
     @property
     def checkpointing(self) -> bool:
@@ -302,7 +313,7 @@ class PartWriter:
         segment = PendingSegment(self.segment_start, self.written_end, self._segment, self._segment_errors)
         self._segment, self._segment_errors = [], []
         self.segment_start = self.written_end
-        self.checkpoint_busy = True
+        self._segment_idle.clear()
         return segment
 
     def write_segment(self, segment: PendingSegment) -> None:
@@ -313,7 +324,7 @@ class PartWriter:
             errors = pa.concat_tables(segment.errors) if segment.errors else None
             self._checkpoints.write(segment.start, segment.end, data, errors)
         finally:
-            self.checkpoint_busy = False
+            self._segment_idle.set()
 
     def _merge_resumed(self) -> None:
         """Put the resumed segments' rows before this run's (read on the committer thread, at commit)."""

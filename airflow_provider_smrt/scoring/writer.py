@@ -159,9 +159,11 @@ class InOrderWriter:
     already taken are still written); :meth:`close` aborts the parts left open.
 
     With a ``checkpoint_policy``, once a unit's written requests or the time since its previous
-    checkpoint call for one (and the unit is neither about to commit nor writing one), the rows
-    written since then are handed to a committer thread as a segment: taking them costs the writing
-    a list swap. The checkpoints and the commit of one part run one at a time, in order.
+    checkpoint call for one (and the unit is not about to commit), the rows written since then are
+    handed to a committer thread as a segment: taking them costs the writing a list swap. When the
+    unit's previous segment is still being written, writing waits for it first, so the rows no
+    checkpoint holds never exceed two intervals and the requests in flight. The checkpoints and the
+    commit of one part run one at a time, in order.
 
     Every part of one output has the same columns: a part whose rows all failed is held (uncommitted,
     only its error rows in memory) until the run knows its prediction columns, from the first scored
@@ -250,7 +252,6 @@ class InOrderWriter:
                 self._pending[unit][task.seq] = (task, pieces, errors)
             pending = self._pending[unit]
             part = self._parts[unit]
-            written = 0
             while self._next_seq[unit] in pending:
                 task, pieces, errors = pending.pop(self._next_seq[unit])
                 try:
@@ -259,7 +260,8 @@ class InOrderWriter:
                 finally:
                     self.buffer.release()
                 self._next_seq[unit] += 1
-                written += 1
+                if self.checkpoint_policy is not None and self._next_seq[unit] != self._expected.get(unit):
+                    self._maybe_checkpoint(unit, part)  # after each request: a segment never exceeds an interval
             if unit in self._expected and self._next_seq[unit] == self._expected[unit]:
                 del self._parts[unit], self._pending[unit], self._next_seq[unit], self._expected[unit]
                 del self._since[unit]
@@ -267,8 +269,6 @@ class InOrderWriter:
                     self._held.append(part)  # committed once the prediction columns are known
                 else:
                     self._submit(part, lambda: self._commit(part))
-            elif written and self.checkpoint_policy is not None:
-                self._maybe_checkpoint(unit, part, written)
             if self._held and self.task_writer.prediction_schema is not None:
                 held, self._held = self._held, []
                 for held_part in held:
@@ -281,16 +281,19 @@ class InOrderWriter:
                     self.buffer.release()
                 items.clear()
 
-    def _maybe_checkpoint(self, unit: WorkUnit, part: PartWriter, written: int) -> None:
+    def _maybe_checkpoint(self, unit: WorkUnit, part: PartWriter) -> None:
+        """Called after each request written into a unit's part that does not complete the unit."""
         assert self.checkpoint_policy is not None
         since, requests = self._since[unit]
-        requests += written
+        requests += 1
         # Never the unit's last row: a unit a rerun resumes always has rows to score (and so a part to commit).
-        if (
-            self.checkpoint_policy.due(requests=requests, since=since)
-            and not part.checkpoint_busy
-            and part.written_end < unit.end
-        ):
+        if self.checkpoint_policy.due(requests=requests, since=since) and part.written_end < unit.end:
+            # The previous segment is still being written: wait for it, so that the work a kill can lose stays
+            # within two intervals and the requests in flight (scoring slows to S3's pace, not the reverse).
+            while not part.wait_for_segment(0.05):
+                if self.coordinator.stop.is_set():
+                    self._since[unit] = (since, requests)
+                    return
             segment = part.take_segment()
             if segment is not None:
                 self._submit(part, lambda: self._checkpoint(part, segment))

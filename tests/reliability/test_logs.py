@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
-import pytest
 
 from tests.support.dag_runs import DagTestResult
 from tests.support.datasets import features, put_files
@@ -17,18 +16,17 @@ from tests.support.scoring_rig import ScoringRig
 POISON = {3, 77, 10_018}
 
 
-def _text(run: DagTestResult, capfd: pytest.CaptureFixture[str]) -> str:
-    """What the run logged: dag.test() prints the task log (the operator's and the provider's loggers)."""
-    out, err = capfd.readouterr()
-    return "\n".join((out, err))
+def _text(run: DagTestResult) -> str:
+    """What the run logged (the operator's task log and the provider's loggers), one record a line."""
+    return run.log_text
 
 
-def test_isolated_rows_are_logged_as_they_happen(rig: ScoringRig, capfd: pytest.CaptureFixture[str]) -> None:
+def test_isolated_rows_are_logged_as_they_happen(rig: ScoringRig) -> None:
     endpoint = rig.make_endpoint("sum", faults={"poison_value": -999})
     put_files(rig.s3, rig.input_uri, files=2, rows=100, poison=POISON)
     run = rig.run(rig.conf(endpoint, op={"max_error_ratio": 0.05}))
     assert run.succeeded, run.error("score")
-    text = _text(run, capfd)
+    text = _text(run)
     isolated = re.findall(r"row (\d+) of (\S+) isolated into _errors/ \(ModelInputError\)", text)
     assert len(isolated) == len(POISON)
     assert sorted(int(row) for row, _ in isolated) == [3, 18, 77]  # row numbers within their files
@@ -39,23 +37,20 @@ def test_isolated_rows_are_logged_as_they_happen(rig: ScoringRig, capfd: pytest.
     assert "ETA nan" not in text
 
 
-def test_rate_of_a_resumed_run_counts_only_its_own_rows(rig: ScoringRig, capfd: pytest.CaptureFixture[str]) -> None:
+def test_rate_of_a_resumed_run_counts_only_its_own_rows(rig: ScoringRig) -> None:
     endpoint = rig.make_endpoint("sum")
     put_files(rig.s3, rig.input_uri, files=2, rows=100)
     first = rig.run(rig.conf(endpoint), "first")
     assert first.succeeded, first.error("score")
-    capfd.readouterr()  # the first run's output
     rerun = rig.run(rig.conf(endpoint), "rerun")
     assert rerun.succeeded, rerun.error("score")
-    text = _text(rerun, capfd)
+    text = _text(rerun)
     progress = [line for line in text.splitlines() if "scored 200/200 rows" in line]
     assert progress and all(", 0 rows/s," in line for line in progress), progress
     assert "ETA nan" not in text
 
 
-def test_null_features_sent_as_empty_csv_fields_are_counted_once(
-    rig: ScoringRig, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_null_features_sent_as_empty_csv_fields_are_counted_once(rig: ScoringRig) -> None:
     endpoint = rig.make_endpoint("sum")
     table = features(range(50))
     f1 = pa.array([None if i % 10 == 0 else float(i) for i in range(50)], pa.float64())
@@ -63,5 +58,5 @@ def test_null_features_sent_as_empty_csv_fields_are_counted_once(
     put_parquet(rig.s3, f"{rig.input_uri}nulls.parquet", table)
     run = rig.run(rig.conf(endpoint, op={"max_error_ratio": 1.0}))
     assert run.state in ("success", "failed")
-    lines = [line for line in _text(run, capfd).splitlines() if "were sent as empty CSV fields" in line]
+    lines = [line for line in _text(run).splitlines() if "were sent as empty CSV fields" in line]
     assert len(lines) == 1 and "5 null feature value(s)" in lines[0], lines

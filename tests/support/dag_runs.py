@@ -20,6 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from tests.support.airflow_compat import dagbag_class, testable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,6 +226,14 @@ def run_score(conf: dict[str, Any], report_dir: Path, *, dag_id: str = "r_score"
 
 @contextmanager
 def _capture_logs(debug_loggers: tuple[str, ...]) -> Iterator[list[LogLine]]:
+    """Collect the run's log records from both logging systems a task writes through.
+
+    The provider's core logs through the standard library (``airflow_provider_smrt.*``), caught by a handler on
+    the root logger. An operator's ``self.log`` is Airflow's structlog logger, which never reaches the standard
+    library: its events are caught by a processor put first in structlog's chain (Airflow does not cache loggers
+    under pytest, so every call reads the current chain). Airflow binds structlog's output stream when it
+    configures logging, so pytest's ``capfd`` of a later test does not see those lines; this does.
+    """
     handler = _Collect()
     root = logging.getLogger()
     level = root.level
@@ -233,13 +243,32 @@ def _capture_logs(debug_loggers: tuple[str, ...]) -> Iterator[list[LogLine]]:
     debug_levels = [logger.level for logger in debug]
     for logger in debug:
         logger.setLevel(logging.DEBUG)
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[_structlog_recorder(handler.lines), *processors])
     try:
         yield handler.lines
     finally:
+        structlog.configure(processors=processors)
         root.removeHandler(handler)
         root.setLevel(level)
         for logger, old in zip(debug, debug_levels, strict=True):
             logger.setLevel(old)
+
+
+def _structlog_recorder(lines: list[LogLine]) -> Any:
+    def record(logger: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+        message = str(event_dict.get("event", ""))
+        args = event_dict.get("positional_args")
+        if args:
+            try:
+                message = message % args
+            except (TypeError, ValueError):
+                message = f"{message} {args!r}"
+        name = event_dict.get("logger_name") or getattr(logger, "name", None) or "structlog"
+        lines.append(LogLine(logger=str(name), level=method_name.upper(), message=message))
+        return event_dict
+
+    return record
 
 
 class _Collect(logging.Handler):
