@@ -155,3 +155,17 @@ def test_distribution_metadata_names_license_authors_and_python() -> None:
     assert "airflow-provider-smrt maintainers" in (meta["Author"] or "")
     classifiers = set(meta.get_all("Classifier") or [])
     assert {"Framework :: Apache Airflow :: Provider", "Programming Language :: Python :: 3.11"} <= classifiers
+
+
+def test_airflow_shows_the_documentation_url_and_the_spdx_license() -> None:
+    """Airflow reads the provider's documentation-url from the ``Documentation`` project URL of its metadata."""
+    from importlib.metadata import metadata
+
+    from airflow.providers_manager import ProvidersManager
+
+    meta = metadata(DIST)
+    urls = dict(entry.split(", ", 1) for entry in meta.get_all("Project-URL") or [])
+    assert urls.get("Documentation", "").startswith("https://"), urls
+    assert meta["License-Expression"] == "Apache-2.0"
+    provider = ProvidersManager().providers[DIST]
+    assert provider.data["documentation-url"] == urls["Documentation"]
