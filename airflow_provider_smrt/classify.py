@@ -10,7 +10,7 @@ without them.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from airflow_provider_smrt.exceptions import (
     ConfigurationError,
@@ -246,3 +246,14 @@ def classify_error(
     return InvocationError(
         f"unexpected {type(err).__name__} calling {where}", code=type(err).__name__, endpoint_name=endpoint_name
     )
+
+
+def raise_classified(raw: BaseException, *, endpoint_name: str | None = None) -> NoReturn:
+    """Raise ``raw`` classified (:func:`classify_error`), from ``raw``; an already classified error as it is.
+
+    Call it in an ``except`` block around a SageMaker Runtime call.
+    """
+    err = classify_error(raw, endpoint_name=endpoint_name)
+    if err is raw:
+        raise raw
+    raise err from raw

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore import xform_name
 
-from airflow_provider_smrt.classify import classify_error
+from airflow_provider_smrt.classify import classify_error, raise_classified
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.invocation import InvokeEndpointAsyncResult, InvokeEndpointResult
 
@@ -75,11 +75,8 @@ def iter_stream(stream: Any, endpoint_name: str) -> Iterator[bytes]:
                         "InvokeEndpointWithResponseStream",
                     )
                     raise classify_error(raw, endpoint_name=endpoint_name) from raw
-    except Exception as raw:
-        err = classify_error(raw, endpoint_name=endpoint_name)
-        if err is raw:
-            raise
-        raise err from raw
+    except Exception as raw:  # noqa: BLE001 - raised again, classified
+        raise_classified(raw, endpoint_name=endpoint_name)
     finally:
         close = getattr(stream, "close", None)
         if close is not None:

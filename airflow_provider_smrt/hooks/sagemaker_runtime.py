@@ -5,12 +5,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from copy import deepcopy
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.config import Config
 
-from airflow_provider_smrt.classify import classify_error
+from airflow_provider_smrt.classify import classify_error, raise_classified
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks._requests import (
     invoke_endpoint_async_result,
@@ -18,7 +18,12 @@ from airflow_provider_smrt.hooks._requests import (
     iter_stream,
     request_params,
 )
-from airflow_provider_smrt.hooks.transport import LeanTransport, lean_transport_for
+from airflow_provider_smrt.hooks.transport import (
+    LeanTransport,
+    lean_transport_for,
+)
+from airflow_provider_smrt.hooks.transport import Transport as Transport  # the operators' transport= type
+from airflow_provider_smrt.hooks.transport import check_transport as check_transport
 from airflow_provider_smrt.invocation import (
     InvokeEndpointAsyncResult,
     InvokeEndpointResult,
@@ -37,17 +42,6 @@ class EndpointInvoker(Protocol):
     """What :meth:`SageMakerRuntimeHook.make_invoker` returns: one InvokeEndpoint attempt per call."""
 
     def __call__(self, body: bytes, inference_id: str | None = None) -> InvokeEndpointResult: ...
-
-
-#: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
-Transport = Literal["auto", "botocore"]
-_TRANSPORTS = ("auto", "botocore")
-
-
-def check_transport(transport: str) -> None:
-    """A ``transport`` value must be ``"auto"`` or ``"botocore"`` (checked when a DAG is parsed)."""
-    if transport not in _TRANSPORTS:
-        raise ParameterValidationError(f"transport={transport!r} is not one of {list(_TRANSPORTS)}")
 
 
 class SageMakerRuntimeHook(AwsBaseHook):
@@ -113,10 +107,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
 
     def lean_transport(self, client: Any) -> LeanTransport | None:
         """The lean transport over ``client``, or ``None`` for the botocore path; logs which one."""
-        if self.transport == "botocore":
-            lean, reason = None, 'transport="botocore"'
-        else:
-            lean, reason = lean_transport_for(client)
+        lean, reason = lean_transport_for(client, self.transport)
         self.transport_in_use = "lean" if lean is not None else "botocore"
         if lean is not None:
             self.log.info(
@@ -195,6 +186,16 @@ class SageMakerRuntimeHook(AwsBaseHook):
     #: Check InvokeEndpoint parameters without sending anything.
     validate_invoke_endpoint = staticmethod(validate_invoke_endpoint_request)
 
+    def _check_invoker_params(self, method: str, endpoint_name: str, params: dict[str, Any]) -> None:
+        self.validate_invoke_endpoint(
+            endpoint_name,
+            b"",
+            custom_attributes=params.get("custom_attributes"),
+            inference_id=params.get("inference_id"),
+        )
+        if {"endpoint_name", "body"} & params.keys():
+            raise ParameterValidationError(f"{method}() takes the endpoint name first and the body per call")
+
     def make_invoker(self, endpoint_name: str, **params: Any) -> EndpointInvoker:
         """A callable ``invoke(body, inference_id=None)`` for the scoring core: one attempt per call.
 
@@ -215,14 +216,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
         from botocore.exceptions import ParamValidationError as BotocoreParamValidationError
         from botocore.validate import validate_parameters
 
-        self.validate_invoke_endpoint(
-            endpoint_name,
-            b"",
-            custom_attributes=params.get("custom_attributes"),
-            inference_id=params.get("inference_id"),
-        )
-        if {"endpoint_name", "body"} & params.keys():
-            raise ParameterValidationError("make_invoker() takes the endpoint name first and the body per call")
+        self._check_invoker_params("make_invoker", endpoint_name, params)
         # Built now, once, rather than on the first of many worker threads.
         client = self.get_client_type(
             region_name=self.region_name, config=deepcopy(self.config).merge(Config(parameter_validation=False))
@@ -254,11 +248,8 @@ class SageMakerRuntimeHook(AwsBaseHook):
             validate_inference_id(inference_id)
             try:
                 return invoke_endpoint_result(send(body, inference_id))
-            except Exception as raw:
-                err = classify_error(raw, endpoint_name=endpoint_name)
-                if err is raw:
-                    raise
-                raise err from raw
+            except Exception as raw:  # noqa: BLE001 - raised again, classified
+                raise_classified(raw, endpoint_name=endpoint_name)
 
         return invoke
 
@@ -274,14 +265,7 @@ class SageMakerRuntimeHook(AwsBaseHook):
             and the retry ones (None ones are left out).
         """
         params = {key: value for key, value in params.items() if value is not None}
-        self.validate_invoke_endpoint(
-            endpoint_name,
-            b"",
-            custom_attributes=params.get("custom_attributes"),
-            inference_id=params.get("inference_id"),
-        )
-        if {"endpoint_name", "body"} & params.keys():
-            raise ParameterValidationError("make_stream_invoker() takes the endpoint name first and the body per call")
+        self._check_invoker_params("make_stream_invoker", endpoint_name, params)
         client = self.get_client_type(region_name=self.region_name, config=deepcopy(self.config))
         fixed = request_params(client, "InvokeEndpointWithResponseStream", endpoint_name=endpoint_name, **params)
 
@@ -290,18 +274,9 @@ class SageMakerRuntimeHook(AwsBaseHook):
             request = fixed if inference_id is None else {**fixed, "InferenceId": inference_id}
             try:
                 response = client.invoke_endpoint_with_response_stream(**request, Body=body)
-            except Exception as raw:
-                err = classify_error(raw, endpoint_name=endpoint_name)
-                if err is raw:
-                    raise
-                raise err from raw
-            payload = b"".join(iter_stream(response["Body"], endpoint_name))
-            return InvokeEndpointResult(
-                body=payload,
-                content_type=response.get("ContentType"),
-                invoked_production_variant=response.get("InvokedProductionVariant"),
-                custom_attributes=response.get("CustomAttributes"),
-            )
+            except Exception as raw:  # noqa: BLE001 - raised again, classified
+                raise_classified(raw, endpoint_name=endpoint_name)
+            return invoke_endpoint_result({**response, "Body": b"".join(iter_stream(response["Body"], endpoint_name))})
 
         return invoke
 

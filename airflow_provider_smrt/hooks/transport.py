@@ -30,7 +30,7 @@ import socket
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from botocore import exceptions as bce
@@ -43,6 +43,8 @@ from botocore.utils import get_environ_proxies, lowercase_dict
 from botocore.validate import validate_parameters
 from urllib3 import exceptions as urllib3_exceptions
 from urllib3.util.retry import Retry
+
+from airflow_provider_smrt.exceptions import ParameterValidationError
 
 #: The events a botocore client emits for one call; a handler registered on one of them that a plain
 #: client of the same service does not have is a customisation the lean path would skip.
@@ -325,8 +327,21 @@ def _botocore_transport_error(err: Exception, url: str) -> Exception:
     return mapped
 
 
-def lean_transport_for(client: Any) -> tuple[LeanTransport | None, str]:
+#: The ``transport`` values: ``"auto"`` takes the lean path where the client allows it, ``"botocore"`` never.
+Transport = Literal["auto", "botocore"]
+_TRANSPORTS = ("auto", "botocore")
+
+
+def check_transport(transport: str) -> None:
+    """A ``transport`` value must be ``"auto"`` or ``"botocore"`` (checked when a DAG is parsed)."""
+    if transport not in _TRANSPORTS:
+        raise ParameterValidationError(f"transport={transport!r} is not one of {list(_TRANSPORTS)}")
+
+
+def lean_transport_for(client: Any, transport: Transport = "auto") -> tuple[LeanTransport | None, str]:
     """(the lean transport, ``"lean"``) for ``client``, or (``None``, why the botocore path is kept)."""
+    if transport == "botocore":
+        return None, 'transport="botocore"'
     reason = why_not_lean(client)
     if reason is not None:
         return None, reason
