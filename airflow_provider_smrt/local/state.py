@@ -194,6 +194,9 @@ class Endpoint:
         self._stream_breaks = 0
         self.stats = Stats()
         self._lock = threading.Lock()
+        #: Notified when the faults change or the endpoint closes (wakes the requests ``async_hold`` holds).
+        self._faults_changed = threading.Condition(self._lock)
+        self._closed = False
         self._executor: ThreadPoolExecutor | None = None
         self.faults = Faults()
         self.dice = Dice(seed=None)
@@ -213,6 +216,15 @@ class Endpoint:
             if self._executor is not None and faults.async_capacity != old.async_capacity:
                 self._executor.shutdown(wait=False)
                 self._executor = None
+            self._faults_changed.notify_all()
+
+    def wait_while_held(self) -> bool:
+        """Block an async request while the ``async_hold`` fault is set; False when the endpoint closed
+        meanwhile (the request is dropped, as queued work is)."""
+        with self._faults_changed:
+            while self.faults.async_hold and not self._closed:
+                self._faults_changed.wait()
+            return not self._closed
 
     def async_executor(self) -> ThreadPoolExecutor:
         """The pool processing async invocations (``async_capacity`` at once)."""
@@ -338,8 +350,10 @@ class Endpoint:
         }
 
     def close(self) -> None:
-        """Stop the async worker pool (queued work is dropped)."""
+        """Stop the async worker pool (queued and held work is dropped)."""
         with self._lock:
+            self._closed = True
+            self._faults_changed.notify_all()
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None
