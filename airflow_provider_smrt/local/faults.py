@@ -18,7 +18,7 @@ class Faults:
     """Everything that can go wrong on purpose; all off by default.
 
     Rates are probabilities per request in [0, 1]. Faults apply before the model runs, in this order:
-    reset, stall, model not ready, throttle, 5xx; then the capacity slot, latency, poison rows.
+    reset, stall, model not ready, throttle, 5xx; then the capacity slot, hold, latency, poison rows.
     """
 
     latency_ms: float = 0.0
@@ -37,9 +37,10 @@ class Faults:
     stall_rate: float = 0.0
     stall_seconds: float = 0.0
     async_delay_seconds: float = 0.0
-    #: Accepted async requests wait in the queue, unprocessed, until this is set back to false (a PATCH of the
-    #: faults): a test releases them on an event it observes instead of racing a delay.
-    async_hold: bool = False
+    #: Invocations wait, unanswered, until this is set back to false (a PATCH of the faults): real-time ones in
+    #: the model (counted in ``concurrent``), async ones in the queue. A test releases them once it has seen
+    #: what it waits for, instead of racing a delay.
+    hold: bool = False
     async_capacity: int = 2
     fail_async_marker: str | None = None
     #: Multiplies RequestTTLSeconds and InvocationTimeoutSeconds (botocore forbids a TTL under 60 s; tests shrink it).
@@ -81,8 +82,8 @@ class Faults:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         if not isinstance(self.model_not_ready_requests, int) or self.model_not_ready_requests < 0:
             raise ValueError(f"model_not_ready_requests must be an integer >= 0; got {self.model_not_ready_requests!r}")
-        if not isinstance(self.async_hold, bool):
-            raise ValueError(f"async_hold must be true or false; got {self.async_hold!r}")
+        if not isinstance(self.hold, bool):
+            raise ValueError(f"hold must be true or false; got {self.hold!r}")
         if not isinstance(self.poison_status, int) or not 400 <= self.poison_status <= 599:
             raise ValueError(f"poison_status must be an HTTP error status (400-599); got {self.poison_status!r}")
         if not isinstance(self.stream_error_requests, int) or self.stream_error_requests < 0:

@@ -116,6 +116,7 @@ class Stats:
                 busy = max(0.0, self.last_response - self.first_arrival)
             return {
                 **self.counters,
+                "concurrent": self.concurrent,
                 "max_concurrent": self.max_concurrent,
                 "busy_seconds": round(busy, 6),
                 # time.monotonic() of the busy window's ends (CLOCK_MONOTONIC: comparable between processes
@@ -194,7 +195,7 @@ class Endpoint:
         self._stream_breaks = 0
         self.stats = Stats()
         self._lock = threading.Lock()
-        #: Notified when the faults change or the endpoint closes (wakes the requests ``async_hold`` holds).
+        #: Notified when the faults change or the endpoint closes (wakes the invocations ``hold`` holds).
         self._faults_changed = threading.Condition(self._lock)
         self._closed = False
         self._executor: ThreadPoolExecutor | None = None
@@ -219,10 +220,10 @@ class Endpoint:
             self._faults_changed.notify_all()
 
     def wait_while_held(self) -> bool:
-        """Block an async request while the ``async_hold`` fault is set; False when the endpoint closed
-        meanwhile (the request is dropped, as queued work is)."""
+        """Block an invocation while the ``hold`` fault is set; False when the endpoint closed meanwhile
+        (a held async request is then dropped, as queued work is)."""
         with self._faults_changed:
-            while self.faults.async_hold and not self._closed:
+            while self.faults.hold and not self._closed:
                 self._faults_changed.wait()
             return not self._closed
 

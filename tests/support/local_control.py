@@ -6,9 +6,11 @@ Every function takes the runtime endpoint URL (``SMRT_RUNTIME_ENDPOINT_URL``) fi
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -71,6 +73,20 @@ def patch_faults(runtime_url: str, name: str, faults: dict[str, Any]) -> dict[st
 def endpoint_stats(runtime_url: str, name: str) -> dict[str, Any]:
     """The endpoint's counters."""
     return control_request(runtime_url, "GET", f"endpoints/{name}/stats")
+
+
+def wait_for_stats(
+    runtime_url: str, name: str, condition: Callable[[dict[str, Any]], bool], *, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Poll the endpoint's counters until ``condition`` holds; return them. ``timeout`` is generous: it only
+    ends a test whose product is broken, never a slow machine's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = endpoint_stats(runtime_url, name)
+        if condition(stats):
+            return stats
+        assert time.monotonic() < deadline, f"the endpoint's stats never met the condition: {stats}"
+        time.sleep(0.02)
 
 
 def reset_stats(runtime_url: str, name: str) -> dict[str, Any]:
