@@ -195,9 +195,11 @@ class Endpoint:
         self._stream_breaks = 0
         self.stats = Stats()
         self._lock = threading.Lock()
-        #: Notified when the faults change or the endpoint closes (wakes the invocations ``hold`` holds).
+        #: Notified when the faults change or the endpoint closes (wakes the invocations ``hold_after_requests``
+        #: holds); ``_hold_arrivals`` counts the invocations that reached the hold.
         self._faults_changed = threading.Condition(self._lock)
         self._closed = False
+        self._hold_arrivals = 0
         self._executor: ThreadPoolExecutor | None = None
         self.faults = Faults()
         self.dice = Dice(seed=None)
@@ -220,10 +222,15 @@ class Endpoint:
             self._faults_changed.notify_all()
 
     def wait_while_held(self) -> bool:
-        """Block an invocation while the ``hold`` fault is set; False when the endpoint closed meanwhile
-        (a held async request is then dropped, as queued work is)."""
+        """Block an invocation while the ``hold_after_requests`` fault holds it (it came after the first N);
+        False when the endpoint closed meanwhile (a held async request is then dropped, as queued work is)."""
         with self._faults_changed:
-            while self.faults.hold and not self._closed:
+            ordinal = self._hold_arrivals
+            self._hold_arrivals += 1
+            while not self._closed:
+                limit = self.faults.hold_after_requests
+                if limit is None or ordinal < limit:
+                    break
                 self._faults_changed.wait()
             return not self._closed
 

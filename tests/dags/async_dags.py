@@ -74,9 +74,9 @@ class HangingSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
 
 
 class ReleasingSensor(SageMakerAsyncInferenceSensor):
-    """Clears the endpoint's ``hold`` fault after every poke that found results still pending.
+    """Clears the endpoint's ``hold_after_requests`` fault after every poke that found results still pending.
 
-    An endpoint created with ``hold`` processes nothing before the sensor's first poke has seen the
+    An endpoint created with ``hold_after_requests=0`` processes nothing before the sensor's first poke has seen the
     requests pending, so that poke is sure to wait (reschedule, defer) however slow the machine is.
     """
 
@@ -84,7 +84,7 @@ class ReleasingSensor(SageMakerAsyncInferenceSensor):
         result = super().poke(context)
         if not result:
             endpoint = context["params"]["endpoint_name"]
-            patch_faults(os.environ["SMRT_RUNTIME_ENDPOINT_URL"], endpoint, {"hold": False})
+            patch_faults(os.environ["SMRT_RUNTIME_ENDPOINT_URL"], endpoint, {"hold_after_requests": None})
         return result
 
 

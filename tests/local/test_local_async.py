@@ -101,7 +101,7 @@ def test_async_ttl_and_timeout(
     # one's (scaled) TTL of 60 * 0.01 s, however long the second took to arrive.
     name = make_endpoint(
         "sum",
-        faults={"hold": True, "async_capacity": 1, "async_delay_seconds": 1.2, "async_limits_scale": 0.01},
+        faults={"hold_after_requests": 0, "async_capacity": 1, "async_delay_seconds": 1.2, "async_limits_scale": 0.01},
     )
     first = runtime_client.invoke_endpoint_async(
         EndpointName=name, Body=b"1\n", ContentType="text/csv", InvocationTimeoutSeconds=300
@@ -111,7 +111,7 @@ def test_async_ttl_and_timeout(
     )
     assert endpoint_stats(name)["async_submitted"] == 2
     assert not _exists(s3_client, first["OutputLocation"])  # held: nothing processed
-    patch_faults(name, {"hold": False})
+    patch_faults(name, {"hold_after_requests": None})
     assert _wait_for(s3_client, first["OutputLocation"]) == b"1.0\n"
     assert "expired" in _wait_for(s3_client, second["FailureLocation"]).decode()
     # processing (1.2 s) longer than the InvocationTimeoutSeconds (100 * 0.01 = 1 s)

@@ -33,15 +33,16 @@ def test_latency(runtime_client: Any, make_endpoint: Any) -> None:
 def _invoke_held(
     client: Any, url: str, name: str, patch_faults: Any, *, requests: int, inside: int
 ) -> tuple[list[bytes], float]:
-    """Send ``requests`` at once to an endpoint created with ``hold``; once all arrived and ``inside`` are in
-    the model, release them. Returns the bodies and the seconds from the release to the last answer."""
+    """Send ``requests`` at once to an endpoint created with ``hold_after_requests=0``; once all arrived and
+    ``inside`` are in the model, release them. Returns the bodies and the seconds from the release to the
+    last answer."""
     with ThreadPoolExecutor(requests) as pool:
         futures = [pool.submit(_invoke, client, name) for _ in range(requests)]
         try:
             wait_for_stats(url, name, lambda s: s["requests"] == requests and s["concurrent"] == inside)
         finally:
             released = time.perf_counter()
-            patch_faults(name, {"hold": False})
+            patch_faults(name, {"hold_after_requests": None})
         bodies = [future.result()["Body"] for future in futures]
     return bodies, time.perf_counter() - released
 
@@ -50,7 +51,7 @@ def test_capacity_queues_requests(
     local_stack: Any, runtime_client: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any
 ) -> None:
     # Held until all 8 arrived: 2 in the model, 6 waiting for a slot.
-    name = make_endpoint("sum", faults={"capacity": 2, "latency_ms": 100, "hold": True})
+    name = make_endpoint("sum", faults={"capacity": 2, "latency_ms": 100, "hold_after_requests": 0})
     url = local_stack.runtime_endpoint_url
     bodies, elapsed = _invoke_held(runtime_client, url, name, patch_faults, requests=8, inside=2)
     assert bodies == [b"6.0\n15.0\n"] * 8
@@ -65,7 +66,7 @@ def test_unbounded_capacity_serves_concurrently(
     local_stack: Any, runtime_client: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any
 ) -> None:
     # Held until all 6 are in the model at once (the wait fails if the endpoint served fewer together).
-    name = make_endpoint("sum", faults={"hold": True})
+    name = make_endpoint("sum", faults={"hold_after_requests": 0})
     bodies, _ = _invoke_held(runtime_client, local_stack.runtime_endpoint_url, name, patch_faults, requests=6, inside=6)
     assert bodies == [b"6.0\n15.0\n"] * 6
     assert endpoint_stats(name)["max_concurrent"] == 6
@@ -150,6 +151,31 @@ def test_patch_faults_and_reset_stats(
         patch_faults(name, {"no_such_fault": 1})
 
 
+def test_hold_after_requests_counts_and_releases(
+    local_stack: Any, runtime_client: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any
+) -> None:
+    from tests.support import local_control
+
+    url = local_stack.runtime_endpoint_url
+    name = make_endpoint("sum", faults={"hold_after_requests": 2})
+    assert [_invoke(runtime_client, name)["Body"] for _ in range(2)] == [b"6.0\n15.0\n"] * 2
+    with ThreadPoolExecutor(2) as pool:
+        third, fourth = (pool.submit(_invoke, runtime_client, name) for _ in range(2))
+        try:
+            held = wait_for_stats(url, name, lambda s: s["concurrent"] == 2)  # both wait in the model
+            assert (held["requests"], held["invocations_ok"]) == (4, 2) and not third.done()
+            patch_faults(name, {"hold_after_requests": 3})  # one more may go on
+            wait_for_stats(url, name, lambda s: s["invocations_ok"] == 3)
+            assert endpoint_stats(name)["concurrent"] == 1
+        finally:
+            patch_faults(name, {"hold_after_requests": None})
+        assert third.result()["Body"] == fourth.result()["Body"] == b"6.0\n15.0\n"
+    assert endpoint_stats(name)["invocations_ok"] == 4
+    for bad in (-1, True, "2"):
+        with pytest.raises(local_control.ControlError, match="hold_after_requests"):
+            patch_faults(name, {"hold_after_requests": bad})
+
+
 def test_variants_and_recorded_headers(runtime_client: Any, make_endpoint: Any, endpoint_stats: Any) -> None:
     name = make_endpoint("sum", variants={"Blue": 1.0, "Green": 1.0}, faults={"seed": 3})
     seen = {_invoke(runtime_client, name)["InvokedProductionVariant"] for _ in range(20)}
@@ -187,7 +213,7 @@ def test_many_concurrent_connections(
     local_stack: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any
 ) -> None:
     # Held until the 80 clients' requests are all in the model at once, however loaded the machine is.
-    name = make_endpoint("sum", faults={"hold": True})
+    name = make_endpoint("sum", faults={"hold_after_requests": 0})
     url = local_stack.runtime_endpoint_url
     client = boto3.client(
         "sagemaker-runtime",

@@ -77,7 +77,7 @@ def test_sensor_modes_succeed(
     mode: str, make_endpoint: Any, endpoint_stats: Any, s3_client: Any, s3_prefix: str
 ) -> None:
     # Held until the sensor's first poke has seen them pending (ReleasingSensor), then 2.5 s each.
-    endpoint = make_endpoint("sum", faults={"hold": True, "async_delay_seconds": 2.5, "async_capacity": 4})
+    endpoint = make_endpoint("sum", faults={"hold_after_requests": 0, "async_delay_seconds": 2.5, "async_capacity": 4})
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"3,4\n5,6\n", b"10\n"])
     run = run_dag(f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
@@ -99,9 +99,8 @@ def test_failure_object_fails_the_sensor_with_its_message(
 ) -> None:
     # Held until the sensor's first poke has seen both pending; one worker: the failing request fails after
     # the first one's 2 s.
-    endpoint = make_endpoint(
-        "sum", faults={"hold": True, "async_delay_seconds": 2.0, "async_capacity": 1, "fail_async_marker": "FAIL"}
-    )
+    faults = {"hold_after_requests": 0, "async_delay_seconds": 2.0, "async_capacity": 1, "fail_async_marker": "FAIL"}
+    endpoint = make_endpoint("sum", faults=faults)
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"FAIL,1\n"])
     run = run_dag(
         f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
@@ -132,9 +131,8 @@ def test_request_ttl_expiry_fails_with_the_service_message(
 ) -> None:
     # Held until the sensor's first poke has seen them pending; then one worker, each request holds it 2 s;
     # TTL 60 s scaled by 0.02 = 1.2 s: the later ones were queued more than 2 s, they expire.
-    endpoint = make_endpoint(
-        "sum", faults={"hold": True, "async_delay_seconds": 2.0, "async_capacity": 1, "async_limits_scale": 0.02}
-    )
+    faults = {"hold_after_requests": 0, "async_delay_seconds": 2.0, "async_capacity": 1, "async_limits_scale": 0.02}
+    endpoint = make_endpoint("sum", faults=faults)
     inputs = _inputs(s3_client, s3_prefix, [b"1\n", b"2\n", b"3\n"])
     conf = {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
     run = run_dag(f"t_async_ttl_{mode}", conf)
@@ -145,7 +143,7 @@ def test_request_ttl_expiry_fails_with_the_service_message(
 
 
 def test_sensor_timeout_in_the_triggerer(make_endpoint: Any, s3_client: Any, s3_prefix: str, tmp_path: Path) -> None:
-    endpoint = make_endpoint("sum", faults={"hold": True})  # never processed while the run lasts
+    endpoint = make_endpoint("sum", faults={"hold_after_requests": 0})  # never processed while the run lasts
     inputs = _inputs(s3_client, s3_prefix, [b"1\n"])
     run = run_dag(
         "t_async_sensor_timeout_deferrable", {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
