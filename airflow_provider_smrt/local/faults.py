@@ -37,7 +37,7 @@ class Faults:
     stall_rate: float = 0.0
     stall_seconds: float = 0.0
     async_delay_seconds: float = 0.0
-    #: Invocations after the first N since the endpoint was created wait, unanswered, until this is set back to
+    #: Invocations after the first N since it was set (from null) wait, unanswered, until it is set back to
     #: null (a PATCH of the faults; a larger N lets that many more go on): real-time ones in the model
     #: (counted in ``concurrent``), async ones in the queue. A test releases them once it has seen what it
     #: waits for, instead of racing a delay.

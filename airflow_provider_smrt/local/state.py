@@ -70,6 +70,8 @@ class Stats:
     """Counters of one endpoint (reset with ``DELETE /_local/endpoints/{name}/stats``)."""
 
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    #: Invocation requests arrived and not answered yet (``concurrent``: those inside the model).
+    in_flight: int = 0
     concurrent: int = 0
     max_concurrent: int = 0
     first_arrival: float | None = None
@@ -88,12 +90,14 @@ class Stats:
         """An invocation request arrived."""
         with self.lock:
             self.counters["requests"] += 1
+            self.in_flight += 1
             if self.first_arrival is None:
                 self.first_arrival = time.monotonic()
 
     def responded(self) -> None:
         """An invocation response was sent (or the socket closed)."""
         with self.lock:
+            self.in_flight -= 1
             self.last_response = time.monotonic()
 
     @contextmanager
@@ -116,6 +120,7 @@ class Stats:
                 busy = max(0.0, self.last_response - self.first_arrival)
             return {
                 **self.counters,
+                "in_flight": self.in_flight,
                 "concurrent": self.concurrent,
                 "max_concurrent": self.max_concurrent,
                 "busy_seconds": round(busy, 6),
@@ -219,6 +224,8 @@ class Endpoint:
             if self._executor is not None and faults.async_capacity != old.async_capacity:
                 self._executor.shutdown(wait=False)
                 self._executor = None
+            if faults.hold_after_requests is not None and old.hold_after_requests is None:
+                self._hold_arrivals = 0  # a new hold counts from now (nothing is held while there is none)
             self._faults_changed.notify_all()
 
     def wait_while_held(self) -> bool:
