@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import datetime, timezone
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 from airflow_provider_smrt.local.demo_data import write_demo_dataset
 from airflow_provider_smrt.local.models import generate_text
 from tests.support.dag_runs import EXAMPLE_DAGS, ensure_db, example_module, get_dag, run_dag
+from tests.support.local_control import patch_faults
 from tests.support.s3_objects import list_keys, read_parts
 
 EXAMPLE_DAG_IDS = {
@@ -170,19 +173,33 @@ class _Messages(logging.Handler):
         self.messages.append(str(record.msg))
 
 
-def test_async_large_payload_with_a_deferrable_sensor(s3_prefix: str, make_endpoint: Any) -> None:
+def test_async_large_payload_with_a_deferrable_sensor(local_stack: Any, s3_prefix: str, make_endpoint: Any) -> None:
     dag = get_dag("smrt_example_async_large_payload")
     assert dag.get_task("wait").deferrable is True
-    # The outputs take 3 s, so the sensor's first check (before it defers) cannot find them already there.
-    endpoint = make_endpoint("sum", faults={"async_delay_seconds": 3})
+    # The endpoint holds the requests until the trigger runs, so the sensor's first check (before it defers)
+    # cannot find the outputs already there, however slow the machine.
+    endpoint = make_endpoint("sum", faults={"hold_after_requests": 0})
     conf = {"prefix": s3_prefix[len("s3://smrt-local/") :] + "async/", "payloads": 1, "endpoint_name": endpoint}
     handler, root = _Messages(), logging.getLogger()
     root.addHandler(handler)
     level = root.level
     root.setLevel(logging.INFO)
+    run_over = threading.Event()
+
+    def release_once_deferred() -> None:
+        deadline = time.monotonic() + 600  # only a broken sensor (one that never defers) waits this long
+        while not run_over.wait(0.05) and time.monotonic() < deadline:
+            if any("running trigger in line" in message for message in handler.messages):
+                break
+        patch_faults(local_stack.runtime_endpoint_url, endpoint, {"hold_after_requests": None})
+
+    releaser = threading.Thread(target=release_once_deferred, daemon=True)
+    releaser.start()
     try:
         run = run_dag("smrt_example_async_large_payload", conf)
     finally:
+        run_over.set()  # release whatever is still held
+        releaser.join(timeout=30)
         root.removeHandler(handler)
         root.setLevel(level)
     assert run.state == "success", run.states

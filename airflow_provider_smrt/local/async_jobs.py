@@ -1,8 +1,10 @@
 """Async invocations of a local endpoint: read the input, run the model off the request thread, write S3.
 
-An accepted request waits in the endpoint's worker pool (``async_capacity`` at once). A request queued
-longer than RequestTTLSeconds, or processed longer than InvocationTimeoutSeconds, fails; a failure writes
-the error message text to the FailureLocation, a success writes the model output to the OutputLocation.
+An accepted request waits in the endpoint's worker pool (``async_capacity`` at once), and while the
+``hold_after_requests`` fault holds it, also until that is cleared (the time it waits counts as queued). A
+request queued longer than RequestTTLSeconds, or processed longer than InvocationTimeoutSeconds, fails; a
+failure writes the error message text to the FailureLocation, a success writes the model output to the
+OutputLocation.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class AsyncProcessor:
 
     def _run(self, job: AsyncJob) -> None:
         endpoint = job.endpoint
+        if not endpoint.wait_while_held():
+            return
         faults = endpoint.faults
         started = time.monotonic()
         try:

@@ -344,13 +344,14 @@ class _Handler(ControlRoutes, AsyncRoutes):
     def _predict(
         self, endpoint: Endpoint, model: Model, body: bytes, content_type: str | None, accept: str | None
     ) -> Prediction:
-        """Take a capacity slot, wait the latency, run the model; model failures become ModelError."""
+        """Take a capacity slot, wait while held and the latency, run the model; model failures become ModelError."""
         faults, stats = endpoint.faults, endpoint.stats
         slot = endpoint.capacity
         if slot is not None:
             slot.acquire()
         try:
             with stats.in_service():
+                endpoint.wait_while_held()
                 delay_ms = faults.latency_ms + endpoint.dice.uniform(faults.latency_jitter_ms)
                 if delay_ms > 0:
                     time.sleep(delay_ms / 1000.0)

@@ -18,7 +18,7 @@ class Faults:
     """Everything that can go wrong on purpose; all off by default.
 
     Rates are probabilities per request in [0, 1]. Faults apply before the model runs, in this order:
-    reset, stall, model not ready, throttle, 5xx; then the capacity slot, latency, poison rows.
+    reset, stall, model not ready, throttle, 5xx; then the capacity slot, hold, latency, poison rows.
     """
 
     latency_ms: float = 0.0
@@ -37,6 +37,11 @@ class Faults:
     stall_rate: float = 0.0
     stall_seconds: float = 0.0
     async_delay_seconds: float = 0.0
+    #: Invocations after the first N since it was set (from null) wait, unanswered, until it is set back to
+    #: null (a PATCH of the faults; a larger N lets that many more go on): real-time ones in the model
+    #: (counted in ``concurrent``), async ones in the queue. A test releases them once it has seen what it
+    #: waits for, instead of racing a delay.
+    hold_after_requests: int | None = None
     async_capacity: int = 2
     fail_async_marker: str | None = None
     #: Multiplies RequestTTLSeconds and InvocationTimeoutSeconds (botocore forbids a TTL under 60 s; tests shrink it).
@@ -78,6 +83,12 @@ class Faults:
                 raise ValueError(f"{name} must be a number >= 0; got {value!r}")
         if not isinstance(self.model_not_ready_requests, int) or self.model_not_ready_requests < 0:
             raise ValueError(f"model_not_ready_requests must be an integer >= 0; got {self.model_not_ready_requests!r}")
+        if self.hold_after_requests is not None and (
+            not isinstance(self.hold_after_requests, int)
+            or isinstance(self.hold_after_requests, bool)
+            or self.hold_after_requests < 0
+        ):
+            raise ValueError(f"hold_after_requests must be an integer >= 0 or null; got {self.hold_after_requests!r}")
         if not isinstance(self.poison_status, int) or not 400 <= self.poison_status <= 599:
             raise ValueError(f"poison_status must be an HTTP error status (400-599); got {self.poison_status!r}")
         if not isinstance(self.stream_error_requests, int) or self.stream_error_requests < 0:

@@ -70,6 +70,8 @@ class Stats:
     """Counters of one endpoint (reset with ``DELETE /_local/endpoints/{name}/stats``)."""
 
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTERS, 0))
+    #: Invocation requests arrived and not answered yet (``concurrent``: those inside the model).
+    in_flight: int = 0
     concurrent: int = 0
     max_concurrent: int = 0
     first_arrival: float | None = None
@@ -88,12 +90,14 @@ class Stats:
         """An invocation request arrived."""
         with self.lock:
             self.counters["requests"] += 1
+            self.in_flight += 1
             if self.first_arrival is None:
                 self.first_arrival = time.monotonic()
 
     def responded(self) -> None:
         """An invocation response was sent (or the socket closed)."""
         with self.lock:
+            self.in_flight -= 1
             self.last_response = time.monotonic()
 
     @contextmanager
@@ -116,6 +120,8 @@ class Stats:
                 busy = max(0.0, self.last_response - self.first_arrival)
             return {
                 **self.counters,
+                "in_flight": self.in_flight,
+                "concurrent": self.concurrent,
                 "max_concurrent": self.max_concurrent,
                 "busy_seconds": round(busy, 6),
                 # time.monotonic() of the busy window's ends (CLOCK_MONOTONIC: comparable between processes
@@ -194,6 +200,11 @@ class Endpoint:
         self._stream_breaks = 0
         self.stats = Stats()
         self._lock = threading.Lock()
+        #: Notified when the faults change or the endpoint closes (wakes the invocations ``hold_after_requests``
+        #: holds); ``_hold_arrivals`` counts the invocations that reached the hold.
+        self._faults_changed = threading.Condition(self._lock)
+        self._closed = False
+        self._hold_arrivals = 0
         self._executor: ThreadPoolExecutor | None = None
         self.faults = Faults()
         self.dice = Dice(seed=None)
@@ -213,6 +224,22 @@ class Endpoint:
             if self._executor is not None and faults.async_capacity != old.async_capacity:
                 self._executor.shutdown(wait=False)
                 self._executor = None
+            if faults.hold_after_requests is not None and old.hold_after_requests is None:
+                self._hold_arrivals = 0  # a new hold counts from now (nothing is held while there is none)
+            self._faults_changed.notify_all()
+
+    def wait_while_held(self) -> bool:
+        """Block an invocation while the ``hold_after_requests`` fault holds it (it came after the first N);
+        False when the endpoint closed meanwhile (a held async request is then dropped, as queued work is)."""
+        with self._faults_changed:
+            ordinal = self._hold_arrivals
+            self._hold_arrivals += 1
+            while not self._closed:
+                limit = self.faults.hold_after_requests
+                if limit is None or ordinal < limit:
+                    break
+                self._faults_changed.wait()
+            return not self._closed
 
     def async_executor(self) -> ThreadPoolExecutor:
         """The pool processing async invocations (``async_capacity`` at once)."""
@@ -338,8 +365,10 @@ class Endpoint:
         }
 
     def close(self) -> None:
-        """Stop the async worker pool (queued work is dropped)."""
+        """Stop the async worker pool (queued and held work is dropped)."""
         with self._lock:
+            self._closed = True
+            self._faults_changed.notify_all()
             if self._executor is not None:
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 self._executor = None

@@ -7,6 +7,7 @@ Endpoint and inputs come from ``run_conf`` (params). ``render_template_as_native
 
 from __future__ import annotations
 
+import os
 import threading
 from datetime import timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from airflow.sdk import DAG
 from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
 from tests.support.dag_shells import dag_args, from_params, params
+from tests.support.local_control import patch_faults
 
 PARAMS = params("endpoint_name", "inputs", "content_type", "report_dir")
 
@@ -71,10 +73,25 @@ class HangingSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
         return super()._submit_one(request, ids=ids)
 
 
+class ReleasingSensor(SageMakerAsyncInferenceSensor):
+    """Clears the endpoint's ``hold_after_requests`` fault after every poke that found results still pending.
+
+    An endpoint created with ``hold_after_requests=0`` processes nothing before the sensor's first poke has seen the
+    requests pending, so that poke is sure to wait (reschedule, defer) however slow the machine is.
+    """
+
+    def poke(self, context: Any) -> Any:
+        result = super().poke(context)
+        if not result:
+            endpoint = context["params"]["endpoint_name"]
+            patch_faults(os.environ["SMRT_RUNTIME_ENDPOINT_URL"], endpoint, {"hold_after_requests": None})
+        return result
+
+
 # One DAG per sensor mode; the same DAGs serve success, failure and TTL cases (inputs decide).
 for _mode in ("poke", "reschedule", "deferrable"):
     with _dag(f"t_async_sensor_{_mode}"):
-        _invoke() >> SageMakerAsyncInferenceSensor(
+        _invoke() >> ReleasingSensor(
             task_id="wait",
             invocations="{{ ti.xcom_pull(task_ids='invoke') }}",
             mode="reschedule" if _mode == "reschedule" else "poke",
@@ -106,7 +123,7 @@ with _dag("t_async_sensor_timeout_deferrable"):
 for _mode in ("poke", "deferrable"):
     with _dag(f"t_async_ttl_{_mode}"):
         # RequestTTLSeconds=60 is the service minimum; the endpoint's async_limits_scale shrinks it in tests.
-        _invoke(request_ttl_seconds=60, invocation_timeout_seconds=600) >> SageMakerAsyncInferenceSensor(
+        _invoke(request_ttl_seconds=60, invocation_timeout_seconds=600) >> ReleasingSensor(
             task_id="wait",
             invocations="{{ ti.xcom_pull(task_ids='invoke') }}",
             poke_interval=1,

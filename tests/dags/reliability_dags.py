@@ -7,13 +7,17 @@ remaining constructor arguments from ``params.op`` (applied by :class:`Reliabili
 
 from __future__ import annotations
 
+import os
+import threading
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import DAG
 
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
+from airflow_provider_smrt.scoring.job import ScoringJob
 from tests.support.dag_shells import dag_args, from_params, params
+from tests.support.local_control import patch_faults
 
 PARAMS = params(
     "endpoint_name", "input_uri", "output_uri", "content_type", "custom_attributes", "aws_conn_id", "report_dir", "op"
@@ -67,9 +71,29 @@ class ReliabilityBatchScoreOperator(SageMakerBatchScoreOperator):
         return super().execute(context)
 
 
-def _dag(dag_id: str, **task_args: Any) -> DAG:
+class ReleaseOnStopOperator(ReliabilityBatchScoreOperator):
+    """Clears the endpoint's ``hold_after_requests`` fault once the job stops (the task timed out or was
+    killed), so the requests it held finish as in-flight requests do and the task can end.
+
+    With the hold, the run cannot finish before its ``execution_timeout``, however fast the machine, and has
+    finished the held-back requests' predecessors by then, however slow.
+    """
+
+    def build_job(self, map_index: int | None = None) -> ScoringJob:
+        job = super().build_job(map_index)
+        threading.Thread(target=self._release_on_stop, args=(job,), daemon=True).start()
+        return job
+
+    def _release_on_stop(self, job: ScoringJob) -> None:
+        if job.coordinator.stop.wait(timeout=600):
+            patch_faults(os.environ["SMRT_RUNTIME_ENDPOINT_URL"], self.endpoint_name, {"hold_after_requests": None})
+
+
+def _dag(
+    dag_id: str, operator: type[ReliabilityBatchScoreOperator] = ReliabilityBatchScoreOperator, **task_args: Any
+) -> DAG:
     with DAG(**dag_args(dag_id, PARAMS, report_failures=True)) as dag:
-        ReliabilityBatchScoreOperator(
+        operator(
             task_id="score",
             **from_params(
                 "endpoint_name", "input_uri", "output_uri", "content_type", "custom_attributes", "aws_conn_id"
@@ -86,7 +110,9 @@ def _dag(dag_id: str, **task_args: Any) -> DAG:
 
 
 r_score = _dag("r_score")
-# For the task-timeout test: Airflow's execution_timeout fires (SIGALRM), then calls on_kill.
-r_score_timeout = _dag("r_score_timeout", execution_timeout=timedelta(seconds=4))
+# For the task-timeout test: Airflow's execution_timeout fires (SIGALRM), then calls on_kill. The endpoint holds
+# the requests after the first few (hold_after_requests) until the job stopped: the timeout only has to outlast
+# the task's start and those few requests, on a loaded machine too.
+r_score_timeout = _dag("r_score_timeout", ReleaseOnStopOperator, execution_timeout=timedelta(seconds=10))
 # For the retry tests: a retry must only happen where it can help.
 r_score_retries = _dag("r_score_retries", retries=2, retry_delay=timedelta(seconds=0))

@@ -254,7 +254,7 @@ def test_model_server_validation_and_timeout_errors_match(make_endpoint: Any, fa
         (make_endpoint("forward", model_url=failing_container), b"1,2\n", ModelServerError),
         ("no-such-endpoint", b"1,2\n", ConfigurationError),
         (make_endpoint("sum", max_payload_bytes=1_000), b"1,2\n" * 500, PayloadTooLargeError),
-        (make_endpoint("sum", faults={"stall_rate": 1.0, "stall_seconds": 5}), b"1,2\n", TransportError),
+        (make_endpoint("sum", faults={"stall_rate": 1.0, "stall_seconds": 60}), b"1,2\n", TransportError),
     ]
     for endpoint, body, cls in cases:
         lean, classic = (_error(transport, endpoint, body) for transport in TRANSPORTS)

@@ -94,15 +94,24 @@ def test_async_failures_write_the_failure_object(
     assert (stats["async_submitted"], stats["async_failed"], stats["async_succeeded"]) == (3, 3, 0)
 
 
-def test_async_ttl_and_timeout(runtime_client: Any, s3_client: Any, make_endpoint: Any, endpoint_stats: Any) -> None:
-    # one worker; the first request holds it 1.2 s, longer than the second one's (scaled) TTL of 60 * 0.01 s
-    name = make_endpoint("sum", faults={"async_capacity": 1, "async_delay_seconds": 1.2, "async_limits_scale": 0.01})
+def test_async_ttl_and_timeout(
+    runtime_client: Any, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any
+) -> None:
+    # Both held until released; then one worker: the first request holds it 1.2 s, longer than the second
+    # one's (scaled) TTL of 60 * 0.01 s, however long the second took to arrive.
+    name = make_endpoint(
+        "sum",
+        faults={"hold_after_requests": 0, "async_capacity": 1, "async_delay_seconds": 1.2, "async_limits_scale": 0.01},
+    )
     first = runtime_client.invoke_endpoint_async(
         EndpointName=name, Body=b"1\n", ContentType="text/csv", InvocationTimeoutSeconds=300
     )
     second = runtime_client.invoke_endpoint_async(
         EndpointName=name, Body=b"2\n", ContentType="text/csv", RequestTTLSeconds=60
     )
+    assert endpoint_stats(name)["async_submitted"] == 2
+    assert not _exists(s3_client, first["OutputLocation"])  # held: nothing processed
+    patch_faults(name, {"hold_after_requests": None})
     assert _wait_for(s3_client, first["OutputLocation"]) == b"1.0\n"
     assert "expired" in _wait_for(s3_client, second["FailureLocation"]).decode()
     # processing (1.2 s) longer than the InvocationTimeoutSeconds (100 * 0.01 = 1 s)

@@ -17,6 +17,7 @@ import pytest
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
 from tests.scoring.fakes import numeric_table
 from tests.support.dag_runs import ROOT, run_dag
+from tests.support.local_control import wait_until_idle
 from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
 BUCKET = "smrt-local"
@@ -149,7 +150,7 @@ def test_poison_rows_go_to_errors_and_ratio_decides(
 
 
 def test_sigkill_then_rerun_completes_without_duplicates(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+    local_stack: Any, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
 ) -> None:
     tables = [features_table(range(k * 1_000, k * 1_000 + 600)) for k in range(8)]
     for k, table in enumerate(tables):
@@ -177,8 +178,8 @@ def test_sigkill_then_rerun_completes_without_duplicates(
     keys = list_keys(s3_client, s3_prefix + "out/")
     done = [k for k in keys if k.startswith("part-")]
     assert 2 <= len(done) < 8 and "_manifest.json" not in keys
-    time.sleep(0.6)  # requests the killed worker left in flight still finish on the server (150 ms each)
-    rows_before = endpoint_stats(endpoint)["rows_ok"]
+    # the requests the killed worker left in flight still finish on the server (150 ms each)
+    rows_before = wait_until_idle(local_stack.runtime_endpoint_url, endpoint)["rows_ok"]
 
     run = run_dag("t_score_slow", conf)
     assert run.state == "success", run.states

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from tests.support.dag_runs import ROOT, run_dag
 from tests.support.datasets import expected_sum, features
+from tests.support.local_control import wait_until_idle
 from tests.support.s3_objects import list_keys, put_parquet, read_parts
 
 
@@ -202,7 +203,7 @@ def _kill_when(dag_id: str, conf: dict[str, Any], ready: Callable[[], bool]) -> 
 
 
 def test_stream_mode_sigkill_then_rerun_sends_only_unfinished_units(
-    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+    local_stack: Any, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
 ) -> None:
     tables = [features(range(k * 1_000, k * 1_000 + 600)) for k in range(6)]
     for k, table in enumerate(tables):
@@ -217,8 +218,8 @@ def test_stream_mode_sigkill_then_rerun_sends_only_unfinished_units(
     keys = list_keys(s3_client, s3_prefix + "out/")
     done = [k for k in keys if k.startswith("part-")]
     assert 2 <= len(done) < 6 and "_manifest.json" not in keys
-    time.sleep(0.6)  # requests the killed worker left in flight still finish on the server (150 ms each)
-    rows_before = endpoint_stats(endpoint)["rows_ok"]
+    # the requests the killed worker left in flight still finish on the server (150 ms each)
+    rows_before = wait_until_idle(local_stack.runtime_endpoint_url, endpoint)["rows_ok"]
 
     run = run_dag("f_stream_slow", conf)
     assert run.state == "success", run.states

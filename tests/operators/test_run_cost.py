@@ -55,11 +55,12 @@ def test_calls_bytes_latency_and_cost_match_the_endpoint(
     assert by_variant["AllTraffic"]["http_calls"] == stats["invocations_ok"] == 12
     assert sum(v["http_calls"] for v in by_variant.values()) == summary["http_calls"]
     assert sum(v["bytes_sent"] for v in by_variant.values()) == summary["bytes_sent"]
-    # Scored calls each took the injected latency at least: p50 lies in its bucket (or, with overhead, the next).
+    # Scored calls each took the injected latency at least: p50 lies in its bucket or above (how far above
+    # depends on the machine's load), and within the busy window (a percentile is never above the largest
+    # latency seen, which a unit mistake would break).
     ok = by_variant["AllTraffic"]
-    injected = LatencyHistogram.bucket(LATENCY_MS)
-    assert LatencyHistogram.bucket(ok["latency_p50_ms"]) in (injected, injected + 1)
-    assert ok["latency_p50_ms"] <= ok["latency_p95_ms"]
+    assert LatencyHistogram.bucket(ok["latency_p50_ms"]) >= LatencyHistogram.bucket(LATENCY_MS)
+    assert ok["latency_p50_ms"] <= ok["latency_p95_ms"] <= summary["busy_wall_seconds"] * 1000
     assert ok["endpoint_seconds"] >= 12 * LATENCY_MS / 1000
     assert summary["endpoint_seconds"] == pytest.approx(sum(v["endpoint_seconds"] for v in by_variant.values()))
     # The busy window holds the calls: at least the scored calls' seconds divided by the concurrency (4).

@@ -173,27 +173,34 @@ def test_a_rerun_repairs_a_retry_killed_between_its_data_and_error_writes(rig: S
     _check_manifest(rig, set())
 
 
+def _fourth_held(stats: dict[str, Any], before: dict[str, Any]) -> bool:
+    return stats["requests"] >= before["requests"] + 4 and stats["concurrent"] >= 1
+
+
 def test_sigkill_during_a_retry_then_rerun_moves_every_row_exactly_once(rig: ScoringRig) -> None:
-    # one row a request at 300 ms, one in flight: the kill lands after a few of the failed rows were rescored
+    # one row a request, one in flight: the endpoint answers 3 of the failed rows, holds the 4th, and the
+    # kill lands while it is held (released once the worker is dead), whatever the machine's speed
     endpoint, data = _first_run(rig)
-    rig.patch_faults(endpoint, {"poison_value": None, "latency_ms": 300})
     before = requests_settled(rig, endpoint)
+    rig.patch_faults(endpoint, {"poison_value": None, "latency_ms": 300, "hold_after_requests": 3})
     op = {**OP, "retry_failed_rows": True, "max_rows_per_request": 1, "concurrency": 1}
     conf = rig.conf(endpoint, op=op)
     proc = start_child(conf, rig.tmp_path / "killed")
     try:
         deadline = time.monotonic() + 120
-        while rig.endpoint_stats(endpoint)["requests"] < before["requests"] + 3:
+        # the 4th arrived, and is inside the model (the 3rd was answered before it was sent): held
+        while not _fourth_held(rig.endpoint_stats(endpoint), before):
             assert proc.poll() is None, "the retry ended before it could be killed"
             assert time.monotonic() < deadline, "the retry made no progress"
             time.sleep(0.01)
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
+        rig.patch_faults(endpoint, {"hold_after_requests": None})
     assert proc.returncode == -signal.SIGKILL
     killed = requests_settled(rig, endpoint)
     sent = killed["requests"] - before["requests"]
-    assert 3 <= sent < len(POISON | STUBBORN)
+    assert sent == 4 < len(POISON | STUBBORN)
     # wherever the kill hit, no row is in a data part and under _errors/ (after the repair a rerun makes)
     moved = read_output(rig.s3, rig.output_uri)["id"].to_pylist()
     assert len(moved) == len(set(moved))

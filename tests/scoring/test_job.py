@@ -355,8 +355,8 @@ def test_a_slow_commit_does_not_hold_up_scoring(tmp_path: Path, monkeypatch: pyt
     first = threading.Lock()
 
     def slow_commit(self: sink.PartWriter, empty_schema: pa.Schema) -> None:
-        if first.acquire(blocking=False):  # the first part: wait until the rest is scored (or 10 s)
-            deadline = time.monotonic() + 10
+        if first.acquire(blocking=False):  # the first part: wait until the rest is scored (or, if broken, 120 s)
+            deadline = time.monotonic() + 120
             while endpoint.requests < 30 and time.monotonic() < deadline:
                 time.sleep(0.01)
             seen_while_stalled.append(endpoint.requests)

@@ -76,7 +76,8 @@ def test_poke_keeps_state_and_never_repolls(make_endpoint: Any, s3_client: Any, 
 def test_sensor_modes_succeed(
     mode: str, make_endpoint: Any, endpoint_stats: Any, s3_client: Any, s3_prefix: str
 ) -> None:
-    endpoint = make_endpoint("sum", faults={"async_delay_seconds": 2.5, "async_capacity": 4})
+    # Held until the sensor's first poke has seen them pending (ReleasingSensor), then 2.5 s each.
+    endpoint = make_endpoint("sum", faults={"hold_after_requests": 0, "async_delay_seconds": 2.5, "async_capacity": 4})
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"3,4\n5,6\n", b"10\n"])
     run = run_dag(f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
@@ -87,17 +88,19 @@ def test_sensor_modes_succeed(
     assert endpoint_stats(endpoint)["async_submitted"] == 3
     assert run.deferred("wait") == (mode == "deferrable")
     if mode == "reschedule":
-        assert run.reschedules("wait") >= 1
+        assert run.reschedules("wait") >= 1  # the first poke found all three pending
+    else:
+        assert run.reschedules("wait") == 0
 
 
 @pytest.mark.parametrize("mode", ["poke", "reschedule", "deferrable"])
 def test_failure_object_fails_the_sensor_with_its_message(
     mode: str, make_endpoint: Any, s3_client: Any, s3_prefix: str, tmp_path: Path
 ) -> None:
-    # One worker: the failing request is processed after the first one's 2 s, so the sensor is waiting by then.
-    endpoint = make_endpoint(
-        "sum", faults={"async_delay_seconds": 2.0, "async_capacity": 1, "fail_async_marker": "FAIL"}
-    )
+    # Held until the sensor's first poke has seen both pending; one worker: the failing request fails after
+    # the first one's 2 s.
+    faults = {"hold_after_requests": 0, "async_delay_seconds": 2.0, "async_capacity": 1, "fail_async_marker": "FAIL"}
+    endpoint = make_endpoint("sum", faults=faults)
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"FAIL,1\n"])
     run = run_dag(
         f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
@@ -109,9 +112,7 @@ def test_failure_object_fails_the_sensor_with_its_message(
     assert "failure marker" in report  # the failure object's message
     assert invoked[1]["inference_id"] in report and inputs[1] in report
     assert invoked[0]["inference_id"] not in report
-    # (The deferrable sensor checks once before deferring: a failure already there fails it at once.)
-    if mode != "deferrable":
-        assert not run.deferred("wait")
+    assert run.deferred("wait") == (mode == "deferrable")  # the failure came to the trigger
 
 
 def test_max_failures_tolerates(make_endpoint: Any, s3_client: Any, s3_prefix: str) -> None:
@@ -128,10 +129,10 @@ def test_max_failures_tolerates(make_endpoint: Any, s3_client: Any, s3_prefix: s
 def test_request_ttl_expiry_fails_with_the_service_message(
     mode: str, make_endpoint: Any, s3_client: Any, s3_prefix: str, tmp_path: Path
 ) -> None:
-    # One worker; each request holds it 2 s; TTL 60 s scaled by 0.02 = 1.2 s: the later ones expire.
-    endpoint = make_endpoint(
-        "sum", faults={"async_delay_seconds": 2.0, "async_capacity": 1, "async_limits_scale": 0.02}
-    )
+    # Held until the sensor's first poke has seen them pending; then one worker, each request holds it 2 s;
+    # TTL 60 s scaled by 0.02 = 1.2 s: the later ones were queued more than 2 s, they expire.
+    faults = {"hold_after_requests": 0, "async_delay_seconds": 2.0, "async_capacity": 1, "async_limits_scale": 0.02}
+    endpoint = make_endpoint("sum", faults=faults)
     inputs = _inputs(s3_client, s3_prefix, [b"1\n", b"2\n", b"3\n"])
     conf = {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}
     run = run_dag(f"t_async_ttl_{mode}", conf)
@@ -142,7 +143,7 @@ def test_request_ttl_expiry_fails_with_the_service_message(
 
 
 def test_sensor_timeout_in_the_triggerer(make_endpoint: Any, s3_client: Any, s3_prefix: str, tmp_path: Path) -> None:
-    endpoint = make_endpoint("sum", faults={"async_delay_seconds": 30.0})
+    endpoint = make_endpoint("sum", faults={"hold_after_requests": 0})  # never processed while the run lasts
     inputs = _inputs(s3_client, s3_prefix, [b"1\n"])
     run = run_dag(
         "t_async_sensor_timeout_deferrable", {"endpoint_name": endpoint, "inputs": inputs, "report_dir": str(tmp_path)}

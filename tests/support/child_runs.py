@@ -10,10 +10,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from tests.support import local_control
 from tests.support.dag_runs import ROOT, ensure_db
 from tests.support.scoring_rig import ScoringRig
 
@@ -43,11 +43,5 @@ def start_child(conf: dict[str, Any], report_dir: Path) -> subprocess.Popen[str]
 
 
 def requests_settled(rig: ScoringRig, endpoint: str) -> dict[str, Any]:
-    """The endpoint's counters once nothing is in flight any more (no new request for 0.6 s)."""
-    last = rig.endpoint_stats(endpoint)
-    while True:
-        time.sleep(0.6)
-        now = rig.endpoint_stats(endpoint)
-        if now["requests"] == last["requests"] and now["rows_ok"] == last["rows_ok"]:
-            return now
-        last = now
+    """The endpoint's counters once nothing is in flight any more (see :func:`local_control.wait_until_idle`)."""
+    return local_control.wait_until_idle(rig.stack.runtime_endpoint_url, endpoint)

@@ -6,9 +6,12 @@ Every function takes the runtime endpoint URL (``SMRT_RUNTIME_ENDPOINT_URL``) fi
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 
@@ -71,6 +74,52 @@ def patch_faults(runtime_url: str, name: str, faults: dict[str, Any]) -> dict[st
 def endpoint_stats(runtime_url: str, name: str) -> dict[str, Any]:
     """The endpoint's counters."""
     return control_request(runtime_url, "GET", f"endpoints/{name}/stats")
+
+
+def wait_for_stats(
+    runtime_url: str, name: str, condition: Callable[[dict[str, Any]], bool], *, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Poll the endpoint's counters until ``condition`` holds; return them. ``timeout`` is generous: it only
+    ends a test whose product is broken, never a slow machine's."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = endpoint_stats(runtime_url, name)
+        if condition(stats):
+            return stats
+        assert time.monotonic() < deadline, f"the endpoint's stats never met the condition: {stats}"
+        time.sleep(0.02)
+
+
+def wait_until_idle(runtime_url: str, name: str, *, quiet: float = 0.6) -> dict[str, Any]:
+    """The endpoint's counters once no real-time request is in flight (``in_flight`` 0) and none arrived
+    for ``quiet`` seconds (a killed client's last bytes may still be on their way to the server)."""
+    last = wait_for_stats(runtime_url, name, lambda s: s["in_flight"] == 0)
+    while True:
+        time.sleep(quiet)
+        now = wait_for_stats(runtime_url, name, lambda s: s["in_flight"] == 0)
+        if now["requests"] == last["requests"] and now["rows_ok"] == last["rows_ok"]:
+            return now
+        last = now
+
+
+def release_hold_when(
+    runtime_url: str, name: str, condition: Callable[[dict[str, Any]], bool], *, timeout: float = 600.0
+) -> threading.Thread:
+    """In a daemon thread: wait until the endpoint's counters meet ``condition``, then clear its
+    ``hold_after_requests`` fault (after ``timeout`` too, so a broken run ends and its test fails on what it
+    asserts). Returns the thread, started."""
+
+    def release() -> None:
+        try:
+            wait_for_stats(runtime_url, name, condition, timeout=timeout)
+        except AssertionError:
+            pass
+        finally:
+            patch_faults(runtime_url, name, {"hold_after_requests": None})
+
+    thread = threading.Thread(target=release, name=f"release-{name}", daemon=True)
+    thread.start()
+    return thread
 
 
 def reset_stats(runtime_url: str, name: str) -> dict[str, Any]:
