@@ -163,8 +163,9 @@ def test_execution_timeout_on_kill_stops_cleanly(rig: ScoringRig) -> None:
     ended = rig.endpoint_stats(endpoint)["requests"]
     settled = requests_settled(rig, endpoint)
     assert settled["requests"] - ended <= 2  # at most the requests in flight when on_kill ran
-    # The 8 answered, and the held ones (one per worker) that were in flight when the job stopped.
-    assert settled["requests"] == HELD_AFTER + OP["concurrency"]
+    # The 8 answered, and the held ones in flight when the job stopped: at most one per in-flight slot (a
+    # loaded machine may not have sent them all when the timeout fires), and at least one.
+    assert HELD_AFTER < settled["requests"] <= HELD_AFTER + OP["concurrency"]
     keys = list_keys(rig.s3, rig.output_uri)
     assert "_manifest.json" not in keys
     assert not incomplete_uploads(rig.s3, rig.output_uri), "an aborted part left a multipart upload"
