@@ -261,8 +261,14 @@ class _Handler(ControlRoutes, AsyncRoutes):
             variant = endpoint.pick_variant(self.headers.get("X-Amzn-SageMaker-Target-Variant"))
             model = endpoint.pick_model(variant, self.headers.get("X-Amzn-SageMaker-Inference-Component"))
             accept_header = "Accept" if kind == "sync" else "X-Amzn-SageMaker-Accept"
+            component = self.headers.get("X-Amzn-SageMaker-Inference-Component")
             prediction = self._predict(
-                endpoint, model, body, self.headers.get("Content-Type"), self.headers.get(accept_header)
+                endpoint,
+                model,
+                body,
+                self.headers.get("Content-Type"),
+                self.headers.get(accept_header),
+                poison=endpoint.target_poison(variant, component),
             )
             if kind == "sync":
                 extra_headers = {}
@@ -342,9 +348,19 @@ class _Handler(ControlRoutes, AsyncRoutes):
         return None
 
     def _predict(
-        self, endpoint: Endpoint, model: Model, body: bytes, content_type: str | None, accept: str | None
+        self,
+        endpoint: Endpoint,
+        model: Model,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        *,
+        poison: float | None = None,
     ) -> Prediction:
-        """Take a capacity slot, wait the latency, run the model; model failures become ModelError."""
+        """Take a capacity slot, wait the latency, run the model; model failures become ModelError.
+
+        ``poison``: the target variant's or component's poison value (else the endpoint's faults').
+        """
         faults, stats = endpoint.faults, endpoint.stats
         slot = endpoint.capacity
         if slot is not None:
@@ -360,7 +376,9 @@ class _Handler(ControlRoutes, AsyncRoutes):
                     content_type,
                     accept,
                     headers=headers,
-                    inspect=async_jobs.poison_inspector(faults.poison_value, faults.poison_status),
+                    inspect=async_jobs.poison_inspector(
+                        poison if poison is not None else faults.poison_value, faults.poison_status
+                    ),
                 )
         except ModelFailure as failure:
             stats.add("model_errors")

@@ -40,7 +40,8 @@ _SPEC_KEYS = frozenset(
         "csv_header",
     }
 )
-_TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url"})
+#: ``poison_value``: rows holding it fail at this variant or component only (the endpoint's ``faults`` apply to all).
+_TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url", "poison_value"})
 _COUNTERS = (
     "requests",
     "invocations_ok",
@@ -280,6 +281,13 @@ class Endpoint:
                 )
             return model
         return self.variant_models.get(variant, self.model)
+
+    def target_poison(self, variant: str, component: str | None) -> float | None:
+        """The ``poison_value`` of the inference component, else of the variant (None: the endpoint's faults')."""
+        for setting in (self._component_specs.get(component or "", {}), self._variant_specs.get(variant)):
+            if isinstance(setting, dict) and setting.get("poison_value") is not None:
+                return float(setting["poison_value"])
+        return None
 
     def open_session(self) -> tuple[str, float]:
         """A new stateful session: its id and expiry (epoch seconds)."""

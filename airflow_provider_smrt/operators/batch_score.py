@@ -196,7 +196,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.compare_targets = [dict(target) for target in compare_targets] if compare_targets is not None else None
+        self.compare_targets = compare_targets
         if compare_targets is not None:
             single = [
                 name
