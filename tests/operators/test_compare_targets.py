@@ -54,7 +54,9 @@ def _manifest(s3_client: Any, prefix: str) -> dict[str, Any]:
     return json.loads(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def test_two_variants_scored_in_one_pass(s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str) -> None:
+def test_two_variants_scored_in_one_pass(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
     data = _table(range(600))
     put_parquet(s3_client, s3_prefix + "in/x.parquet", data, 200)
     endpoint = make_endpoint(
