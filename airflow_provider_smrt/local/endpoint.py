@@ -259,6 +259,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
             if self._front_door(endpoint, check_ready=True) is _RESET:
                 return
             variant = endpoint.pick_variant(self.headers.get("X-Amzn-SageMaker-Target-Variant"))
+            stats.add_for_variant(variant, "requests")
             model = endpoint.pick_model(variant, self.headers.get("X-Amzn-SageMaker-Inference-Component"))
             accept_header = "Accept" if kind == "sync" else "X-Amzn-SageMaker-Accept"
             component = self.headers.get("X-Amzn-SageMaker-Inference-Component")
@@ -270,6 +271,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
                 self.headers.get(accept_header),
                 poison=endpoint.target_poison(variant, component),
             )
+            stats.add_for_variant(variant, "rows_ok", prediction.rows)
             if kind == "sync":
                 extra_headers = {}
                 if session == NEW_SESSION:
@@ -403,6 +405,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
         endpoint.stats.add("bytes_out", len(prediction.body))
         endpoint.stats.add("invocations_ok")
         endpoint.stats.add("rows_ok", prediction.rows)
+
 
 def _extra_problem(member: str, value: str) -> str | None:
     """Rules the model's patterns do not state: an InputLocation must name an object, not only a bucket."""

@@ -78,12 +78,20 @@ class Stats:
     last_request_headers: dict[str, str] = field(default_factory=dict)
     #: The InferenceIds of the latest real-time requests that carried one, oldest first (bounded).
     inference_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_INFERENCE_IDS))
+    #: Per production variant that served them: ``requests`` routed to it and ``rows_ok`` its model answered.
+    by_variant: dict[str, dict[str, int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase a counter."""
         with self.lock:
             self.counters[name] += amount
+
+    def add_for_variant(self, variant: str, name: str, amount: int = 1) -> None:
+        """Increase a counter of one production variant (``requests`` or ``rows_ok``)."""
+        with self.lock:
+            counters = self.by_variant.setdefault(variant, {"requests": 0, "rows_ok": 0})
+            counters[name] += amount
 
     def arrived(self) -> None:
         """An invocation request arrived."""
@@ -125,6 +133,7 @@ class Stats:
                 "last_response_monotonic": self.last_response,
                 "last_request_headers": dict(self.last_request_headers),
                 "inference_ids": list(self.inference_ids),
+                "by_variant": {name: dict(counters) for name, counters in self.by_variant.items()},
             }
 
 
