@@ -2,10 +2,11 @@
 
 Two variants of one endpoint run different models: ``prod`` the sum of the features, ``shadow`` their
 maximum. Each request of 50 rows goes to both; a checkpoint every 4 requests. The child is killed once
-the endpoint has served 40 % of the run's calls (counted at the endpoint, never timed). The rerun sends,
-at each variant, exactly the rows no committed part and no checkpoint holds; the output holds every input
-row once with both targets' predictions; the summary's per-target counts and agreement cover the whole
-output (the rows the rerun read back from parts and checkpoints included); no checkpoint is left.
+the endpoint has served 40 % of the run's calls (counted at the endpoint, never timed): the small first
+file is then committed, the large one in checkpoints. The rerun sends, at each variant, exactly the rows
+no committed part and no checkpoint holds; the output holds every input row once with both targets'
+predictions; the summary's per-target counts and agreement cover the whole output (the rows the rerun
+reads back from the part and the checkpoints included); no checkpoint is left.
 """
 
 from __future__ import annotations
@@ -22,18 +23,20 @@ from tests.support.scoring_rig import ScoringRig
 
 pytestmark = pytest.mark.slow
 
-FILES = 2
-ROWS = 2_000  # per file: one work unit each
+#: Rows of each input file (one work unit each): the small one is committed before the kill, the large one
+#: is checkpointed.
+FILE_ROWS = (400, 3_600)
+TOTAL = sum(FILE_ROWS)
 ROWS_PER_REQUEST = 50
-REQUESTS = FILES * ROWS // ROWS_PER_REQUEST  # logical requests; each is one call at each variant
+REQUESTS = TOTAL // ROWS_PER_REQUEST  # logical requests; each is one call at each variant
 TARGETS = [{"name": "prod", "target_variant": "prod"}, {"name": "shadow", "target_variant": "shadow"}]
 POISON_VALUE = -999.0  # features(poison=...) puts it into f0; only the shadow variant rejects such rows
 
 
 def _setup(rig: ScoringRig, *, poison: set[int] | None = None) -> tuple[str, dict[str, Any], pa.Table]:
     tables = []
-    for k in range(FILES):
-        table = features(range(k * 100_000, k * 100_000 + ROWS), poison=poison)
+    for k, rows in enumerate(FILE_ROWS):
+        table = features(range(k * 100_000, k * 100_000 + rows), poison=poison)
         put_parquet(rig.s3, f"{rig.input_uri}f{k:03d}.parquet", table)
         tables.append(table)
     shadow: dict[str, Any] = {"weight": 1.0, "model": "sum", "outputs": ["max"]}
@@ -70,7 +73,7 @@ def _kill_at_40_percent(rig: ScoringRig, endpoint: str, conf: dict[str, Any]) ->
         for name in data_parts(rig.s3, rig.output_uri)
     )
     in_checkpoints = checkpointed_rows(rig.s3, rig.output_uri)
-    assert 0 < in_parts + in_checkpoints < FILES * ROWS, "the kill came before any checkpoint or after the end"
+    assert 0 < in_parts + in_checkpoints < TOTAL, "the kill came before any checkpoint or after the end"
     return first, in_parts, in_checkpoints
 
 
@@ -87,11 +90,12 @@ def _by_variant(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict
 def test_sigkill_mid_run_then_rerun_scores_every_row_once_at_both_targets(rig: ScoringRig) -> None:
     endpoint, conf, data = _setup(rig)
     first, in_parts, in_checkpoints = _kill_at_40_percent(rig, endpoint, conf)
-    assert in_checkpoints > 0, "no checkpoint at the kill: the rerun would resume nothing"
+    # the rerun reads both back (fold_stored): the committed part of the small file, the large file's checkpoints
+    assert in_parts == FILE_ROWS[0] and in_checkpoints > 0
 
     run = rig.run(conf, "rerun")
     assert run.succeeded, run.error("score")
-    unfinished = FILES * ROWS - in_parts - in_checkpoints
+    unfinished = TOTAL - in_parts - in_checkpoints
     resent = _by_variant(first, rig.endpoint_stats(endpoint))
     expected = {"requests": unfinished // ROWS_PER_REQUEST, "rows_ok": unfinished}
     assert resent == {"prod": expected, "shadow": expected}, "rows a part or a checkpoint holds were sent again"
@@ -99,7 +103,7 @@ def test_sigkill_mid_run_then_rerun_scores_every_row_once_at_both_targets(rig: S
     out = read_output(rig.s3, rig.output_uri)
     assert out.column_names == ["id", "prediction__prod", "variant__prod", "prediction__shadow", "variant__shadow"]
     ids = out["id"].to_pylist()
-    assert len(ids) == len(set(ids)) == FILES * ROWS
+    assert len(ids) == len(set(ids)) == TOTAL
     sums, maxes = expected_sum(data), _expected_max(data)
     assert dict(zip(ids, out["prediction__prod"].to_pylist(), strict=True)) == pytest.approx(sums)
     assert dict(zip(ids, out["prediction__shadow"].to_pylist(), strict=True)) == pytest.approx(maxes)
@@ -107,17 +111,17 @@ def test_sigkill_mid_run_then_rerun_scores_every_row_once_at_both_targets(rig: S
     assert not read_output(rig.s3, rig.output_uri, "_errors/").num_rows
 
     summary = run.xcom("score")
-    assert summary["rows_scored"] == FILES * ROWS and summary["rows_failed"] == 0
+    assert summary["rows_scored"] == TOTAL and summary["rows_failed"] == 0
     assert summary["rows_resumed_from_checkpoints"] == in_checkpoints
     per_target = summary["compare_targets"]
     for name in ("prod", "shadow"):
-        assert (per_target[name]["rows_scored"], per_target[name]["rows_failed"]) == (FILES * ROWS, 0)
+        assert (per_target[name]["rows_scored"], per_target[name]["rows_failed"]) == (TOTAL, 0)
         # this run's calls only: the requests the rerun sent
         assert per_target[name]["http_calls"] == unfinished // ROWS_PER_REQUEST
     diffs = [abs(sums[i] - maxes[i]) for i in ids]
     assert per_target["shadow"]["agreement"] == {
         "prediction": {
-            "rows": FILES * ROWS,  # the rows read back from parts and checkpoints too
+            "rows": TOTAL,  # the rows read back from parts and checkpoints too
             "mean_abs_diff": pytest.approx(sum(diffs) / len(diffs)),
             "max_abs_diff": pytest.approx(max(diffs)),
         }
@@ -135,7 +139,7 @@ def test_sigkill_mid_run_then_rerun_scores_every_row_once_at_both_targets(rig: S
 
 def test_one_target_failing_rows_across_a_sigkill_has_its_errors_once(rig: ScoringRig) -> None:
     """Shadow rejects some rows before and after the kill: ``_errors/`` holds each once, naming shadow."""
-    poison = {k * 100_000 + i for k in range(FILES) for i in range(37, ROWS, 211)}
+    poison = {k * 100_000 + i for k, rows in enumerate(FILE_ROWS) for i in range(37, rows, 211)}
     endpoint, conf, data = _setup(rig, poison=poison)
     first, in_parts, in_checkpoints = _kill_at_40_percent(rig, endpoint, conf)
 
@@ -146,7 +150,7 @@ def test_one_target_failing_rows_across_a_sigkill_has_its_errors_once(rig: Scori
     for name in data_parts(rig.s3, rig.output_uri):  # the parts now hold everything; see what the kill left
         held |= set(read_table(rig.s3, rig.output_uri + name)["id"].to_pylist())
     assert held == unfinished_ids  # prod answered every row
-    unfinished = FILES * ROWS - in_parts - in_checkpoints
+    unfinished = TOTAL - in_parts - in_checkpoints
     resent = _by_variant(first, rig.endpoint_stats(endpoint))
     assert resent["prod"] == {"requests": unfinished // ROWS_PER_REQUEST, "rows_ok": unfinished}
     # shadow answered the same rows less the poisoned ones among them (bisection sends more calls there)
@@ -160,7 +164,7 @@ def test_one_target_failing_rows_across_a_sigkill_has_its_errors_once(rig: Scori
 
     out = read_output(rig.s3, rig.output_uri)
     by_id = {row["id"]: row for row in out.to_pylist()}
-    assert len(by_id) == out.num_rows == FILES * ROWS
+    assert len(by_id) == out.num_rows == TOTAL
     sums, maxes = expected_sum(data), _expected_max(data)
     for i, row in by_id.items():
         assert row["prediction__prod"] == pytest.approx(sums[i])
@@ -170,11 +174,11 @@ def test_one_target_failing_rows_across_a_sigkill_has_its_errors_once(rig: Scori
             assert row["prediction__shadow"] == pytest.approx(maxes[i])
 
     summary = run.xcom("score")
-    assert summary["rows_failed"] == len(poison) and summary["rows_scored"] == FILES * ROWS - len(poison)
+    assert summary["rows_failed"] == len(poison) and summary["rows_scored"] == TOTAL - len(poison)
     per_target = summary["compare_targets"]
-    assert (per_target["prod"]["rows_scored"], per_target["prod"]["rows_failed"]) == (FILES * ROWS, 0)
+    assert (per_target["prod"]["rows_scored"], per_target["prod"]["rows_failed"]) == (TOTAL, 0)
     assert (per_target["shadow"]["rows_scored"], per_target["shadow"]["rows_failed"]) == (
-        FILES * ROWS - len(poison),
+        TOTAL - len(poison),
         len(poison),
     )
     kept = [i for i in by_id if i not in poison]
