@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from airflow_provider_smrt.exceptions import InvocationError, ParameterValidationError
+from airflow_provider_smrt.exceptions import InvocationError, OutputError, ParameterValidationError
 from airflow_provider_smrt.s3 import ObjectInfo
 from airflow_provider_smrt.scoring.sink import ERROR_ROW_COLUMN, ERROR_TARGET_COLUMN
 from airflow_provider_smrt.scoring.storage import Storage
@@ -37,9 +37,11 @@ __all__ = [
     "CompareStats",
     "CompareTarget",
     "TargetErrors",
+    "TargetSchemas",
     "fold_stored",
     "merge_targets",
     "parse_compare_targets",
+    "split_schema",
     "suffixed",
 ]
 
@@ -174,6 +176,87 @@ def merge_targets(
                 kept.append(Piece(start, table.slice(start, row - start).combine_chunks(), None))
                 start = None
     return kept, errors, learned
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ", ".join(f"{field_.name}: {field_.type}" for field_ in schema)
+
+
+def split_schema(schema: pa.Schema, names: Sequence[str], *, variant_column: str | None = None) -> dict[str, pa.Schema]:
+    """Each target's prediction schema (its columns without the suffix) in an output schema of suffixed
+    columns; pass-through columns, the targets' variant columns and targets without a column are left out."""
+    variants = {suffixed(variant_column, name) for name in names} if variant_column else set()
+    fields: dict[str, list[pa.Field]] = {}
+    by_length = sorted(names, key=len, reverse=True)  # "p__a__b" is of target "a__b" rather than "b"
+    for field_ in schema:
+        if field_.name in variants:
+            continue
+        for name in by_length:
+            tail = "__" + name
+            if field_.name.endswith(tail) and len(field_.name) > len(tail):
+                fields.setdefault(name, []).append(field_.with_name(field_.name[: -len(tail)]))
+                break
+    return {name: pa.schema(found) for name, found in fields.items()}
+
+
+class TargetSchemas:
+    """Each target's prediction schema, as its first answer shows it (thread-safe), for the null rows of
+    the requests it fails entirely.
+
+    Before a target's first answer its schema is read from the output an earlier run wrote (``existing``,
+    on resume), else the rows of a request it failed entirely get the first answering target's columns.
+    If its first answer then shows other columns, the run fails (:class:`OutputError`) rather than write
+    parts that disagree.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        *,
+        existing: Callable[[], pa.Schema | None] | None = None,
+        variant_column: str | None = None,
+    ) -> None:
+        self.names = tuple(names)
+        self._existing = existing
+        self._variant_column = variant_column
+        self._known: dict[str, pa.Schema] = {}
+        self._guessed: dict[str, tuple[str, pa.Schema]] = {}
+        self._lock = threading.Lock()
+
+    def known(self) -> dict[str, pa.Schema]:
+        """The schemas known so far (read from the existing output once, the first time one is missing)."""
+        with self._lock:
+            if self._existing is not None and len(self._known) < len(self.names):
+                schema, self._existing = self._existing(), None
+                if schema is not None:
+                    for name, found in split_schema(schema, self.names, variant_column=self._variant_column).items():
+                        self._known.setdefault(name, found)
+            return dict(self._known)
+
+    def learn(self, known: Mapping[str, pa.Schema], learned: Mapping[str, pa.Schema]) -> None:
+        """Record one merged request: ``known`` as passed to :func:`merge_targets`, ``learned`` as it returned.
+
+        :raises OutputError: a target's first answer shows other columns than those its null rows were
+            written with before it.
+        """
+        first = next((name for name in self.names if name in learned), None)
+        with self._lock:
+            for name in self.names:
+                if name in learned or name in known or first is None:
+                    continue
+                self._guessed.setdefault(name, (first, learned[first]))  # its nulls took first's columns
+            for name, schema in learned.items():
+                if name in self._known:
+                    continue
+                self._known[name] = schema
+                guess = self._guessed.get(name)
+                if guess is not None and guess[1] != schema:
+                    raise OutputError(
+                        f"target {name!r} of compare_targets failed every row of a request before its first answer, "
+                        f"so those rows were written with the columns of target {guess[0]!r} ({_columns(guess[1])}); "
+                        f"its answers have other columns ({_columns(schema)}), and the parts would disagree. Fix "
+                        "what made it fail (its _errors/ rows name it), then rerun with if_exists='overwrite'"
+                    )
 
 
 @dataclass

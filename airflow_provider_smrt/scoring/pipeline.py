@@ -47,7 +47,7 @@ from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.codecs import Codec
-from airflow_provider_smrt.scoring.compare import CompareStats, TargetErrors, merge_targets
+from airflow_provider_smrt.scoring.compare import CompareStats, TargetErrors, TargetSchemas, merge_targets
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
 from airflow_provider_smrt.scoring.inference_ids import inference_id
@@ -185,8 +185,10 @@ class Pipeline:
             self.compare_stats = CompareStats(
                 names=tuple(name for name, _ in self.targets), variant_column=variant_column
             )
-        #: Each target's prediction schema, from its first answer (for its null rows in later requests).
-        self._target_schemas: dict[str, pa.Schema] = {}
+        #: Each target's prediction schema, for its null rows in requests it fails entirely.
+        self._target_schemas = TargetSchemas(
+            [name for name, _ in self.targets or []], existing=fallback_schema, variant_column=variant_column
+        )
         self._variant_column = variant_column
         self.oversize_invoke = oversize_invoke
         self.codec = codec
@@ -399,8 +401,7 @@ class Pipeline:
             self._score(task, offset, count, body, invoke=invoke, target=name, count_failures=False)
             for name, invoke in self.targets
         ]
-        with self._failed_lock:
-            schemas = dict(self._target_schemas)
+        schemas = self._target_schemas.known()
         pieces, errors, learned = merge_targets(
             num_rows=count,
             names=[name for name, _ in self.targets],
@@ -408,10 +409,7 @@ class Pipeline:
             schemas=schemas,
             variant_column=self._variant_column,
         )
-        if learned.keys() - schemas.keys():
-            with self._failed_lock:
-                for name, schema in learned.items():
-                    self._target_schemas.setdefault(name, schema)
+        self._target_schemas.learn(schemas, learned)
         failed_rows: set[int] = set()
         for error_offset, error_count, _, _ in errors:
             failed_rows.update(range(error_offset, error_offset + error_count))

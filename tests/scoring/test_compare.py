@@ -9,8 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_smrt.exceptions import InvocationError, ModelInputError
-from airflow_provider_smrt.scoring.compare import CompareStats, fold_stored, merge_targets
+from airflow_provider_smrt.exceptions import InvocationError, ModelInputError, OutputError
+from airflow_provider_smrt.scoring.compare import (
+    CompareStats,
+    TargetSchemas,
+    fold_stored,
+    merge_targets,
+    split_schema,
+)
 from airflow_provider_smrt.scoring.sink import ERROR_FIELDS
 from airflow_provider_smrt.scoring.storage import Storage
 from airflow_provider_smrt.scoring.tasks import Piece
@@ -128,6 +134,64 @@ def test_merge_request_every_target_failed_writes_only_errors() -> None:
     )
     assert pieces == [] and learned == {}
     assert [target for *_, target in errors] == ["prod", "shadow"]
+
+
+# -- TargetSchemas: the columns of a target's null rows ----------------------------------------------------
+
+
+def test_split_schema_gives_each_target_its_columns() -> None:
+    schema = pa.schema(
+        [
+            pa.field("id", pa.int64()),
+            pa.field("prediction__prod", pa.float64()),
+            pa.field("variant__prod", pa.string()),
+            pa.field("label__a__b", pa.string()),
+            pa.field("score__b", pa.int64()),
+        ]
+    )
+    assert split_schema(schema, ["prod", "b", "a__b"], variant_column="variant") == {
+        "prod": FLOAT,
+        "a__b": pa.schema([pa.field("label", pa.string())]),
+        "b": pa.schema([pa.field("score", pa.int64())]),
+    }
+
+
+def test_target_schemas_on_resume_come_from_the_existing_output() -> None:
+    reads: list[int] = []
+
+    def existing() -> pa.Schema:
+        reads.append(1)
+        return pa.schema(
+            [pa.field("id", pa.int64()), pa.field("prediction__prod", pa.float64())]
+            + [pa.field(f"{f.name}__shadow", f.type) for f in LABEL]
+        )
+
+    schemas = TargetSchemas(NAMES, existing=existing)
+    assert schemas.known() == {"prod": FLOAT, "shadow": LABEL}
+    schemas.known()
+    assert reads == [1]  # read once
+
+
+def test_a_guess_its_first_answer_confirms_is_kept() -> None:
+    schemas = TargetSchemas(NAMES)
+    schemas.learn({}, {"prod": FLOAT})  # shadow failed the whole request: its nulls took prod's columns
+    schemas.learn(schemas.known(), {"prod": FLOAT, "shadow": FLOAT})
+    assert schemas.known() == {"prod": FLOAT, "shadow": FLOAT}
+
+
+def test_a_guess_its_first_answer_contradicts_fails_the_run_naming_the_target() -> None:
+    schemas = TargetSchemas(NAMES)
+    schemas.learn({}, {"prod": FLOAT})
+    with pytest.raises(OutputError, match=r"target 'shadow' .* columns of target 'prod' \(prediction: double\)"):
+        schemas.learn(schemas.known(), {"shadow": LABEL})
+
+
+def test_no_guess_when_the_schema_was_known() -> None:
+    schemas = TargetSchemas(NAMES)
+    schemas.learn({}, {"prod": FLOAT, "shadow": LABEL})
+    schemas.learn(schemas.known(), {"prod": FLOAT})  # shadow failed a request: its own columns were used
+    schemas.learn(schemas.known(), {"prod": FLOAT, "shadow": LABEL})
+    assert schemas.known() == {"prod": FLOAT, "shadow": LABEL}
 
 
 # -- CompareStats ------------------------------------------------------------------------------------------
