@@ -130,7 +130,9 @@ class Pipeline:
         already counted included), the run stops with ``budget_error(failed rows, last error)``.
         None: no budget.
     :param fallback_schema: the schema of an existing part of the output, for parts whose rows all
-        failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`).
+        failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`);
+        with ``targets``, also each target's columns before its first answer
+        (:class:`~airflow_provider_smrt.scoring.compare.TargetSchemas`).
     :param inference_id_prefix: if set, each request is sent with its deterministic InferenceId
         (:func:`~airflow_provider_smrt.scoring.inference_ids.inference_id`): ``invoke`` must then take
         ``inference_id=`` (an :class:`IdentifyingInvoker`).
