@@ -9,10 +9,10 @@ every target failed is only in ``_errors/`` (once per target).
 
 :func:`merge_targets` joins one request's per-target results; :class:`TargetSchemas` keeps each
 target's columns for the rows it fails (its first answer, or on resume the output an earlier run wrote);
-:class:`CompareStats` keeps, in bounded
-memory, each target's failed rows and its agreement with the first target (mean and max absolute
-difference of numeric outputs, the share of equal values of the others), folded from each written
-table of predictions (:meth:`CompareStats.fold`), so the rows a resumed run reads back count too.
+:class:`CompareStats` keeps, in bounded memory, each target's failed rows and its agreement with the
+first target (mean and max absolute difference of numeric outputs, the share of equal values of the
+others), folded from each written table of predictions (:meth:`CompareStats.fold`), so the rows a
+resumed run reads back (:func:`fold_stored`) count too.
 Airflow-free.
 """
 
