@@ -29,6 +29,7 @@ EXAMPLE_DAG_IDS = {
     "smrt_example_assets_score",
     "smrt_example_assets_notify",
     "smrt_example_run_cost",
+    "smrt_example_compare_targets",
 }
 OUTPUT_COLUMNS = ["patient_id", "visit_date", "disease_progression"]
 
@@ -260,3 +261,29 @@ def test_oversize_example_sends_the_big_row_to_the_async_endpoint(
     assert run.xcom("score")["rows_async"] == 1
     assert endpoint_stats(realtime)["rows_ok"] == module.ROWS - 1
     assert endpoint_stats(asynchronous)["async_succeeded"] == 1
+
+
+def test_compare_targets_scores_prod_and_shadow_in_one_pass(
+    s3_client: Any, s3_prefix: str, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    write_demo_dataset(s3_client=s3_client, uri=s3_prefix + "in/ds=2026-01-05/", rows=300, files=2)
+    endpoint = make_endpoint("diabetes", variants={"prod": {"weight": 1.0}, "shadow": {"weight": 0.0, "model": "sum"}})
+    conf = {"endpoint_name": endpoint, "input_root": s3_prefix + "in", "output_root": s3_prefix + "out"}
+    run = run_dag("smrt_example_compare_targets", conf, logical_date=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    assert run.state == "success", run.states
+    out = read_parts(s3_client, s3_prefix + "out/ds=2026-01-05/")
+    assert out.column_names == [
+        "patient_id",
+        "visit_date",
+        "disease_progression__prod",
+        "disease_progression__shadow",
+    ]
+    assert out.num_rows == 300 and endpoint_stats(endpoint)["rows_ok"] == 600
+    prod = out["disease_progression__prod"].to_pylist()
+    shadow = out["disease_progression__shadow"].to_pylist()
+    diffs = [abs(a - b) for a, b in zip(prod, shadow, strict=True)]
+    figures = run.xcom("report")
+    assert figures["rows_failed_by_shadow"] == 0
+    assert figures["agreement"]["rows"] == 300
+    assert figures["agreement"]["mean_abs_diff"] == pytest.approx(sum(diffs) / 300)
+    assert figures["agreement"]["max_abs_diff"] == pytest.approx(max(diffs))

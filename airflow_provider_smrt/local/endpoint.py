@@ -259,11 +259,19 @@ class _Handler(ControlRoutes, AsyncRoutes):
             if self._front_door(endpoint, check_ready=True) is _RESET:
                 return
             variant = endpoint.pick_variant(self.headers.get("X-Amzn-SageMaker-Target-Variant"))
+            stats.add_for_variant(variant, "requests")
             model = endpoint.pick_model(variant, self.headers.get("X-Amzn-SageMaker-Inference-Component"))
             accept_header = "Accept" if kind == "sync" else "X-Amzn-SageMaker-Accept"
+            component = self.headers.get("X-Amzn-SageMaker-Inference-Component")
             prediction = self._predict(
-                endpoint, model, body, self.headers.get("Content-Type"), self.headers.get(accept_header)
+                endpoint,
+                model,
+                body,
+                self.headers.get("Content-Type"),
+                self.headers.get(accept_header),
+                poison=endpoint.target_poison(variant, component),
             )
+            stats.add_for_variant(variant, "rows_ok", prediction.rows)
             if kind == "sync":
                 extra_headers = {}
                 if session == NEW_SESSION:
@@ -342,9 +350,19 @@ class _Handler(ControlRoutes, AsyncRoutes):
         return None
 
     def _predict(
-        self, endpoint: Endpoint, model: Model, body: bytes, content_type: str | None, accept: str | None
+        self,
+        endpoint: Endpoint,
+        model: Model,
+        body: bytes,
+        content_type: str | None,
+        accept: str | None,
+        *,
+        poison: float | None = None,
     ) -> Prediction:
-        """Take a capacity slot, wait while held and the latency, run the model; model failures become ModelError."""
+        """Take a capacity slot, wait while held and the latency, run the model; model failures become ModelError.
+
+        ``poison``: the target variant's or component's poison value (else the endpoint's faults').
+        """
         faults, stats = endpoint.faults, endpoint.stats
         slot = endpoint.capacity
         if slot is not None:
@@ -361,7 +379,9 @@ class _Handler(ControlRoutes, AsyncRoutes):
                     content_type,
                     accept,
                     headers=headers,
-                    inspect=async_jobs.poison_inspector(faults.poison_value, faults.poison_status),
+                    inspect=async_jobs.poison_inspector(
+                        poison if poison is not None else faults.poison_value, faults.poison_status
+                    ),
                 )
         except ModelFailure as failure:
             stats.add("model_errors")
@@ -386,6 +406,7 @@ class _Handler(ControlRoutes, AsyncRoutes):
         endpoint.stats.add("bytes_out", len(prediction.body))
         endpoint.stats.add("invocations_ok")
         endpoint.stats.add("rows_ok", prediction.rows)
+
 
 def _extra_problem(member: str, value: str) -> str | None:
     """Rules the model's patterns do not state: an InputLocation must name an object, not only a bucket."""

@@ -40,7 +40,8 @@ _SPEC_KEYS = frozenset(
         "csv_header",
     }
 )
-_TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url"})
+#: ``poison_value``: rows holding it fail at this variant or component only (the endpoint's ``faults`` apply to all).
+_TARGET_KEYS = frozenset({"weight", "model", "outputs", "model_url", "poison_value"})
 _COUNTERS = (
     "requests",
     "invocations_ok",
@@ -79,12 +80,20 @@ class Stats:
     last_request_headers: dict[str, str] = field(default_factory=dict)
     #: The InferenceIds of the latest real-time requests that carried one, oldest first (bounded).
     inference_ids: deque[str] = field(default_factory=lambda: deque(maxlen=RECENT_INFERENCE_IDS))
+    #: Per production variant that served them: ``requests`` routed to it and ``rows_ok`` its model answered.
+    by_variant: dict[str, dict[str, int]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase a counter."""
         with self.lock:
             self.counters[name] += amount
+
+    def add_for_variant(self, variant: str, name: str, amount: int = 1) -> None:
+        """Increase a counter of one production variant (``requests`` or ``rows_ok``)."""
+        with self.lock:
+            counters = self.by_variant.setdefault(variant, {"requests": 0, "rows_ok": 0})
+            counters[name] += amount
 
     def arrived(self) -> None:
         """An invocation request arrived."""
@@ -130,6 +139,7 @@ class Stats:
                 "last_response_monotonic": self.last_response,
                 "last_request_headers": dict(self.last_request_headers),
                 "inference_ids": list(self.inference_ids),
+                "by_variant": {name: dict(counters) for name, counters in self.by_variant.items()},
             }
 
 
@@ -307,6 +317,13 @@ class Endpoint:
                 )
             return model
         return self.variant_models.get(variant, self.model)
+
+    def target_poison(self, variant: str, component: str | None) -> float | None:
+        """The ``poison_value`` of the inference component, else of the variant (None: the endpoint's faults')."""
+        for setting in (self._component_specs.get(component or "", {}), self._variant_specs.get(variant)):
+            if isinstance(setting, dict) and setting.get("poison_value") is not None:
+                return float(setting["poison_value"])
+        return None
 
     def open_session(self) -> tuple[str, float]:
         """A new stateful session: its id and expiry (epoch seconds)."""

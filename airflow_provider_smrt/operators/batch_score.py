@@ -110,6 +110,15 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         through InvokeEndpointAsync, waited for and written at its position in the same part (counted in
         ``rows_async``; its failure goes to ``_errors/``). Unset: such a row fails the task (RowTooLargeError).
     :param oversize_wait_timeout: seconds to wait for one oversize row's async output.
+    :param compare_targets: shadow / A-B scoring in one read of the input (not templated): a list of at
+        least two dicts, each a ``name`` (``[A-Za-z0-9_]+``, unique) and any of ``target_variant``,
+        ``target_model``, ``inference_component_name``, ``target_container_hostname``. Each request goes
+        to every target; the output has each target's prediction columns suffixed ``__<name>``
+        (``prediction__prod``, ``prediction__shadow``), nulls where that target failed the row (its
+        ``_errors/`` row names it in ``target``); the summary's ``compare_targets`` reports per target
+        rows scored and failed, latency p50/p95 and agreement with the first target. Excludes the four
+        single-target parameters, ``oversize_endpoint_name`` and ``retry_failed_rows``
+        (docs/features/compare-targets.md).
     :param invoke_mode: ``"invoke"`` (InvokeEndpoint) or ``"stream"`` (InvokeEndpointWithResponseStream,
         for containers that only stream: each response's payload parts are joined, then decoded; a
         stream that breaks off is classified and retried whole, never half-used).
@@ -183,9 +192,27 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         invoke_mode: InvokeMode = "invoke",
         oversize_endpoint_name: str | None = None,
         oversize_wait_timeout: float = 3_600.0,
+        compare_targets: list[dict[str, str]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.compare_targets = compare_targets
+        if compare_targets is not None:
+            single = [
+                name
+                for name, value in (
+                    ("target_variant", target_variant),
+                    ("target_model", target_model),
+                    ("inference_component_name", inference_component_name),
+                    ("target_container_hostname", target_container_hostname),
+                )
+                if value
+            ]
+            if single:
+                raise ParameterValidationError(
+                    f"compare_targets sets each target's parameters: drop {', '.join(single)} (put it into the "
+                    "targets' dicts), or drop compare_targets to score one target"
+                )
         check_transport(transport)
         if invoke_mode not in ("invoke", "stream"):
             raise ParameterValidationError(f"invoke_mode={invoke_mode!r} must be 'invoke' or 'stream'")
@@ -268,6 +295,15 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
             expected_bucket_owner=self.expected_bucket_owner,
         )
         oversize = self._oversize_invoker(params, storage) if self.oversize_endpoint_name else None
+        targets = config.targets
+        target_invokers = (
+            {
+                target.name: self._recording_model_errors(self._make_invoker({**params, **target.params}))
+                for target in targets
+            }
+            if targets is not None
+            else None
+        )
         job = ScoringJob(
             config=config,
             invoke=self._recording_model_errors(self._make_invoker(params)),
@@ -276,6 +312,7 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
             progress_interval=self.progress_interval,
             logger=self.log,  # type: ignore[arg-type]
             oversize_invoke=oversize,
+            target_invokers=target_invokers,
         )
         if oversize is not None:
             oversize.cancel = job.coordinator.stop

@@ -14,6 +14,7 @@ from airflow_provider_smrt.scoring.checkpoints import (
     CheckpointPolicy,
 )
 from airflow_provider_smrt.scoring.codecs.templates import template_columns
+from airflow_provider_smrt.scoring.compare import TARGET_KEYS, CompareTarget, parse_compare_targets
 from airflow_provider_smrt.scoring.inference_ids import validate_inference_id_prefix
 from airflow_provider_smrt.scoring.sink import MANIFEST_NAME
 
@@ -86,6 +87,9 @@ class ScoringConfig:
     instance_count: int = 1
     #: Rescore the rows under ``_errors/`` of the finished units (see :mod:`~.rescore`); not hashed.
     retry_failed_rows: bool = False
+    #: Score every request at each of these targets (see :mod:`~airflow_provider_smrt.scoring.compare`):
+    #: dicts of ``name`` and target keys (``target_variant``...); hashed.
+    compare_targets: Sequence[dict[str, Any]] | None = None
 
     def validate(self) -> None:
         """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
@@ -132,6 +136,8 @@ class ScoringConfig:
                 f"(got {self.if_exists!r}): set if_exists='resume', or drop retry_failed_rows ('overwrite' "
                 "rescores every row anyway)"
             )
+        if self.compare_targets is not None:
+            self._validate_compare_targets()
         if self.request_template is not None:
             template_columns(self.request_template)  # validates the template
             if self.max_rows_per_request not in (None, 1):
@@ -139,6 +145,30 @@ class ScoringConfig:
                     f"request_template makes one request per row: max_rows_per_request={self.max_rows_per_request} "
                     "must be 1 (or None)"
                 )
+
+    def _validate_compare_targets(self) -> None:
+        parse_compare_targets(self.compare_targets)
+        single = sorted(key for key in TARGET_KEYS if self.invoke_params.get(key))
+        if single:
+            raise ParameterValidationError(
+                f"compare_targets sets each target's parameters: drop {', '.join(single)} (or compare_targets "
+                "to score one target)"
+            )
+        if self.oversize_endpoint_name:
+            raise ParameterValidationError(
+                "compare_targets cannot be combined with oversize_endpoint_name: an async endpoint is one target; "
+                "drop one of them"
+            )
+        if self.retry_failed_rows:
+            raise ParameterValidationError(
+                "retry_failed_rows is not supported with compare_targets (a row one target failed is in both the "
+                "data part and _errors/): rerun with if_exists='overwrite' to score every row at every target again"
+            )
+
+    @property
+    def targets(self) -> tuple[CompareTarget, ...] | None:
+        """``compare_targets`` as validated targets (None without it)."""
+        return None if self.compare_targets is None else parse_compare_targets(self.compare_targets)
 
     @property
     def input_uris(self) -> list[str]:
@@ -175,4 +205,9 @@ class ScoringConfig:
             **({"response_field": self.response_field} if self.response_field is not None else {}),
             **({"csv_header": True} if self.csv_header else {}),
             **({"oversize_endpoint_name": self.oversize_endpoint_name} if self.oversize_endpoint_name else {}),
+            **(
+                {"compare_targets": [{"name": t.name, **dict(sorted(t.params.items()))} for t in self.targets]}
+                if self.targets
+                else {}
+            ),
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ from airflow_provider_smrt.scoring.checkpoints import (
 )
 from airflow_provider_smrt.scoring.codecs import get_codec
 from airflow_provider_smrt.scoring.codecs.base import CSV, media_type
+from airflow_provider_smrt.scoring.compare import CompareStats, fold_stored
 from airflow_provider_smrt.scoring.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -81,6 +82,8 @@ class ScoringJob:
     :param oversize_invoke: ``invoke(body) -> result`` for a row whose one-row request exceeds
         ``max_payload_bytes`` (e.g. an :class:`~airflow_provider_smrt.scoring.async_invoker.AsyncInvoker`
         of ``config.oversize_endpoint_name``); without one such a row raises ``RowTooLargeError``.
+    :param target_invokers: with ``config.compare_targets``: ``{name: invoke}`` of every target (``invoke``
+        is then unused).
     """
 
     def __init__(
@@ -93,9 +96,20 @@ class ScoringJob:
         progress_interval: float = 10.0,
         logger: logging.Logger | None = None,
         oversize_invoke: Invoker | None = None,
+        target_invokers: Mapping[str, Invoker] | None = None,
     ) -> None:
         config.validate()
         self.oversize_invoke = oversize_invoke
+        targets = config.targets
+        if targets is not None and set(target_invokers or {}) != {t.name for t in targets}:
+            raise ValueError("target_invokers must hold one invoker per target of compare_targets")
+        self.target_invokers = target_invokers
+        #: Per-target failures and agreement with the first target (with ``compare_targets``), else None.
+        self.compare_stats = (
+            CompareStats(names=tuple(t.name for t in targets), variant_column=config.variant_column)
+            if targets is not None
+            else None
+        )
         self.config = config
         self.invoke = invoke
         self.storage = storage
@@ -137,8 +151,17 @@ class ScoringJob:
         todo = plan.todo
         rows_total = plan.rows_total
         resumed_rows = resumed_failed = 0
+        compare = self.compare_stats
         for unit, part in plan.done.items():
             scored, failed = read_part_counts(self.storage, part)
+            if compare is not None:  # error rows are per target; a row a target failed may be in the part too
+                self.stats.part_rows[part.name] = (scored, failed)
+                failed = fold_stored(
+                    compare, self.storage, data_uri=part.uri, error_uri=part.error_uri, passthrough=plan.passthrough
+                )
+                resumed_rows += unit.num_rows - failed
+                resumed_failed += failed
+                continue
             if part.error_uri is not None and scored + failed > unit.num_rows:
                 # a retry of the failed rows was killed between its two writes (see rescore.py)
                 failed = repair_error_part(self.storage, part)
@@ -149,7 +172,20 @@ class ScoringJob:
         retried = sum(retry.num_rows for retry in retries)
         resumed_failed -= retried  # scored again in this run
         checkpointed = plan.checkpointed_rows
-        checkpointed_failed = sum(checkpoint.failed for checkpoint in plan.checkpoints.values())
+        if compare is None:
+            checkpointed_failed = sum(checkpoint.failed for checkpoint in plan.checkpoints.values())
+        else:
+            checkpointed_failed = sum(
+                fold_stored(
+                    compare,
+                    self.storage,
+                    data_uri=segment.uri,
+                    error_uri=segment.error_uri,
+                    passthrough=plan.passthrough,
+                )
+                for checkpoint in plan.checkpoints.values()
+                for segment in checkpoint.segments
+            )
         self.stats.rows_total = rows_total
         self.stats.rows_scored = resumed_rows + checkpointed - checkpointed_failed
         self.stats.rows_failed = resumed_failed + checkpointed_failed
@@ -197,7 +233,9 @@ class ScoringJob:
         if plan.gone:
             self.log.info("removing %d part(s) this task wrote for inputs that are gone", len(plan.gone))
             delete_parts(self.storage, plan.gone)
-        summary = build_summary(config, plan, self.stats, elapsed=time.monotonic() - self._started)
+        summary = build_summary(
+            config, plan, self.stats, elapsed=time.monotonic() - self._started, compare=self.compare_stats
+        )
         write_manifest(self.storage, summary["manifest_uri"], build_manifest(config, plan, self.stats, summary))
         self._progress(self.stats)
         self.log.info(
@@ -289,6 +327,12 @@ class ScoringJob:
             checkpoint_policy=policy,
             unit_offsets={unit: checkpoint.rows for unit, checkpoint in plan.checkpoints.items()},
             oversize_invoke=self.oversize_invoke,
+            targets=(
+                None
+                if self.target_invokers is None or config.targets is None
+                else [(t.name, self.target_invokers[t.name]) for t in config.targets]
+            ),
+            compare_stats=self.compare_stats,
         )
 
     def _existing_schema(self, plan: ScoringPlan) -> pa.Schema | None:

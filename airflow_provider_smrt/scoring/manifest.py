@@ -9,6 +9,7 @@ import orjson
 
 from airflow_provider_smrt import __version__
 from airflow_provider_smrt.s3 import join_uri
+from airflow_provider_smrt.scoring.compare import CompareStats
 from airflow_provider_smrt.scoring.config import ScoringConfig
 from airflow_provider_smrt.scoring.plan import ScoringPlan
 from airflow_provider_smrt.scoring.sink import ERRORS_DIR
@@ -47,9 +48,15 @@ def estimate_cost_usd(config: ScoringConfig, stats: RunStats) -> float | None:
     return round(stats.busy_wall_seconds / 3600.0 * config.instance_count * config.instance_hourly_usd, 6)
 
 
-def build_summary(config: ScoringConfig, plan: ScoringPlan, stats: RunStats, *, elapsed: float) -> dict[str, Any]:
-    """The JSON-serialisable summary of a run that took ``elapsed`` seconds."""
-    return {
+def build_summary(
+    config: ScoringConfig, plan: ScoringPlan, stats: RunStats, *, elapsed: float, compare: CompareStats | None = None
+) -> dict[str, Any]:
+    """The JSON-serialisable summary of a run that took ``elapsed`` seconds.
+
+    With ``compare_targets`` (``compare``), ``compare_targets`` holds per target its rows scored and
+    failed, its HTTP calls' latency p50/p95 (this run's calls) and its agreement with the first target.
+    """
+    summary = {
         "endpoint_name": config.endpoint_name,
         "output_uri": config.output_uri,
         "manifest_uri": join_uri(config.output_uri, config.manifest_name),
@@ -81,6 +88,11 @@ def build_summary(config: ScoringConfig, plan: ScoringPlan, stats: RunStats, *, 
         "instance_count": config.instance_count,
         "estimated_cost_usd": estimate_cost_usd(config, stats),
     }
+    if compare is not None:
+        with stats.lock:
+            calls = {name: value.summary() for name, value in stats.calls_by_target.items()}
+        summary["compare_targets"] = compare.summary(rows_in=stats.rows_total, calls=calls)
+    return summary
 
 
 def build_manifest(
@@ -126,6 +138,7 @@ def build_manifest(
         "invoked_variants": summary["invoked_variants"],
         "calls": {key: summary[key] for key in CALL_KEYS},
         "config_hash": plan.config_hash,
+        **({"compare_targets": summary["compare_targets"]} if "compare_targets" in summary else {}),
     }
 
 

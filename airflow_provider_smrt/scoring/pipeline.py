@@ -47,6 +47,7 @@ from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.codecs import Codec
+from airflow_provider_smrt.scoring.compare import CompareStats, TargetErrors, TargetSchemas, merge_targets
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
 from airflow_provider_smrt.scoring.inference_ids import inference_id
@@ -129,12 +130,20 @@ class Pipeline:
         already counted included), the run stops with ``budget_error(failed rows, last error)``.
         None: no budget.
     :param fallback_schema: the schema of an existing part of the output, for parts whose rows all
-        failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`).
+        failed when this run scores no row (see :class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`);
+        with ``targets``, also each target's columns before its first answer
+        (:class:`~airflow_provider_smrt.scoring.compare.TargetSchemas`).
     :param inference_id_prefix: if set, each request is sent with its deterministic InferenceId
         (:func:`~airflow_provider_smrt.scoring.inference_ids.inference_id`): ``invoke`` must then take
         ``inference_id=`` (an :class:`IdentifyingInvoker`).
     :param oversize_invoke: ``invoke(body) -> result`` for the requests the planner flags ``oversize``
         (one row over the payload limit), e.g. through InvokeEndpointAsync; it takes no in-flight slot.
+    :param targets: ``compare_targets``: ``(name, invoke)`` per target (``invoke`` is then unused). Each
+        request goes to every target, one after the other (each call with its own in-flight slot, retries
+        and bisection); the request is handed to the writer once every target answered or failed, as one
+        result of suffixed prediction columns (:func:`~airflow_provider_smrt.scoring.compare.merge_targets`).
+        The error budget counts a row once if any target failed it.
+    :param compare_stats: where per-target failures and agreement are counted (with ``targets``).
     :param on_progress: called from the caller's thread (the one in :meth:`run`) about every
         ``progress_interval`` seconds.
     :param checkpoint_policy: when the writer leaves checkpoints of the units being written (None: never).
@@ -166,10 +175,23 @@ class Pipeline:
         checkpoint_policy: CheckpointPolicy | None = None,
         unit_offsets: Mapping[WorkUnit, int] | None = None,
         oversize_invoke: Invoker | None = None,
+        targets: list[tuple[str, Invoker]] | None = None,
+        compare_stats: CompareStats | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.invoke = invoke
+        self.targets = targets or None
+        self.compare_stats = compare_stats
+        if self.targets is not None and self.compare_stats is None:
+            self.compare_stats = CompareStats(
+                names=tuple(name for name, _ in self.targets), variant_column=variant_column
+            )
+        #: Each target's prediction schema, for its null rows in requests it fails entirely.
+        self._target_schemas = TargetSchemas(
+            [name for name, _ in self.targets or []], existing=fallback_schema, variant_column=variant_column
+        )
+        self._variant_column = variant_column
         self.oversize_invoke = oversize_invoke
         self.codec = codec
         #: Rows isolated into ``_errors/`` in this run, by error class (logged as they happen).
@@ -194,8 +216,9 @@ class Pipeline:
         self.task_writer = TaskWriter(
             passthrough_schema=passthrough_schema,
             stats=self.stats,
-            variant_column=variant_column,
+            variant_column=None if self.targets is not None else variant_column,
             inference_id_prefix=inference_id_prefix,
+            compare_stats=self.compare_stats if self.targets is not None else None,
         )
         self.writer = InOrderWriter(
             open_part=open_part,
@@ -291,14 +314,23 @@ class Pipeline:
                 raise locate_input_error(err, task.unit, task.offset) from err
             pieces: list[Piece] = []
             errors: RowErrors = []
+            target_errors: TargetErrors = []
             for request in requests:
                 if request.oversize:
                     more_pieces, more_errors = self._score_oversize(task, request.offset, request.body)
+                elif self.targets is not None:
+                    more_pieces, more_target_errors = self._score_targets(
+                        task, request.offset, request.num_rows, request.body
+                    )
+                    pieces += more_pieces
+                    target_errors += more_target_errors
+                    continue
                 else:
                     more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
                 pieces += more_pieces
                 errors += more_errors
-            self.writer.post("result", (task, pieces, errors))
+            # Posted once every target answered or failed every request of the task: the unit of resume.
+            self.writer.post("result", (task, pieces, errors, target_errors))
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
 
@@ -337,16 +369,21 @@ class Pipeline:
             else:
                 self.coordinator.cancel("the error budget is spent")
 
-    def _call(self, body: bytes, request_id: str | None) -> InvokeResult:
-        """One HTTP call (one attempt of a request), counted with its bytes and latency."""
+    def _call(
+        self, body: bytes, request_id: str | None, invoke: Invoker | None = None, target: str | None = None
+    ) -> InvokeResult:
+        """One HTTP call (one attempt of a request), counted with its bytes and latency (and target)."""
+        invoke = invoke or self.invoke
         started = time.monotonic()
         try:
             if request_id is None:
-                result = self.invoke(body)
+                result = invoke(body)
             else:
-                result = cast(IdentifyingInvoker, self.invoke)(body, inference_id=request_id)
+                result = cast(IdentifyingInvoker, invoke)(body, inference_id=request_id)
         except BaseException:
-            self.stats.record_call(variant=None, sent=len(body), received=0, started=started, ended=time.monotonic())
+            self.stats.record_call(
+                variant=None, sent=len(body), received=0, started=started, ended=time.monotonic(), target=target
+            )
             raise
         self.stats.record_call(
             variant=result.invoked_production_variant,
@@ -354,8 +391,33 @@ class Pipeline:
             received=len(result.body),
             started=started,
             ended=time.monotonic(),
+            target=target,
         )
         return result
+
+    def _score_targets(self, task: Task, offset: int, count: int, body: bytes) -> tuple[list[Piece], TargetErrors]:
+        """Score rows ``[offset, offset+count)`` of a task at every target: the merged pieces and the errors
+        of each target; the error budget counts each failed row once."""
+        assert self.targets is not None and self.compare_stats is not None
+        results = [
+            self._score(task, offset, count, body, invoke=invoke, target=name, count_failures=False)
+            for name, invoke in self.targets
+        ]
+        schemas = self._target_schemas.known()
+        pieces, errors, learned = merge_targets(
+            num_rows=count,
+            names=[name for name, _ in self.targets],
+            results=results,
+            schemas=schemas,
+            variant_column=self._variant_column,
+        )
+        self._target_schemas.learn(schemas, learned)
+        failed_rows: set[int] = set()
+        for error_offset, error_count, _, _ in errors:
+            failed_rows.update(range(error_offset, error_offset + error_count))
+        if failed_rows:
+            self._count_failed(len(failed_rows), errors[-1][2])
+        return pieces, errors
 
     def _score_oversize(self, task: Task, offset: int, body: bytes) -> tuple[list[Piece], RowErrors]:
         """Score one row over the payload limit through ``oversize_invoke`` (no in-flight slot: another endpoint)."""
@@ -374,7 +436,16 @@ class Pipeline:
         return [self._decode(task, offset, 1, result)], []
 
     def _score(
-        self, task: Task, offset: int, count: int, body: bytes, *, bisecting: bool = False
+        self,
+        task: Task,
+        offset: int,
+        count: int,
+        body: bytes,
+        *,
+        bisecting: bool = False,
+        invoke: Invoker | None = None,
+        target: str | None = None,
+        count_failures: bool = True,
     ) -> tuple[list[Piece], RowErrors]:
         """Score rows ``[offset, offset+count)`` of a task; bisect if the model fails on them.
 
@@ -394,7 +465,7 @@ class Pipeline:
         try:
             self.stats.add(requests=1)
             result = self.retry_policy.call(
-                lambda: self._call(body, request_id),
+                lambda: self._call(body, request_id, invoke, target),
                 endpoint_name=self.endpoint_name,
                 on_retry=self._on_retry,
                 cancel=self.coordinator.stop,
@@ -408,7 +479,8 @@ class Pipeline:
             self.limiter.release()
         if failed is not None:
             if count == 1:
-                self._count_failed(1, failed)
+                if count_failures:
+                    self._count_failed(1, failed)
                 self._log_isolated(task, offset, failed)
                 return [], [(offset, 1, failed)]
             log.info(
@@ -421,9 +493,27 @@ class Pipeline:
             self.stats.add(bisections=1)
             half = count // 2
             left_body = self.codec.encode(task.features.slice(offset, half))
-            left = self._score(task, offset, half, left_body, bisecting=True)
+            left = self._score(
+                task,
+                offset,
+                half,
+                left_body,
+                bisecting=True,
+                invoke=invoke,
+                target=target,
+                count_failures=count_failures,
+            )
             right_body = self.codec.encode(task.features.slice(offset + half, count - half))
-            right = self._score(task, offset + half, count - half, right_body, bisecting=True)
+            right = self._score(
+                task,
+                offset + half,
+                count - half,
+                right_body,
+                bisecting=True,
+                invoke=invoke,
+                target=target,
+                count_failures=count_failures,
+            )
             return left[0] + right[0], left[1] + right[1]
         self.limiter.on_success()
         return [self._decode(task, offset, count, result)], []

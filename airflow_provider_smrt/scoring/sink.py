@@ -64,10 +64,13 @@ ERROR_FIELDS: tuple[pa.Field, ...] = (
     pa.field("invoked_variant", pa.string()),
     #: The InferenceId of the request that failed (null without ``inference_id_prefix``).
     pa.field("inference_id", pa.string()),
+    #: The target of ``compare_targets`` that failed the row (null without ``compare_targets``).
+    pa.field("target", pa.string()),
 )
 #: The container's message is cut to this many bytes (UTF-8) in ``_errors/``.
 ORIGINAL_MESSAGE_BYTES = 1024
 ERROR_INFERENCE_ID_COLUMN = "inference_id"
+ERROR_TARGET_COLUMN = "target"
 _PART = re.compile(r"^part-(?P<slug>.+)-(?P<start>\d{10})-(?P<end>\d{10})-(?P<fp>[0-9a-f]{12})\.parquet$")
 
 

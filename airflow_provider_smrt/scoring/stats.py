@@ -116,6 +116,8 @@ class RunStats:
     calls: CallStats = field(default_factory=CallStats)
     #: The same calls by invoked variant (:data:`NO_VARIANT` for calls answered without one).
     calls_by_variant: dict[str, CallStats] = field(default_factory=dict)
+    #: The same calls by target of ``compare_targets`` (empty without it).
+    calls_by_target: dict[str, CallStats] = field(default_factory=dict)
     #: ``time.monotonic()`` when the first call started and the last one ended (None before any call).
     first_call_started: float | None = None
     last_call_ended: float | None = None
@@ -126,11 +128,26 @@ class RunStats:
             for name, delta in deltas.items():
                 setattr(self, name, getattr(self, name) + delta)
 
-    def record_call(self, *, variant: str | None, sent: int, received: int, started: float, ended: float) -> None:
-        """One HTTP call: ``sent`` and ``received`` body bytes, between ``started`` and ``ended`` (monotonic)."""
+    def record_call(
+        self,
+        *,
+        variant: str | None,
+        sent: int,
+        received: int,
+        started: float,
+        ended: float,
+        target: str | None = None,
+    ) -> None:
+        """One HTTP call: ``sent`` and ``received`` body bytes, between ``started`` and ``ended`` (monotonic);
+        ``target``: the name of its target of ``compare_targets``, if any."""
         seconds = max(0.0, ended - started)
         with self.lock:
             self.calls.add(sent=sent, received=received, seconds=seconds)
+            if target is not None:
+                by_target = self.calls_by_target.get(target)
+                if by_target is None:
+                    by_target = self.calls_by_target[target] = CallStats()
+                by_target.add(sent=sent, received=received, seconds=seconds)
             by_variant = self.calls_by_variant.get(variant or NO_VARIANT)
             if by_variant is None:
                 by_variant = self.calls_by_variant[variant or NO_VARIANT] = CallStats()

@@ -22,12 +22,14 @@ import pyarrow as pa
 from airflow_provider_smrt.exceptions import OutputError, ScoringCancelledError, SmrtError
 from airflow_provider_smrt.s3 import basename
 from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
+from airflow_provider_smrt.scoring.compare import CompareStats, TargetErrors
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
 from airflow_provider_smrt.scoring.inference_ids import inference_id
 from airflow_provider_smrt.scoring.sink import (
     ERROR_FIELDS,
     ERROR_INFERENCE_ID_COLUMN,
+    ERROR_TARGET_COLUMN,
     ORIGINAL_MESSAGE_BYTES,
     PartWriter,
     PendingSegment,
@@ -50,6 +52,9 @@ class TaskWriter:
 
     :param passthrough_schema: the pass-through columns of every part.
     :param variant_column: if set, an output column holding each row's invoked production variant.
+    :param compare_stats: with ``compare_targets``: the pieces hold every target's suffixed columns, the
+        errors are per target; a row counts as scored when every target answered it, as failed (once)
+        when any target failed it, and its predictions are folded into the agreement counters.
     """
 
     def __init__(
@@ -59,7 +64,9 @@ class TaskWriter:
         stats: RunStats,
         variant_column: str | None = None,
         inference_id_prefix: str | None = None,
+        compare_stats: CompareStats | None = None,
     ) -> None:
+        self.compare_stats = compare_stats
         self.inference_id_prefix = inference_id_prefix
         self.passthrough_schema = passthrough_schema
         self.stats = stats
@@ -82,7 +89,15 @@ class TaskWriter:
             fields += list(self.prediction_schema)
         return pa.schema(fields)
 
-    def write(self, part: PartWriter, task: Task, pieces: list[Piece], errors: RowErrors) -> None:
+    def write(
+        self,
+        part: PartWriter,
+        task: Task,
+        pieces: list[Piece],
+        errors: RowErrors,
+        target_errors: TargetErrors | None = None,
+    ) -> None:
+        compare = self.compare_stats
         for piece in pieces:
             rows = piece.predictions.num_rows
             passthrough = task.passthrough.slice(piece.offset, rows)
@@ -101,11 +116,15 @@ class TaskWriter:
                         )
                     self.prediction_schema = predictions.schema
             part.write(passthrough, predictions)
-            self.stats.add(rows_scored=rows)
+            if compare is not None:
+                compare.fold(predictions)
+            else:
+                self.stats.add(rows_scored=rows)
             if piece.variant:
                 with self.stats.lock:
                     self.stats.variants[piece.variant] += 1
-        for offset, count, err in errors:
+        tagged = [(offset, count, err, None) for offset, count, err in errors] + list(target_errors or [])
+        for offset, count, err, target in tagged:
             table = task.passthrough.slice(offset, count)
             first = task.unit.start + task.offset + offset
             story = error_story(err)
@@ -114,11 +133,20 @@ class TaskWriter:
                 if self.inference_id_prefix is None
                 else inference_id(self.inference_id_prefix, task.unit, task.offset + offset, count)
             )
+            story[ERROR_TARGET_COLUMN] = target
             for field in ERROR_FIELDS:
                 values = range(first, first + count) if field.name == "input_row" else [story[field.name]] * count
                 table = table.append_column(field, pa.array(values, type=field.type))
             part.write_errors(table)
-            self.stats.add(rows_failed=count)
+            if compare is None:
+                self.stats.add(rows_failed=count)
+            elif target is not None:
+                compare.add_failed(target, count)
+        if compare is not None:
+            failed: set[int] = set()
+            for offset, count, _, _ in tagged:
+                failed.update(range(offset, offset + count))
+            self.stats.add(rows_scored=task.features.num_rows - len(failed), rows_failed=len(failed))
 
 
 def error_story(err: SmrtError) -> dict[str, Any]:
@@ -142,6 +170,7 @@ def error_story(err: SmrtError) -> dict[str, Any]:
         "request_id": getattr(err, "request_id", None),
         "attempts": getattr(err, "attempts", None),
         "invoked_variant": getattr(err, "invoked_production_variant", None),
+        "target": None,
     }
 
 
@@ -247,15 +276,15 @@ class InOrderWriter:
                 unit, count = payload
                 self._expected[unit] = count
             else:
-                task, pieces, errors = payload
+                task = payload[0]
                 unit = task.unit
-                self._pending[unit][task.seq] = (task, pieces, errors)
+                self._pending[unit][task.seq] = payload
             pending = self._pending[unit]
             part = self._parts[unit]
             while self._next_seq[unit] in pending:
-                task, pieces, errors = pending.pop(self._next_seq[unit])
+                task, pieces, errors, *more = pending.pop(self._next_seq[unit])
                 try:
-                    self.task_writer.write(part, task, pieces, errors)
+                    self.task_writer.write(part, task, pieces, errors, *more)
                     part.advance(unit.start + task.offset + task.features.num_rows)
                 finally:
                     self.buffer.release()

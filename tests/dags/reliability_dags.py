@@ -47,6 +47,8 @@ OVERRIDABLE = frozenset(
         "response_field",
         "checkpoint_interval_seconds",
         "checkpoint_every_requests",
+        "compare_targets",
+        "variant_column",
     }
 )
 

@@ -209,6 +209,22 @@ def test_variants_and_recorded_headers(runtime_client: Any, make_endpoint: Any, 
     assert "secret-sentinel-123" not in str(endpoint_stats(name))
 
 
+def test_stats_count_requests_and_rows_per_variant(
+    runtime_client: Any, make_endpoint: Any, endpoint_stats: Any
+) -> None:
+    name = make_endpoint("sum", variants={"Blue": 1.0, "Green": {"weight": 1.0, "poison_value": 13}})
+    for _ in range(3):
+        _invoke(runtime_client, name, TargetVariant="Blue")
+    _invoke(runtime_client, name, TargetVariant="Green")
+    with pytest.raises(ClientError):  # the Green variant's model rejects a row holding 13
+        runtime_client.invoke_endpoint(
+            EndpointName=name, Body=b"13,1,1\n", ContentType="text/csv", TargetVariant="Green"
+        )
+    stats = endpoint_stats(name)
+    assert stats["by_variant"] == {"Blue": {"requests": 3, "rows_ok": 6}, "Green": {"requests": 2, "rows_ok": 2}}
+    assert stats["requests"] == 5 and stats["rows_ok"] == 8
+
+
 def test_many_concurrent_connections(
     local_stack: Any, make_endpoint: Any, endpoint_stats: Any, patch_faults: Any
 ) -> None:

@@ -18,19 +18,14 @@ run while it is in flight.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
-from tests.support.child_runs import requests_settled, start_child
+from tests.support.child_runs import kill_when, requests_settled, start_child
 from tests.support.connections import env
 from tests.support.datasets import expected_sum, features
 from tests.support.fault_proxy import FaultProxy
@@ -117,20 +112,6 @@ def _setup(rig: ScoringRig, job: Job) -> tuple[str, dict[str, Any], pa.Table]:
     return endpoint, conf, pa.concat_tables(tables)
 
 
-def _kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool]) -> None:
-    """SIGKILL the child's process group as soon as ``ready()`` (polled), then reap it."""
-    deadline = time.monotonic() + 180
-    try:
-        while not ready():
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run made no progress"
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-
 def _covered_rows(rig: ScoringRig) -> tuple[int, int]:
     """Rows of the committed parts and rows of the checkpoints under the output."""
     parts = sum(read_table(rig.s3, rig.output_uri + name).num_rows for name in data_parts(rig.s3, rig.output_uri))
@@ -187,7 +168,7 @@ def test_sigkill_inside_a_unit_loses_at_most_one_interval(job: Job, rig: Scoring
     for percent in (25, 50, 90):
         proc = start_child(conf, rig.tmp_path / f"killed-at-{percent}")
         target = job.total_requests * percent // 100
-        _kill_when(proc, lambda target=target: rig.endpoint_stats(endpoint)["requests"] >= target)  # type: ignore[misc]
+        kill_when(proc, lambda target=target: rig.endpoint_stats(endpoint)["requests"] >= target)  # type: ignore[misc]
         sent = requests_settled(rig, endpoint)["requests"]
         in_parts, in_checkpoints = _covered_rows(rig)
         now_wasted = sent - (in_parts + in_checkpoints) // job.rows_per_request
@@ -215,7 +196,7 @@ def test_sigkill_while_an_s3_put_is_in_flight(what: str, pattern: str, rig: Scor
     with FaultProxy(rig.stack.s3_endpoint_url) as proxy, env(**rig.connection("r_s3_stall", s3=proxy.url)):
         proxy.state.stall_write_matching = re.compile(pattern)
         proc = start_child(conf, rig.tmp_path / "first")
-        _kill_when(proc, proxy.state.stalled.is_set)
+        kill_when(proc, proxy.state.stalled.is_set)
         proxy.state.release.set()  # the held PUT is dropped, never forwarded
         held = proxy.state.stalled_path or ""
         assert not [key for key in list_keys(rig.s3, rig.output_uri) if held.endswith("/" + key)]

@@ -47,11 +47,13 @@ def test_a_row_that_crashes_the_container_lands_in_errors_with_its_story(rig: Sc
         "attempts",
         "invoked_variant",
         "inference_id",
+        "target",
     ]
     rows = {row["id"]: row for row in errors.to_pylist()}
     assert rows[10_017]["input_row"] == 17 and rows[3]["input_row"] == 3
     for row in rows.values():
         assert row["error_class"] == "ModelServerError" and row["error_code"] == "ModelError"
+        assert row["target"] is None  # no compare_targets
         assert row["http_status"] == 424 and row["original_status_code"] == 500
         assert "container status 500" in row["error_message"]
         assert "poison value" not in row["error_message"]  # the container's message has its own column

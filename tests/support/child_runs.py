@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +48,18 @@ def start_child(conf: dict[str, Any], report_dir: Path) -> subprocess.Popen[str]
 def requests_settled(rig: ScoringRig, endpoint: str) -> dict[str, Any]:
     """The endpoint's counters once nothing is in flight any more (see :func:`local_control.wait_until_idle`)."""
     return local_control.wait_until_idle(rig.stack.runtime_endpoint_url, endpoint)
+
+
+def kill_when(proc: subprocess.Popen[str], ready: Callable[[], bool], *, deadline_seconds: float = 180) -> None:
+    """SIGKILL the child's process group as soon as ``ready()`` (polled, e.g. a count at the endpoint), then
+    reap it; fail if the run ends first or makes no progress within ``deadline_seconds``."""
+    deadline = time.monotonic() + deadline_seconds
+    try:
+        while not ready():
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
