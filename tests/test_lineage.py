@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from airflow_provider_smrt.async_inference import read_results
 from airflow_provider_smrt.lineage import LineageDataset, RunLineage, dataset_identity, to_operator_lineage
 from airflow_provider_smrt.local.demo_data import write_demo_dataset
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
-from airflow_provider_smrt.async_inference import read_results
 from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 
 FEATURES = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]

@@ -443,7 +443,7 @@ class SageMakerInvokeEndpointAsyncOperator(
                 ledger_uri=ledger_uri,
                 invocations=None if ledger_uri else records,
                 timeout=timeout,
-                resume_kwargs={"summary": summary},
+                resume_state=summary,
             )
         tracker = AsyncInferenceTracker(invocations)
         watch = Watch.for_timeout(
@@ -457,12 +457,10 @@ class SageMakerInvokeEndpointAsyncOperator(
         return with_wait(summary, event)
 
     @fails_fast
-    def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, summary: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger fired: the summary with the wait's counts, or raise (as the sensor does)."""
         checked = resume_from_event(event, log=self.log)
-        result = with_wait(summary or {}, checked)
+        result = with_wait(checked.get("resume_state") or {}, checked)
         self._lineage = self._lineage_after_wait(result)
         return result
 

@@ -39,6 +39,8 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
 
     :param invocations: dicts with at least ``output_location`` (as in the ledger).
     :param ledger_uri: the ``s3://`` URI of an invoke operator's submission ledger.
+    :param resume_state: a small dict handed back unchanged in the event (``resume_state``): what the
+        resuming task needs (the invoke operator's submission counts).
     :param aws_conn_id: the Airflow AWS connection.
     :param region_name: the AWS region.
     :param verify: SSL certificate verification.
@@ -62,6 +64,7 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
         timeout: float | None = None,
         deadline: float | None = None,
         max_failures: int = 0,
+        resume_state: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if (invocations is None) == (ledger_uri is None):
@@ -78,6 +81,7 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
             deadline = time.time() + float(timeout)
         self.deadline = deadline
         self.max_failures = max_failures
+        self.resume_state = resume_state
         # Validate now, in the worker, not in the triggerer.
         if self.invocations is not None:
             AsyncInferenceTracker(self.invocations)
@@ -98,6 +102,7 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
                 "timeout": self.timeout,
                 "deadline": self.deadline,
                 "max_failures": self.max_failures,
+                "resume_state": self.resume_state,
             },
         )
 
@@ -114,6 +119,8 @@ class SageMakerAsyncInferenceTrigger(BaseTrigger):
         payload = outcome.event(tracker, per_invocation=self.invocations is not None)
         if self.ledger_uri is not None:
             payload["ledger_uri"] = self.ledger_uri
+        if self.resume_state is not None:
+            payload["resume_state"] = self.resume_state
         yield TriggerEvent(payload)
 
     async def _watch(self) -> tuple[WaitOutcome, AsyncInferenceTracker]:
@@ -160,13 +167,13 @@ def defer_wait(
     invocations: list[dict[str, Any]] | None = None,
     ledger_uri: str | None = None,
     timeout: float,
-    resume_kwargs: dict[str, Any] | None = None,
+    resume_state: dict[str, Any] | None = None,
 ) -> None:
     """Defer ``task`` (the sensor, the invoke operator) to this trigger; it resumes in ``execute_complete``.
 
     The trigger gets ``ledger_uri`` (preferred: its arguments stay small) or ``invocations``, the task's
-    connection parameters, ``poke_interval`` and ``max_failures``; ``execute_complete`` gets
-    ``resume_kwargs`` (keep them small: they are stored with the task instance).
+    connection parameters, ``poke_interval`` and ``max_failures``; ``resume_state`` comes back in the
+    event (keep it small: it is stored with the trigger and the task instance).
 
     :raises AirflowFailException: the async S3 client (aiobotocore, the ``async`` extra) is not installed:
         the trigger could not run, and a task retry would not install it.
@@ -183,9 +190,9 @@ def defer_wait(
             poke_interval=task.poke_interval,
             timeout=timeout,
             max_failures=task.max_failures,
+            resume_state=resume_state,
         ),
         method_name="execute_complete",
-        kwargs=resume_kwargs,
         timeout=timedelta(seconds=timeout + 300),
     )
 

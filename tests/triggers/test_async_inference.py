@@ -72,6 +72,7 @@ def test_serialize_round_trip() -> None:
         "timeout",
         "deadline",
         "max_failures",
+        "resume_state",
     }
     assert abs(kwargs["deadline"] - (time.time() + 120)) < 5
     # As the worker hands it to the triggerer: serde-encoded, then rebuilt from the class path.
