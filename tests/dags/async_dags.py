@@ -42,7 +42,7 @@ def _invoke(**kwargs: Any) -> SageMakerInvokeEndpointAsyncOperator:
 class FailAfterSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
     """Submits, then fails its first try: the retry must not submit again."""
 
-    def execute(self, context: Any) -> list[dict[str, Any]]:
+    def execute(self, context: Any) -> Any:
         result = super().execute(context)
         if context["ti"].try_number == 1:
             raise RuntimeError("simulated worker failure after the requests were submitted")
