@@ -272,7 +272,7 @@ class AsyncInferenceFailedError(SmrtError):
     """One or more async invocations failed (their failure objects appeared in S3).
 
     :param message: the failures: inference id, input and the head of each failure message.
-    :param failures: the status dicts of the failed invocations.
+    :param failures: the status dicts of the first failed invocations (at most 10).
     """
 
     def __init__(self, message: str, *, failures: list[dict[str, Any]]) -> None:

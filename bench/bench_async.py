@@ -92,6 +92,7 @@ def _context(run_id: str) -> dict[str, Any]:
 
 
 def submit(endpoint: str, inputs: list[str], run_id: str, concurrency: int) -> list[dict[str, Any]]:
+    from airflow_provider_smrt.async_inference import read_records
     from airflow_provider_smrt.operators.invoke_endpoint_async import SageMakerInvokeEndpointAsyncOperator
 
     op = SageMakerInvokeEndpointAsyncOperator(
@@ -103,8 +104,9 @@ def submit(endpoint: str, inputs: list[str], run_id: str, concurrency: int) -> l
     )
     op.hook.conn  # noqa: B018 - client creation is not part of the rate
     started = time.perf_counter()
-    records = op.execute(_context(run_id))
+    summary = op.execute(_context(run_id))
     elapsed = time.perf_counter() - started
+    records = read_records(op.s3_client, summary)
     print(f"submitted {len(records)} async invocations in {elapsed:.2f}s: {len(records) / elapsed:.0f}/s "
           f"(concurrency {concurrency}, ledger writes included)")
     return records

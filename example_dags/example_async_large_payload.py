@@ -6,8 +6,11 @@ an async inference config and a bucket the role may write.
 
 1. ``make_payloads`` writes a few CSV objects of ~8 MiB each (10 numeric columns) to S3;
 2. ``invoke`` submits one InvokeEndpointAsync request per object (idempotent under retries);
-3. ``wait`` waits for every output in the triggerer (deferrable);
-4. ``check`` compares every returned value with the sum computed here.
+3. ``wait`` waits for every output in the triggerer (deferrable); ``invoke`` and ``wait`` return a
+   summary (counts and the S3 URI of the ledger holding one record per request), the same size for
+   2 requests or 20,000;
+4. ``check`` reads the records back from the ledger and compares every returned value with the sum
+   computed here.
 """
 
 from __future__ import annotations
@@ -80,13 +83,18 @@ with DAG(
     )
 
     @task
-    def check(statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    def check(summary: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
+        from airflow_provider_smrt.async_inference import read_results
+
         s3 = S3Hook()
+        statuses = read_results(s3.get_conn(), summary)
         rows = 0
         for i, status in enumerate(statuses):
+            if status["status"] != "succeeded":
+                raise ValueError(f"request {status['inference_id']} {status['status']}")
             bucket, key = S3Hook.parse_s3_url(status["output_location"])
             got = np.array(s3.read_key(key, bucket).split(), dtype=float)
             expected = _payload(i).sum(axis=1)

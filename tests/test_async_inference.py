@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -294,3 +296,27 @@ def test_one_wait_loop_success_failure_timeout_and_cancel() -> None:
     cancel.set()
     outcome = wait_sync(Watch(AsyncInferenceTracker(invs), poke_interval=5), FakeS3(), cancel=cancel)
     assert outcome.status == "cancelled"
+
+
+def test_outcome_event_without_per_invocation_statuses_names_the_first_failures() -> None:
+    """A ledger-fed wait's event has counts and the first failures (capped, no messages), never one entry each."""
+    from airflow_provider_smrt.async_inference import FIRST_FAILURES, outcome_event
+    from airflow_provider_smrt.async_inference.wait import SUCCESS, WaitOutcome
+
+    invs = _invocations(30)
+    tracker = AsyncInferenceTracker(invs)
+    for status in tracker.statuses[:12]:
+        status.state = InvocationState.FAILED
+        status.failure_message = "the container's own words"
+    for status in tracker.statuses[12:]:
+        status.state = InvocationState.SUCCEEDED
+    event = WaitOutcome(SUCCESS, "done").event(tracker, per_invocation=False)
+    assert "invocations" not in event and event["summary"]["failed"] == 12
+    assert [f["inference_id"] for f in event["first_failures"]] == [i["inference_id"] for i in invs[:FIRST_FAILURES]]
+    assert "container" not in json.dumps(event)
+
+    warnings: list[str] = []
+    log = SimpleNamespace(info=lambda *a: None, warning=lambda msg, *args: warnings.append(msg % args))
+    assert outcome_event(event, log=log, timeout_error=RuntimeError) is event
+    assert len(warnings) == FIRST_FAILURES + 1 and warnings[-1] == "... and 2 more tolerated failure(s)"
+    assert tracker.failure_error().failures == [s.to_dict() for s in tracker.failed[:FIRST_FAILURES]]

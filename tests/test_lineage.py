@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from airflow_provider_smrt.async_inference import read_results
 from airflow_provider_smrt.lineage import LineageDataset, RunLineage, dataset_identity, to_operator_lineage
 from airflow_provider_smrt.local.demo_data import write_demo_dataset
 from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
@@ -101,7 +102,9 @@ def test_async_lineage_after_a_run(s3_client: Any, s3_prefix: str) -> None:
         wait_for_completion=True,
         poke_interval=0.2,
     )
-    records = operator.execute(_context("invoke"))
+    summary = operator.execute(_context("invoke"))
+    assert summary["succeeded"] == 2 and summary["failed"] == 0
+    records = read_results(s3_client, summary)
     assert [r["status"] for r in records] == ["succeeded", "succeeded"]
 
     lineage = operator.get_openlineage_facets_on_complete(None)

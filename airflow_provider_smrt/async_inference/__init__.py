@@ -9,7 +9,9 @@ the Parquet-mode invoker:
   :func:`poll_async`);
 * :mod:`~airflow_provider_smrt.async_inference.wait`: the one wait loop and the reading of its outcome;
 * :mod:`~airflow_provider_smrt.async_inference.deadlines`: the service's TTL and invocation timeout;
-* :mod:`~airflow_provider_smrt.async_inference.ledger`: the invoke operator's submission records.
+* :mod:`~airflow_provider_smrt.async_inference.ledger`: the invoke operator's submission records;
+* :mod:`~airflow_provider_smrt.async_inference.results`: the operator's bounded summary, and reading
+  its records back (:func:`read_records`, :func:`read_results`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from airflow_provider_smrt.async_inference.poll import (
     poll_async,
     poll_sync,
 )
+from airflow_provider_smrt.async_inference.results import read_records, read_results
 from airflow_provider_smrt.async_inference.tracker import (
+    FIRST_FAILURES,
     AsyncInferenceTracker,
     AsyncInvocation,
     InvocationState,
@@ -36,6 +40,7 @@ from airflow_provider_smrt.async_inference.tracker import (
 from airflow_provider_smrt.async_inference.wait import (
     WaitOutcome,
     Watch,
+    outcome_event,
     outcome_result,
     verdict,
     wait_async,
@@ -48,6 +53,7 @@ __all__ = [
     "DEFAULT_REQUEST_TTL_SECONDS",
     "DEFAULT_S3_RETRY_POLICY",
     "FAILURE_MESSAGE_BYTES",
+    "FIRST_FAILURES",
     "AsyncInferenceTracker",
     "AsyncInvocation",
     "InvocationState",
@@ -58,9 +64,12 @@ __all__ = [
     "WaitOutcome",
     "Watch",
     "default_timeout_seconds",
+    "outcome_event",
     "outcome_result",
     "poll_async",
     "poll_sync",
+    "read_records",
+    "read_results",
     "service_deadline_seconds",
     "verdict",
     "wait_async",

@@ -183,6 +183,12 @@ class SubmissionLedger:
             return None
         return cls(client=client, location=location, key=key, endpoint_name=endpoint_name)
 
+    @classmethod
+    def at(cls, client: Any, ledger_uri: str) -> SubmissionLedger:
+        """The ledger object ``ledger_uri`` (an operator's summary names it), for reading."""
+        location = S3Location.parse(ledger_uri)
+        return cls(client=client, location=location, key={}, endpoint_name="")
+
     @property
     def segments_prefix(self) -> str:
         """The key prefix of this ledger's segments (records appended one response at a time)."""
@@ -207,8 +213,7 @@ class SubmissionLedger:
                 f"cannot read the submission ledger s3://{loc.bucket}/{key}: {type(err).__name__} {code}"
             ) from err
         with response["Body"] as stream:
-            document = json.loads(stream.read())
-        return {entry["input"]: entry for entry in document.get("invocations", [])}
+            return parse_document(stream.read())
 
     def _segment_keys(self) -> list[str]:
         keys: list[str] = []
@@ -236,6 +241,7 @@ class SubmissionLedger:
             log.info("%d request(s) missing from the ledger already have a result; not resubmitting", len(recovered))
         recorded.update(recovered)
         if recorded:
+            in_order = {r.identity: recorded[r.identity] for r in requests if r.identity in recorded}
             log.info(
                 "%d of %d request(s) were already submitted by an earlier try (ledger %s); not resubmitting them",
                 sum(1 for r in requests if r.identity in recorded),
@@ -243,11 +249,11 @@ class SubmissionLedger:
                 self.location.uri,
             )
             if recovered:
-                self.write(recorded)
+                self.write({**in_order, **recorded})
         return recorded
 
     def write(self, records: dict[str, Record]) -> None:
-        """Write the ledger object with ``records`` (every record of the task instance)."""
+        """Write the ledger object with ``records`` (every record of the task instance, in request order)."""
         self._put(self.location.key, list(records.values()))
 
     def _put(self, key: str, records: list[Record]) -> None:
@@ -268,6 +274,61 @@ class SubmissionLedger:
     def appender(self) -> LedgerAppender:
         """A thread-safe appender of records to new segments of this ledger."""
         return LedgerAppender(self)
+
+
+def parse_document(raw: bytes) -> dict[str, Record]:
+    """The records of a ledger (or segment) document, by input, in the document's order."""
+    document = json.loads(raw)
+    return {entry["input"]: entry for entry in document.get("invocations", [])}
+
+
+def read_ledger(client: Any, ledger_uri: str) -> list[Record]:
+    """The records of the ledger ``ledger_uri`` (and of its segments), in request order, with a boto3 client.
+
+    :raises SmrtError: there is no ledger there, or it cannot be read.
+    """
+    ledger = SubmissionLedger.at(client, ledger_uri)
+    records = ledger.read()
+    if not records:
+        raise SmrtError(_no_ledger(ledger_uri))
+    return list(records.values())
+
+
+async def read_ledger_async(client: Any, ledger_uri: str) -> list[Record]:
+    """:func:`read_ledger` with an aiobotocore client (the trigger)."""
+    ledger = SubmissionLedger.at(client, ledger_uri)
+    location = ledger.location
+
+    async def document(key: str) -> dict[str, Record]:
+        try:
+            response = await client.get_object(Bucket=location.bucket, Key=key)
+        except Exception as err:
+            if is_not_found(err):
+                return {}
+            code = error_code(err) or ""
+            raise SmrtError(
+                f"cannot read the submission ledger s3://{location.bucket}/{key}: {type(err).__name__} {code}"
+            ) from err
+        async with response["Body"] as stream:
+            return parse_document(await stream.read())
+
+    records = await document(location.key)
+    paginator = client.get_paginator("list_objects_v2")
+    keys: list[str] = []
+    async for page in paginator.paginate(Bucket=location.bucket, Prefix=ledger.segments_prefix):
+        keys.extend(item["Key"] for item in page.get("Contents", []))
+    for key in sorted(keys):
+        records.update(await document(key))
+    if not records:
+        raise SmrtError(_no_ledger(ledger_uri))
+    return list(records.values())
+
+
+def _no_ledger(ledger_uri: str) -> str:
+    return (
+        f"no submission ledger at {ledger_uri}: pass the ledger_uri of an invoke operator's summary (its XCom) "
+        "after the operator ran"
+    )
 
 
 @dataclass

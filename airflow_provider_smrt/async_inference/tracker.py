@@ -26,6 +26,9 @@ from airflow_provider_smrt.async_inference.deadlines import service_deadline_sec
 from airflow_provider_smrt.exceptions import AsyncInferenceFailedError, ParameterValidationError
 from airflow_provider_smrt.s3 import ObjectInfo, S3Location
 
+#: Failed invocations named in a summary or a trigger event at most (the rest are counted).
+FIRST_FAILURES = 10
+
 
 class InvocationState(str, enum.Enum):
     """Where an async invocation stands."""
@@ -206,6 +209,21 @@ class AsyncInferenceTracker:
     def to_dicts(self) -> list[dict[str, Any]]:
         return [status.to_dict() for status in self.statuses]
 
+    def first_failures(self, limit: int = FIRST_FAILURES) -> list[dict[str, Any]]:
+        """The first ``limit`` failed invocations: input, inference id, failure location and the error class.
+
+        Never the failure object's message (the container's words): read it from ``failure_location``.
+        """
+        return [
+            {
+                "input": status.invocation.input,
+                "inference_id": status.invocation.inference_id,
+                "failure_location": status.invocation.failure_location,
+                "error": AsyncInferenceFailedError.__name__,
+            }
+            for status in self.failed[:limit]
+        ]
+
     # -- planning --------------------------------------------------------------------------------
 
     def plan(self) -> list[Probe]:
@@ -242,11 +260,12 @@ class AsyncInferenceTracker:
                     status.completed_at = info.last_modified
 
     def failure_error(self) -> AsyncInferenceFailedError:
-        """The error describing every failed invocation (up to 10 in the message)."""
+        """The error describing the failed invocations (the first :data:`FIRST_FAILURES` in the message and
+        in ``failures``)."""
         failed = self.failed
-        shown = "\n".join(f"  - {status.describe_failure()}" for status in failed[:10])
-        more = f"\n  ... and {len(failed) - 10} more" if len(failed) > 10 else ""
+        shown = "\n".join(f"  - {status.describe_failure()}" for status in failed[:FIRST_FAILURES])
+        more = f"\n  ... and {len(failed) - FIRST_FAILURES} more" if len(failed) > FIRST_FAILURES else ""
         return AsyncInferenceFailedError(
             f"{len(failed)} of {len(self.statuses)} async invocation(s) failed:\n{shown}{more}",
-            failures=[status.to_dict() for status in failed],
+            failures=[status.to_dict() for status in failed[:FIRST_FAILURES]],
         )

@@ -3,7 +3,7 @@
 Used by every waiter: the sensor's poke (:func:`verdict` after one poll), the trigger
 (:func:`wait_async`), the invoke operator's synchronous wait (:func:`wait_sync`), the Parquet-mode
 invoker (:func:`wait_sync` with a ``cancel`` event), and the ``execute_complete`` of the sensor and
-the operator (:func:`outcome_result` of the trigger's event).
+the operator (:func:`outcome_event` of the trigger's event).
 
 After each poll the :class:`Watch` decides: more failures than ``max_failures`` end with ``failure``,
 every invocation done ends with ``success``, otherwise wait ``poke_interval``. A transient S3 error
@@ -53,16 +53,24 @@ class WaitOutcome:
     message: str
     failures: list[dict[str, Any]] = field(default_factory=list)
 
-    def event(self, tracker: AsyncInferenceTracker) -> dict[str, Any]:
-        """The trigger's event payload (JSON-serialisable)."""
+    def event(self, tracker: AsyncInferenceTracker, *, per_invocation: bool = True) -> dict[str, Any]:
+        """The trigger's event payload (JSON-serialisable).
+
+        Always the counts (``summary``), the first failed invocations (``first_failures``, without their
+        messages) and the S3 effort; with ``per_invocation`` also one status dict per invocation
+        (``invocations``): leave it out when the invocations came from a ledger, so the event stays small
+        whatever their number.
+        """
         payload: dict[str, Any] = {
             "status": self.status,
             "message": self.message,
-            "invocations": tracker.to_dicts(),
             "summary": tracker.summary(),
+            "first_failures": tracker.first_failures(),
             "requests": tracker.requests,
             "polls": tracker.polls,
         }
+        if per_invocation:
+            payload["invocations"] = tracker.to_dicts()
         if self.status == FAILURE:
             payload["failures"] = self.failures
         return payload
@@ -176,13 +184,13 @@ async def wait_async(watch: Watch, client: Any, *, poll: PollAsync = poll_async)
         watch.woke()
 
 
-def outcome_result(
+def outcome_event(
     event: Mapping[str, Any] | None,
     *,
     log: Log,
     timeout_error: Callable[[str], BaseException],
-) -> list[dict[str, Any]]:
-    """Read a wait's outcome (the trigger's event, or :meth:`WaitOutcome.event`): the statuses, or raise.
+) -> Mapping[str, Any]:
+    """Read a wait's outcome (the trigger's event, or :meth:`WaitOutcome.event`): the ``success`` event, or raise.
 
     ``failure`` raises :class:`AsyncInferenceFailedError`, ``timeout`` raises ``timeout_error(message)``
     (Airflow's sensor timeout, so the task is not retried into the same wait), anything else
@@ -193,15 +201,30 @@ def outcome_result(
     status = event.get("status")
     message = str(event.get("message"))
     if status == SUCCESS:
-        invocations: list[dict[str, Any]] = list(event["invocations"])
-        for entry in invocations:
-            if entry.get("status") == "failed":
-                log.warning(
-                    "tolerated failure: inference_id=%s input=%s", entry.get("inference_id"), entry.get("input")
-                )
-        return invocations
+        if "invocations" in event:
+            failed = [entry for entry in event["invocations"] if entry.get("status") == "failed"]
+        else:
+            failed = list(event.get("first_failures") or [])
+        for entry in failed:
+            log.warning("tolerated failure: inference_id=%s input=%s", entry.get("inference_id"), entry.get("input"))
+        shown = len(failed)
+        total = int((event.get("summary") or {}).get("failed") or 0)
+        if total > shown:
+            log.warning("... and %d more tolerated failure(s)", total - shown)
+        return event
     if status == FAILURE:
         raise AsyncInferenceFailedError(message, failures=event.get("failures") or [])
     if status == TIMEOUT:
         raise timeout_error(message)
     raise SmrtError(str(event.get("message") or f"unexpected trigger event status {status!r}"))
+
+
+def outcome_result(
+    event: Mapping[str, Any] | None,
+    *,
+    log: Log,
+    timeout_error: Callable[[str], BaseException],
+) -> list[dict[str, Any]]:
+    """:func:`outcome_event` of an event with per-invocation statuses: those statuses, or raise."""
+    checked = outcome_event(event, log=log, timeout_error=timeout_error)
+    return list(checked.get("invocations") or [])

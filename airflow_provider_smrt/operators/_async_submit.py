@@ -70,8 +70,12 @@ def submit_all(
     concurrency: int,
     log: Log,
     endpoint_name: str,
+    order: Sequence[str] = (),
 ) -> None:
     """Submit ``todo`` (``submit_one`` makes one request and returns its record) into ``records``.
+
+    The ledger is written with the records of ``order`` (the identities of all the task's requests) in
+    that order, then any others.
 
     :raises InvocationError: the first submission error, as the hook classified it.
     :raises SmrtError: any other first error, with how many were submitted.
@@ -98,7 +102,8 @@ def submit_all(
         submitter.shutdown()
     if appender is not None:
         with lock:
-            snapshot = dict(records)
+            snapshot = {identity: records[identity] for identity in order if identity in records}
+            snapshot.update(records)
         appender.fold(snapshot)
     elapsed = time.monotonic() - started
     submitted = sum(1 for request in todo if request.identity in records)

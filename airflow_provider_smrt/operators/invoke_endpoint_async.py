@@ -30,7 +30,7 @@ from airflow_provider_smrt.async_inference import (
     AsyncInvocation,
     Watch,
     default_timeout_seconds,
-    outcome_result,
+    outcome_event,
     poll_sync,
     wait_sync,
 )
@@ -46,6 +46,7 @@ from airflow_provider_smrt.async_inference.ledger import (
     render_filename,
     task_key,
 )
+from airflow_provider_smrt.async_inference.results import read_records, read_results, submission_summary, with_wait
 from airflow_provider_smrt.exceptions import InvocationError, ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
@@ -85,11 +86,16 @@ class SageMakerInvokeEndpointAsyncOperator(
 
     Requests are sent with at most ``concurrency`` in flight and the hook's retry policy. They are
     idempotent under task retries (see the module documentation: deterministic inference ids and
-    output names, and an S3 ledger of submissions). Returns (XCom) one dict per request: ``input``,
-    ``inference_id``, ``output_location``, ``failure_location``, ``submitted_at`` (ISO 8601 UTC),
-    plus ``request_ttl_seconds`` and ``invocation_timeout_seconds``; when it waited, also ``status``,
-    ``output_size``, ``completed_at`` and ``time_to_completion_seconds``. Feed the list to
-    :class:`~airflow_provider_smrt.sensors.async_inference.SageMakerAsyncInferenceSensor`.
+    output names, and an S3 ledger of submissions). Returns (XCom) a summary of the same size whatever
+    the number of requests: ``endpoint_name``, ``ledger_uri`` (the S3 object holding every request's
+    record), ``requests``, ``submitted`` (by this try), ``resumed`` (recorded by an earlier try),
+    ``waited``; when it waited, ``succeeded``, ``failed``, ``pending`` and ``first_failures`` (the first 10
+    failed requests: ``input``, ``inference_id``, ``failure_location``, ``error``; never the failure
+    message); ``invocations`` holds the one record only when there is no ledger (an inline body without
+    ``ledger_uri``). Read the per-request records with
+    :func:`~airflow_provider_smrt.async_inference.results.read_records` (as submitted) or
+    :func:`~airflow_provider_smrt.async_inference.results.read_results` (with their statuses). Feed the
+    summary to :class:`~airflow_provider_smrt.sensors.async_inference.SageMakerAsyncInferenceSensor`.
 
     :param endpoint_name: the SageMaker endpoint (with an async inference config). (templated)
     :param input_location: an ``s3://`` URI, or a list of them, one request each. (templated)
@@ -289,6 +295,7 @@ class SageMakerInvokeEndpointAsyncOperator(
                 requests, ids, filename=self.filename, record=self._record, log=self.log
             )
         todo = [request for request in requests if request.identity not in recorded]
+        resumed = len(requests) - len(todo)
         records = dict(recorded)
         try:
             self.hook.conn  # noqa: B018 - create the client once, before the threads share it
@@ -300,6 +307,7 @@ class SageMakerInvokeEndpointAsyncOperator(
                 concurrency=self.concurrency,
                 log=self.log,
                 endpoint_name=self.endpoint_name,
+                order=[request.identity for request in requests],
             )
         except ModelError as err:
             if err.log_stream_arn:
@@ -307,10 +315,17 @@ class SageMakerInvokeEndpointAsyncOperator(
             raise
 
         result = [records[request.identity] for request in requests]
-        if self.wait_for_completion:
-            result = self._wait(context, result)  # a deferrable operator resumes in execute_complete instead
+        summary = submission_summary(
+            endpoint_name=self.endpoint_name,
+            ledger_uri=ledger.location.uri if ledger is not None else None,
+            records=result,
+            submitted=len(todo),
+            resumed=resumed,
+        )
         self._lineage = async_run_lineage(result)
-        return result
+        if self.wait_for_completion:
+            return self._wait(context, result, summary)  # a deferrable operator resumes in execute_complete
+        return summary
 
     # -- Parquet datasets (deprecated here) ------------------------------------------------------
 
@@ -414,27 +429,51 @@ class SageMakerInvokeEndpointAsyncOperator(
 
     # -- waiting -------------------------------------------------------------------------------
 
-    def _wait(self, context: Context, records: list[Record]) -> list[Record]:
-        """Wait for the results: in the triggerer (deferrable), or in the worker with the same wait loop."""
+    def _wait(self, context: Context, records: list[Record], summary: dict[str, Any]) -> dict[str, Any]:
+        """Wait for the results: in the triggerer (deferrable), or in the worker with the same wait loop.
+
+        The trigger reads the records from the ledger, so its arguments stay small.
+        """
         invocations = [AsyncInvocation.from_value(record) for record in records]
         timeout = self.wait_timeout if self.wait_timeout is not None else default_timeout_seconds(invocations)
         if self.deferrable:
-            defer_wait(self, records, timeout=timeout)
+            ledger_uri = summary["ledger_uri"]
+            defer_wait(
+                self,
+                ledger_uri=ledger_uri,
+                invocations=None if ledger_uri else records,
+                timeout=timeout,
+                resume_state=summary,
+            )
         tracker = AsyncInferenceTracker(invocations)
         watch = Watch.for_timeout(
             tracker, timeout=timeout, poke_interval=self.poke_interval, max_failures=self.max_failures, log=self.log
         )
         outcome = wait_sync(watch, self.s3_client, poll=poll_sync)
-        statuses = outcome_result(outcome.event(tracker), log=self.log, timeout_error=AirflowSensorTimeout)
-        return _merge(records, statuses)
+        event = outcome_event(
+            outcome.event(tracker, per_invocation=False), log=self.log, timeout_error=AirflowSensorTimeout
+        )
+        self._lineage = async_run_lineage(tracker.to_dicts())
+        return with_wait(summary, event)
 
     @fails_fast
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Resume after the trigger fired: the records with their statuses, or raise (as the sensor does)."""
-        statuses = resume_from_event(event, log=self.log)
-        self._lineage = async_run_lineage(statuses)
-        return statuses
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger fired: the summary with the wait's counts, or raise (as the sensor does)."""
+        checked = resume_from_event(event, log=self.log)
+        result = with_wait(checked.get("resume_state") or {}, checked)
+        self._lineage = self._lineage_after_wait(result)
+        return result
 
-
-def _merge(records: list[Record], statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**record, **status} for record, status in zip(records, statuses, strict=True)]
+    def _lineage_after_wait(self, summary: dict[str, Any]) -> RunLineage | None:
+        """The lineage once the trigger fired: the records from the ledger; statuses polled only when some
+        failures are not among the first ones named."""
+        if not summary.get("ledger_uri") and not summary.get("invocations"):
+            return None
+        failed = int(summary.get("failed") or 0)
+        if failed > len(summary.get("first_failures") or []):
+            return async_run_lineage(read_results(self.s3_client, summary))
+        known = {entry.get("input") for entry in summary.get("first_failures") or []}
+        records = read_records(self.s3_client, summary)
+        return async_run_lineage(
+            [{**record, "status": "failed" if record["input"] in known else "succeeded"} for record in records]
+        )

@@ -18,10 +18,11 @@ from airflow_provider_smrt.async_inference import (
     AsyncInferenceTracker,
     AsyncInvocation,
     default_timeout_seconds,
-    outcome_result,
+    outcome_event,
     poll_sync,
     verdict,
 )
+from airflow_provider_smrt.async_inference.results import is_summary, read_records, with_wait
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.operators._failures import fails_fast
@@ -35,16 +36,20 @@ if TYPE_CHECKING:
 class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
     """Wait until every async invocation's output object exists; fail when a failure object appears.
 
-    Give either ``invocations`` (the XCom of
+    Give either ``invocations`` (the summary XCom of
     :class:`~airflow_provider_smrt.operators.invoke_endpoint_async.SageMakerInvokeEndpointAsyncOperator`,
-    e.g. ``invoke.output`` or ``"{{ ti.xcom_pull('invoke') }}"``) or one ``output_location`` with an
-    optional ``failure_location``. Each poke makes the fewest S3 requests: one listing per output
+    e.g. ``invoke.output`` or ``"{{ ti.xcom_pull('invoke') }}"``, whose invocations are read from its
+    ledger in S3; or a list of invocation dicts) or one ``output_location`` with an optional
+    ``failure_location``. Each poke makes the fewest S3 requests: one listing per output
     directory holding several pending keys, a HEAD otherwise (see :mod:`airflow_provider_smrt.async_inference`).
 
     When a failure object appears the sensor fails with the head of its message (at most 4 KiB), the
-    input and the inference id, unless ``max_failures`` tolerates it. Returns (XCom) one dict per
-    invocation: its fields plus ``status`` (``succeeded`` | ``failed``), ``output_size``,
-    ``completed_at`` and ``time_to_completion_seconds`` (and ``failure_message`` when failed).
+    input and the inference id, unless ``max_failures`` tolerates it. Returns (XCom), given the operator's
+    summary, that summary with the wait's counts (``succeeded``, ``failed``, ``pending``) and
+    ``first_failures``, the same size whatever the number of invocations (read the per-invocation
+    statuses with :func:`~airflow_provider_smrt.async_inference.results.read_results`); given a list or
+    ``output_location``, one dict per invocation: its fields plus ``status`` (``succeeded`` | ``failed``),
+    ``output_size``, ``completed_at`` and ``time_to_completion_seconds`` (and ``failure_message`` when failed).
 
     Modes: ``poke`` keeps the statuses in the sensor between pokes, so finished locations are never
     polled again; ``reschedule`` starts each poke in a new process and derives every status from S3
@@ -52,9 +57,9 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
     wait to :class:`~airflow_provider_smrt.triggers.async_inference.SageMakerAsyncInferenceTrigger`
     after one synchronous check.
 
-    :param invocations: dicts with at least ``output_location`` (and ``failure_location``,
-        ``inference_id``, ``input``, ``submitted_at``, ``request_ttl_seconds``, ``invocation_timeout_seconds``);
-        a JSON or Python-literal string of that list is accepted. (templated)
+    :param invocations: the invoke operator's summary, or dicts with at least ``output_location`` (and
+        ``failure_location``, ``inference_id``, ``input``, ``submitted_at``, ``request_ttl_seconds``,
+        ``invocation_timeout_seconds``); a JSON or Python-literal string of either is accepted. (templated)
     :param output_location: one ``s3://`` output location to wait for, instead of ``invocations``. (templated)
     :param failure_location: the failure location that goes with ``output_location``. (templated)
     :param max_failures: failed invocations tolerated; one more fails the sensor.
@@ -108,9 +113,9 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
         """The rendered ``invocations`` (or the single ``output_location``) as :class:`AsyncInvocation`."""
         if self.output_location is not None:
             return [AsyncInvocation(output_location=self.output_location, failure_location=self.failure_location)]
-        value = self.invocations
-        if isinstance(value, str):
-            value = _parse_literal(value)
+        value = self._source()
+        if is_summary(value):
+            return [AsyncInvocation.from_value(item) for item in read_records(self.s3_client, value)]
         if isinstance(value, Mapping):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
@@ -119,6 +124,20 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
                 f"got {type(value).__name__}"
             )
         return [AsyncInvocation.from_value(item) for item in value]
+
+    def _source(self) -> Any:
+        """The rendered ``invocations``, parsed when it is a string."""
+        value = self.invocations
+        if isinstance(value, str):
+            value = _parse_literal(value)
+        return value
+
+    def _summary(self) -> Mapping[str, Any] | None:
+        """The invoke operator's summary, when that is what ``invocations`` is."""
+        if self.output_location is not None:
+            return None
+        value = self._source()
+        return value if is_summary(value) else None
 
     # -- execute ---------------------------------------------------------------------------------
 
@@ -134,7 +153,10 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
         if result:
             return result.xcom_value if isinstance(result, PokeReturnValue) else None
         self.log.info("deferring: %s", self._tracker.summary())
-        defer_wait(self, [inv.to_dict() for inv in invocations], timeout=self.timeout)
+        summary = self._summary()
+        if summary is not None and summary.get("ledger_uri"):
+            defer_wait(self, ledger_uri=str(summary["ledger_uri"]), timeout=self.timeout)
+        defer_wait(self, invocations=[inv.to_dict() for inv in invocations], timeout=self.timeout)
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         """One poll and the one verdict of :mod:`~airflow_provider_smrt.async_inference.wait` (raises on failure)."""
@@ -147,14 +169,25 @@ class SageMakerAsyncInferenceSensor(S3ClientMixin, AwsBaseSensor[S3Hook]):
         if outcome is None:
             self.log.info("waiting for async results: %s (%d S3 requests so far)", tracker.summary(), tracker.requests)
             return False
-        statuses = outcome_result(outcome.event(tracker), log=self.log, timeout_error=AirflowSensorTimeout)
+        summary = self._summary()
+        event = outcome_event(
+            outcome.event(tracker, per_invocation=summary is None), log=self.log, timeout_error=AirflowSensorTimeout
+        )
         self.log.info("async results ready: %s (%d S3 requests)", tracker.summary(), tracker.requests)
-        return PokeReturnValue(is_done=True, xcom_value=statuses)
+        return PokeReturnValue(is_done=True, xcom_value=self._result(summary, event))
 
     @fails_fast
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Resume after the trigger fired: return the statuses, or raise (a timeout as Airflow's sensor timeout)."""
-        return resume_from_event(event, log=self.log)
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        """Resume after the trigger fired: return the result, or raise (a timeout as Airflow's sensor timeout)."""
+        checked = resume_from_event(event, log=self.log)
+        return self._result(self._summary(), checked)
+
+    @staticmethod
+    def _result(summary: Mapping[str, Any] | None, event: Mapping[str, Any]) -> Any:
+        """The summary with the wait's counts, or (given a list) one status per invocation."""
+        if summary is not None:
+            return with_wait(summary, event)
+        return list(event.get("invocations") or [])
 
 
 def _parse_literal(text: str) -> Any:

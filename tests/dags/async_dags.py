@@ -44,7 +44,7 @@ def _invoke(**kwargs: Any) -> SageMakerInvokeEndpointAsyncOperator:
 class FailAfterSubmitOperator(SageMakerInvokeEndpointAsyncOperator):
     """Submits, then fails its first try: the retry must not submit again."""
 
-    def execute(self, context: Any) -> list[dict[str, Any]]:
+    def execute(self, context: Any) -> Any:
         result = super().execute(context)
         if context["ti"].try_number == 1:
             raise RuntimeError("simulated worker failure after the requests were submitted")
@@ -139,3 +139,10 @@ with _dag("t_async_submit_timeout"):
             concurrency=8, retries=1, retry_delay=timedelta(seconds=0), execution_timeout=timedelta(seconds=3)
         )
     )
+
+for _mode in ("waits", "defers"):
+    with _dag(f"t_async_fanout_{_mode}"):
+        # A large fan-out that tolerates failures: the XCom and the trigger's kwargs stay the same size.
+        _invoke(
+            concurrency=16, wait_for_completion=True, deferrable=_mode == "defers", poke_interval=0.5, max_failures=100
+        )

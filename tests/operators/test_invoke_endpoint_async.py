@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from airflow_provider_smrt._compat import AirflowFailException
+from airflow_provider_smrt.async_inference import FIRST_FAILURES, read_records, read_results
 from airflow_provider_smrt.async_inference.ledger import output_id
 from airflow_provider_smrt.exceptions import ParameterValidationError, ThrottlingError
 from airflow_provider_smrt.invocation import MAX_PAYLOAD_BYTES, InvokeEndpointAsyncResult
@@ -134,8 +135,10 @@ def test_bounded_concurrency_and_ledger_on_failure(s3_client: Any, s3_prefix: st
     hook = _FakeHook()
     op = _op(input_location=inputs, concurrency=3)
     op.__dict__["hook"] = hook
-    records = op.execute(_context())
+    summary = op.execute(_context())
     assert hook.calls == 40 and hook.max_in_flight == 3
+    assert (summary["requests"], summary["submitted"], summary["resumed"]) == (40, 40, 0)
+    records = read_records(s3_client, summary)
     assert [r["input"] for r in records] == inputs
     assert all(RECORD_KEYS <= set(r) for r in records)
     assert all(r["output_location"].endswith(f"/{output_id(r['inference_id'])}.out") for r in records)
@@ -150,8 +153,11 @@ def test_bounded_concurrency_and_ledger_on_failure(s3_client: Any, s3_prefix: st
     retry = _FakeHook()
     op = _op(input_location=inputs, concurrency=2)
     op.__dict__["hook"] = retry
-    records = op.execute(_context("run-2"))
+    summary = op.execute(_context("run-2"))
     assert retry.calls == 40 - (failing.calls - 1)  # only the ones that never went through
+    assert (summary["submitted"], summary["resumed"]) == (retry.calls, failing.calls - 1)
+    records = read_records(s3_client, summary)
+    assert [r["input"] for r in records] == inputs  # the ledger keeps the request order
     assert len({r["inference_id"] for r in records}) == 40
 
 
@@ -163,12 +169,14 @@ def test_retry_does_not_resubmit_and_recovers_without_ledger(
 ) -> None:
     endpoint = make_endpoint("sum")
     inputs = [_upload(s3_client, f"{s3_prefix}in/{i}.csv", b"1,2\n3,4\n") for i in range(6)]
-    first = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(_context())
+    summary = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(_context())
+    first = read_records(s3_client, summary)
     assert endpoint_stats(endpoint)["async_submitted"] == 6
-    second = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(
+    again = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(
         _context(try_number=2)
     )
-    assert second == first  # same records, same submitted_at: read from the ledger
+    assert (again["submitted"], again["resumed"], again["ledger_uri"]) == (0, 6, summary["ledger_uri"])
+    assert read_records(s3_client, again) == first  # same records, same submitted_at: read from the ledger
     assert endpoint_stats(endpoint)["async_submitted"] == 6
 
     # The worker died before the ledger was flushed: outputs exist, so nothing is resubmitted either.
@@ -180,11 +188,14 @@ def test_retry_does_not_resubmit_and_recovers_without_ledger(
     s3_client.put_object(Bucket=ledger_prefix.bucket, Key=ledger_key, Body=json.dumps(document).encode())
     _wait_outputs(s3_client, first)
     third = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(_context())
-    assert endpoint_stats(endpoint)["async_submitted"] == 6
-    assert [r["output_location"] for r in third] == [r["output_location"] for r in first]
+    assert endpoint_stats(endpoint)["async_submitted"] == 6 and third["resumed"] == 6
+    assert [r["output_location"] for r in read_records(s3_client, third)] == [r["output_location"] for r in first]
 
     # A different run (e.g. a backfill of another date) submits its own requests, with other ids.
-    other = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(_context("run-b"))
+    other_summary = _op(endpoint_name=endpoint, input_location=inputs, content_type="text/csv").execute(
+        _context("run-b")
+    )
+    other = read_records(s3_client, other_summary)
     assert endpoint_stats(endpoint)["async_submitted"] == 12
     assert not {r["inference_id"] for r in other} & {r["inference_id"] for r in first}
     # resubmit=True ignores the ledger.
@@ -225,7 +236,11 @@ def test_inline_body_every_parameter_and_wait(make_endpoint: Any, endpoint_stats
         poke_interval=0.2,
         ledger_uri=None,
     )
-    (record,) = op.execute(_context())
+    summary = op.execute(_context())
+    # No ledger (an inline body, no ledger_uri): the one record travels in the summary.
+    assert summary["ledger_uri"] is None and summary["waited"] and summary["succeeded"] == 1
+    (record,) = read_results(s3_client, summary)
+    assert record == {**summary["invocations"][0], **record}
     assert record["status"] == "succeeded" and record["output_size"] > 0
     assert record["inference_id"].startswith("inline-test-")
     assert "/ext/a/" in record["output_location"] and record["output_location"].endswith(".json")
@@ -257,7 +272,9 @@ def test_large_payload_through_dag(make_endpoint: Any, s3_client: Any, s3_prefix
     uri = _upload(s3_client, f"{s3_prefix}large/input.csv", payload)
     run = run_dag("t_async_large", {"endpoint_name": endpoint, "inputs": [uri]})
     assert run.state == "success", run.states
-    (status,) = run.xcom("wait")
+    summary = run.xcom("wait")
+    assert (summary["requests"], summary["succeeded"], summary["failed"]) == (1, 1, 0)
+    (status,) = read_results(s3_client, summary)
     assert status["status"] == "succeeded" and status["time_to_completion_seconds"] is not None
     got = np.array([float(line) for line in _read(s3_client, status["output_location"]).decode().split()])
     expected = np.round(rows, 6).sum(axis=1)
@@ -275,7 +292,9 @@ def test_retried_task_does_not_resubmit_through_dag(
     ti = run.task_instance("invoke")
     assert ti.try_number == 2  # the first try failed after submitting
     assert endpoint_stats(endpoint)["async_submitted"] == 5
-    assert len(run.xcom("invoke")) == 5
+    summary = run.xcom("invoke")
+    assert (summary["requests"], summary["submitted"], summary["resumed"]) == (5, 0, 5)
+    assert [r["input"] for r in read_records(s3_client, summary)] == inputs
 
 
 def test_execution_timeout_while_submitting_resends_only_the_requests_in_flight(
@@ -299,7 +318,9 @@ def test_operator_waits_in_worker_and_in_triggerer(make_endpoint: Any, s3_client
     for dag_id in ("t_async_operator_waits", "t_async_operator_defers"):
         run = run_dag(dag_id, {"endpoint_name": endpoint, "inputs": inputs})
         assert run.state == "success", (dag_id, run.states)
-        records = run.xcom("invoke")
+        summary = run.xcom("invoke")
+        assert (summary["requests"], summary["succeeded"], summary["failed"], summary["pending"]) == (3, 3, 0, 0)
+        records = read_results(s3_client, summary)
         assert [r["status"] for r in records] == ["succeeded"] * 3
         assert [float(_read(s3_client, r["output_location"])) for r in records] == [1.0, 2.0, 3.0]
         assert run.deferred("invoke") == dag_id.endswith("defers")
@@ -318,8 +339,73 @@ def test_waiting_in_the_worker_times_out_as_the_sensor_does(s3_client: Any, s3_p
             "failure_location": f"{s3_prefix}fail/never-error.out",
         }
     ]
+    summary = {"ledger_uri": None, "invocations": records}
     with pytest.raises(AirflowSensorTimeout, match="1 invocation\\(s\\) still pending"):
-        op._wait(_context(), records)  # type: ignore[arg-type]
+        op._wait(_context(), records, summary)
     _upload(s3_client, f"{s3_prefix}out/never.out", b"42\n")
-    (status,) = op._wait(_context(), records)  # type: ignore[arg-type]
+    waited = op._wait(_context(), records, summary)
+    assert (waited["succeeded"], waited["failed"], waited["pending"]) == (1, 0, 0)
+    (status,) = read_results(s3_client, waited)
     assert status["status"] == "succeeded" and status["output_size"] == 3 and status["inference_id"] == "never"
+
+
+def _upload_many(s3_client: Any, uris: list[str], bodies: list[bytes]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda pair: _upload(s3_client, *pair), zip(uris, bodies, strict=True)))
+
+
+@pytest.mark.parametrize("mode", ["waits", "defers"])
+def test_xcom_and_trigger_kwargs_stay_bounded_for_a_large_fan_out(
+    mode: str, make_endpoint: Any, endpoint_stats: Any, s3_client: Any, s3_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2,000 requests give the same size of XCom (and of trigger kwargs) as 20: counts, the ledger's URI and the
+    first 10 failures; every record is still read back from the ledger."""
+    from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
+
+    kwargs_seen: list[dict[str, Any]] = []
+    serialize = SageMakerAsyncInferenceTrigger.serialize
+
+    def recording(self: SageMakerAsyncInferenceTrigger) -> tuple[str, dict[str, Any]]:
+        path, kwargs = serialize(self)
+        kwargs_seen.append(kwargs)
+        return path, kwargs
+
+    monkeypatch.setattr(SageMakerAsyncInferenceTrigger, "serialize", recording)
+    endpoint = make_endpoint("sum", faults={"fail_async_marker": "FAIL", "async_capacity": 8})
+    failing = 12
+    sizes: dict[int, tuple[int, int]] = {}
+    for n in (20, 2000):
+        inputs = [f"{s3_prefix}{n}/in/{i:05d}.csv" for i in range(n)]
+        _upload_many(s3_client, inputs, [b"FAIL,1\n" if i < failing else f"{i},1\n".encode() for i in range(n)])
+        kwargs_seen.clear()
+        run = run_dag(f"t_async_fanout_{mode}", {"endpoint_name": endpoint, "inputs": inputs})
+        assert run.state == "success", run.states
+        assert run.deferred("invoke") == (mode == "defers")
+        summary = run.xcom("invoke")
+        assert (summary["requests"], summary["submitted"], summary["resumed"]) == (n, n, 0)
+        assert (summary["succeeded"], summary["failed"], summary["pending"]) == (n - failing, failing, 0)
+        assert summary["invocations"] is None and summary["ledger_uri"].startswith(f"{s3_prefix}{n}/in/")
+        # The first failures are capped, in request order, and never carry the container's message.
+        assert len(summary["first_failures"]) == FIRST_FAILURES < failing
+        assert [f["input"] for f in summary["first_failures"]] == inputs[:FIRST_FAILURES]
+        for failure in summary["first_failures"]:
+            assert failure["failure_location"] and failure["error"] == "AsyncInferenceFailedError"
+        assert "marker" not in json.dumps(summary)
+        # Every record is in the ledger, in request order, with its status.
+        records = read_results(s3_client, summary)
+        assert [r["input"] for r in records] == inputs
+        assert [r["status"] for r in records] == ["failed"] * failing + ["succeeded"] * (n - failing)
+        assert float(_read(s3_client, records[-1]["output_location"])) == n
+        if mode == "defers":
+            (kwargs,) = kwargs_seen
+            assert kwargs["invocations"] is None and kwargs["ledger_uri"] == summary["ledger_uri"]
+        else:
+            assert not kwargs_seen
+        sizes[n] = (len(json.dumps(summary)), len(json.dumps(kwargs_seen[0])) if kwargs_seen else 0)
+    assert endpoint_stats(endpoint)["async_submitted"] == 2020
+    (small_xcom, small_kwargs), (large_xcom, large_kwargs) = sizes[20], sizes[2000]
+    assert large_xcom < 16_384 and large_kwargs < 16_384, sizes
+    # The same order of size: only the digits of the counts (and the ledger's path) differ.
+    assert large_xcom - small_xcom < 64 and large_kwargs - small_kwargs < 64, sizes

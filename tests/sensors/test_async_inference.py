@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_smrt.async_inference import read_records, read_results
 from airflow_provider_smrt.exceptions import ParameterValidationError
 from airflow_provider_smrt.s3 import S3Location
 from airflow_provider_smrt.sensors.async_inference import SageMakerAsyncInferenceSensor
@@ -81,7 +82,9 @@ def test_sensor_modes_succeed(
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"3,4\n5,6\n", b"10\n"])
     run = run_dag(f"t_async_sensor_{mode}", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
-    statuses = run.xcom("wait")
+    summary = run.xcom("wait")  # the operator's summary, with the wait's counts
+    assert (summary["requests"], summary["succeeded"], summary["failed"], summary["pending"]) == (3, 3, 0, 0)
+    statuses = read_results(s3_client, summary)
     assert [s["status"] for s in statuses] == ["succeeded"] * 3
     assert all(s["output_size"] > 0 and s["time_to_completion_seconds"] >= 1.0 for s in statuses)
     assert [s["input"] for s in statuses] == inputs
@@ -107,7 +110,7 @@ def test_failure_object_fails_the_sensor_with_its_message(
     )
     assert run.states == {"invoke": "success", "wait": "failed"}
     report = (tmp_path / "wait.txt").read_text()
-    invoked = run.xcom("invoke")
+    invoked = read_records(s3_client, run.xcom("invoke"))
     assert "AsyncInferenceFailedError" in report
     assert "failure marker" in report  # the failure object's message
     assert invoked[1]["inference_id"] in report and inputs[1] in report
@@ -120,7 +123,10 @@ def test_max_failures_tolerates(make_endpoint: Any, s3_client: Any, s3_prefix: s
     inputs = _inputs(s3_client, s3_prefix, [b"1,2\n", b"FAIL\n", b"4\n"])
     run = run_dag("t_async_tolerant", {"endpoint_name": endpoint, "inputs": inputs})
     assert run.state == "success", run.states
-    statuses = run.xcom("wait")
+    summary = run.xcom("wait")
+    assert (summary["failed"], [f["input"] for f in summary["first_failures"]]) == (1, [inputs[1]])
+    assert "marker" not in str(summary)  # the failure message stays in S3
+    statuses = read_results(s3_client, summary)
     assert [s["status"] for s in statuses] == ["succeeded", "failed", "succeeded"]
     assert "failure marker" in statuses[1]["failure_message"]
 

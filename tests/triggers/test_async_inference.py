@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import pytest
 
-from airflow_provider_smrt.exceptions import CredentialsError, ServiceError
+from airflow_provider_smrt.exceptions import CredentialsError, ParameterValidationError, ServiceError
 from airflow_provider_smrt.s3 import S3Location
 from airflow_provider_smrt.triggers import async_inference as trigger_module
 from airflow_provider_smrt.triggers.async_inference import SageMakerAsyncInferenceTrigger
@@ -62,6 +63,7 @@ def test_serialize_round_trip() -> None:
     assert path == CLASS_PATH
     assert set(kwargs) == {
         "invocations",
+        "ledger_uri",
         "aws_conn_id",
         "region_name",
         "verify",
@@ -70,6 +72,7 @@ def test_serialize_round_trip() -> None:
         "timeout",
         "deadline",
         "max_failures",
+        "resume_state",
     }
     assert abs(kwargs["deadline"] - (time.time() + 120)) < 5
     # As the worker hands it to the triggerer: serde-encoded, then rebuilt from the class path.
@@ -105,6 +108,40 @@ def test_success_failure_and_timeout_events(local_stack: Any, s3_client: Any, s3
     # The first poll and the last one past the deadline, and never more often than every poke_interval
     # (how many in between depends on the machine's speed).
     assert 2 <= event.payload["polls"] <= 1 / 0.2 + 2
+
+
+def _ledger(s3_client: Any, uri: str, records: list[dict[str, Any]]) -> str:
+    _put(s3_client, uri, json.dumps({"version": 1, "invocations": records}).encode())
+    return uri
+
+
+def test_ledger_uri_keeps_kwargs_and_event_small(local_stack: Any, s3_client: Any, s3_prefix: str) -> None:
+    """Given the ledger, the trigger reads the invocations from S3: its kwargs and event do not grow with them."""
+    sizes = {}
+    for n in (20, 300):
+        records = _records(f"{s3_prefix}{n}/", n)
+        for i, record in enumerate(records):
+            _put(s3_client, record["failure_location" if i % 25 < 12 else "output_location"], b"x")
+        uri = _ledger(s3_client, f"{s3_prefix}{n}/ledger.json", records)
+        trigger = SageMakerAsyncInferenceTrigger(ledger_uri=uri, poke_interval=0.1, timeout=30, max_failures=n)
+        _, kwargs = trigger.serialize()
+        assert kwargs["invocations"] is None and kwargs["ledger_uri"] == uri
+        (event,) = _events(trigger)
+        payload = event.payload
+        assert payload["status"] == "success" and "invocations" not in payload
+        failed = sum(1 for i in range(n) if i % 25 < 12)
+        assert payload["summary"] == {"total": n, "succeeded": n - failed, "failed": failed, "pending": 0}
+        assert len(payload["first_failures"]) == 10
+        assert payload["first_failures"][0]["input"] == records[0]["input"]
+        assert all("failure_message" not in entry for entry in payload["first_failures"])
+        sizes[n] = (len(json.dumps(kwargs)), len(json.dumps(payload)))
+    assert sizes[300][0] - sizes[20][0] < 50 and sizes[300][1] - sizes[20][1] < 200, sizes
+
+    missing = SageMakerAsyncInferenceTrigger(ledger_uri=f"{s3_prefix}nowhere.json", poke_interval=0.1, timeout=5)
+    (event,) = _events(missing)
+    assert event.payload["status"] == "error" and "no submission ledger at" in event.payload["message"]
+    with pytest.raises(ParameterValidationError, match="exactly one of"):
+        SageMakerAsyncInferenceTrigger(invocations=records, ledger_uri=uri)
 
 
 def test_completion_while_waiting(
@@ -179,9 +216,9 @@ def test_deferring_without_the_async_client_names_the_extra(monkeypatch: pytest.
     )
     monkeypatch.setitem(sys.modules, "aiobotocore", None)  # `import aiobotocore` raises ImportError
     with pytest.raises(AirflowFailException, match=r"pip install 'airflow-provider-smrt\[async\]'"):
-        trigger_module.defer_wait(sensor, [{"output_location": "s3://bucket/out/x.out"}], timeout=5)
+        trigger_module.defer_wait(sensor, invocations=[{"output_location": "s3://bucket/out/x.out"}], timeout=5)
     monkeypatch.delitem(sys.modules, "aiobotocore")
     from airflow.sdk.exceptions import TaskDeferred
 
     with pytest.raises(TaskDeferred):  # with the client installed, the same call defers
-        trigger_module.defer_wait(sensor, [{"output_location": "s3://bucket/out/x.out"}], timeout=5)
+        trigger_module.defer_wait(sensor, invocations=[{"output_location": "s3://bucket/out/x.out"}], timeout=5)
