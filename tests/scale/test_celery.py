@@ -29,6 +29,7 @@ waits on the run's state in the metadata database (generous overall timeouts, no
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -63,7 +64,7 @@ SQLITE_TIMEOUT = 60  # seconds a writer waits for the lock of a broker or result
 
 def _prepare_sqlite(path: Path) -> None:
     """Create ``path`` in WAL mode (persistent: every later connection uses it)."""
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
 
 
