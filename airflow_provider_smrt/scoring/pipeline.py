@@ -7,9 +7,10 @@ Threads:
   from the :class:`~airflow_provider_smrt.scoring.tasks.TaskSource` (which reads Parquet batches on
   a read-ahead thread and cuts them, in input order, under a lock), encode them, take an in-flight
   slot of the :class:`~airflow_provider_smrt.scoring.limiter.AdaptiveLimiter` only for the call
-  itself (so the next bodies are encoded while ``concurrency`` requests are at the endpoint), send
-  it with the retry policy, bisect a batch the model rejects to isolate poison rows, decode the
-  predictions and hand them to the in-order writer;
+  itself (so the next bodies are encoded while ``concurrency`` requests are at the endpoint), and
+  have the :class:`~airflow_provider_smrt.scoring.scorer.RequestScorer` send it with the retry policy,
+  bisect a batch the model rejects to isolate poison rows and decode the predictions, then hand them
+  to the in-order writer;
 - the *in-order writer* (:class:`~airflow_provider_smrt.scoring.writer.InOrderWriter`) has no thread
   of its own: whichever thread posts an event drains its inbox unless another is draining it;
 - *committers* (:data:`~airflow_provider_smrt.scoring.writer.COMMIT_THREADS`) commit complete parts.
@@ -26,35 +27,35 @@ Airflow-free: the caller passes an ``invoke(body) -> result`` callable.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol, cast
 
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import (
     InputDataError,
     InvocationError,
-    ModelError,
-    ModelInputError,
-    ModelServerError,
-    PredictionCountMismatchError,
-    ScoringCancelledError,
 )
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.batching import RequestPlanner
 from airflow_provider_smrt.scoring.checkpoints import CheckpointPolicy
 from airflow_provider_smrt.scoring.codecs import Codec
-from airflow_provider_smrt.scoring.compare import CompareStats, TargetErrors, TargetSchemas, merge_targets
+from airflow_provider_smrt.scoring.compare import CompareStats
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit
-from airflow_provider_smrt.scoring.inference_ids import inference_id
 from airflow_provider_smrt.scoring.limiter import AdaptiveLimiter
+from airflow_provider_smrt.scoring.scorer import (
+    BISECT_SERVER_ERROR_ATTEMPTS,
+    IdentifyingInvoker,
+    Invoker,
+    InvokeResult,
+    RequestScorer,
+    isolates_rows,
+)
 from airflow_provider_smrt.scoring.sink import PartWriter
 from airflow_provider_smrt.scoring.stats import RunStats
-from airflow_provider_smrt.scoring.tasks import Piece, RowErrors, Task, TaskSource, locate_input_error
+from airflow_provider_smrt.scoring.tasks import Task, TaskSource, locate_input_error
 from airflow_provider_smrt.scoring.writer import InOrderWriter, TaskWriter
 
 __all__ = [
@@ -67,53 +68,10 @@ __all__ = [
     "isolates_rows",
 ]
 
-log = logging.getLogger(__name__)
-
 #: Workers beyond ``concurrency``: they encode the next requests while ``concurrency`` are in flight.
 #: One keeps most of the gain at low concurrency; more cost GIL wake-ups at high concurrency
 #: (docs/performance.md, "Encode-ahead workers").
 ENCODE_AHEAD = 1
-
-#: Attempts of a sub-request of a bisection that fails with a container 5xx (ModelServerError): the
-#: request it was cut from already failed after the full retry policy, so a 5xx here most likely
-#: means a poison row, and one retry is enough to tell a transient failure from it. Every other
-#: retryable error (throttling, service 5xx, transport) keeps the full policy.
-BISECT_SERVER_ERROR_ATTEMPTS = 2
-
-
-def isolates_rows(err: InvocationError) -> bool:
-    """True for a failure bisection can pin to rows: a ModelError, unless the container answered 429.
-
-    The container failed on what it was sent (4xx), or crashed on it (5xx: many model servers answer
-    500 for any unhandled exception); a 429 means it is overloaded, which is about load, not rows.
-    Throttling, service 5xx and transport errors are about the endpoint: they fail the task once the
-    retry policy gives up.
-    """
-    return isinstance(err, ModelError) and err.original_status_code != 429
-
-
-def _give_up_bisecting(err: InvocationError, attempt: int) -> bool:
-    return isinstance(err, ModelServerError) and isolates_rows(err) and attempt >= BISECT_SERVER_ERROR_ATTEMPTS
-
-
-class InvokeResult(Protocol):
-    """What the core needs of an InvokeEndpoint response."""
-
-    @property
-    def body(self) -> bytes: ...
-
-    @property
-    def invoked_production_variant(self) -> str | None: ...
-
-
-#: ``invoke(body) -> result``: one InvokeEndpoint attempt per call.
-Invoker = Callable[[bytes], InvokeResult]
-
-
-class IdentifyingInvoker(Protocol):
-    """An invoker that also sends the request's InferenceId (the hook's ``make_invoker`` returns one)."""
-
-    def __call__(self, body: bytes, inference_id: str | None = None) -> InvokeResult: ...
 
 
 class Pipeline:
@@ -180,45 +138,39 @@ class Pipeline:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.invoke = invoke
-        self.targets = targets or None
-        self.compare_stats = compare_stats
-        if self.targets is not None and self.compare_stats is None:
-            self.compare_stats = CompareStats(
-                names=tuple(name for name, _ in self.targets), variant_column=variant_column
-            )
-        #: Each target's prediction schema, for its null rows in requests it fails entirely.
-        self._target_schemas = TargetSchemas(
-            [name for name, _ in self.targets or []], existing=fallback_schema, variant_column=variant_column
-        )
-        self._variant_column = variant_column
-        self.oversize_invoke = oversize_invoke
-        self.codec = codec
-        #: Rows isolated into ``_errors/`` in this run, by error class (logged as they happen).
-        self._isolated: dict[str, int] = {}
-        self._isolated_lock = threading.Lock()
         self.planner = planner
         self.feature_columns = feature_columns
         self.passthrough_columns = passthrough_columns
-        self.retry_policy = retry_policy
-        self.endpoint_name = endpoint_name
-        self.inference_id_prefix = inference_id_prefix
         self.concurrency = concurrency
         self.stats = stats or RunStats()
         self.coordinator = coordinator or Coordinator()
         self.limiter = AdaptiveLimiter(limit=concurrency)
-        self.max_failed_rows = max_failed_rows
-        self._budget_error = budget_error
-        self._failed_lock = threading.Lock()
-        self._failed_rows = self.stats.rows_failed  # rows failed so far, counted as they fail
+        self.scorer = RequestScorer(
+            invoke=invoke,
+            codec=codec,
+            retry_policy=retry_policy,
+            stats=self.stats,
+            coordinator=self.coordinator,
+            limiter=self.limiter,
+            endpoint_name=endpoint_name,
+            variant_column=variant_column,
+            inference_id_prefix=inference_id_prefix,
+            max_failed_rows=max_failed_rows,
+            budget_error=budget_error,
+            fallback_schema=fallback_schema,
+            oversize_invoke=oversize_invoke,
+            targets=targets,
+            compare_stats=compare_stats,
+        )
+        comparing = self.scorer.targets is not None
         #: One slot per task a worker holds or the writer has not yet written: bounds buffered work.
         self.buffer = threading.Semaphore(2 * concurrency + 2)
         self.task_writer = TaskWriter(
             passthrough_schema=passthrough_schema,
             stats=self.stats,
-            variant_column=None if self.targets is not None else variant_column,
+            variant_column=None if comparing else variant_column,
             inference_id_prefix=inference_id_prefix,
-            compare_stats=self.compare_stats if self.targets is not None else None,
+            compare_stats=self.scorer.compare_stats if comparing else None,
         )
         self.writer = InOrderWriter(
             open_part=open_part,
@@ -281,6 +233,11 @@ class Pipeline:
             self._last_progress = now
             self._on_progress(self.stats)
 
+    @property
+    def isolated(self) -> dict[str, int]:
+        """Rows isolated into ``_errors/`` so far, by error class."""
+        return self.scorer.isolated
+
     # -- workers ---------------------------------------------------------------------------------
 
     def _work_loop(self, source: TaskSource) -> None:
@@ -312,225 +269,8 @@ class Pipeline:
                 requests = list(self.planner.split(task.features))
             except InputDataError as err:
                 raise locate_input_error(err, task.unit, task.offset) from err
-            pieces: list[Piece] = []
-            errors: RowErrors = []
-            target_errors: TargetErrors = []
-            for request in requests:
-                if request.oversize:
-                    more_pieces, more_errors = self._score_oversize(task, request.offset, request.body)
-                elif self.targets is not None:
-                    more_pieces, more_target_errors = self._score_targets(
-                        task, request.offset, request.num_rows, request.body
-                    )
-                    pieces += more_pieces
-                    target_errors += more_target_errors
-                    continue
-                else:
-                    more_pieces, more_errors = self._score(task, request.offset, request.num_rows, request.body)
-                pieces += more_pieces
-                errors += more_errors
+            pieces, errors, target_errors = self.scorer.score(task, requests)
             # Posted once every target answered or failed every request of the task: the unit of resume.
             self.writer.post("result", (task, pieces, errors, target_errors))
         except BaseException as err:  # noqa: BLE001 - handed to the coordinator, re-raised by run()
             self.coordinator.fail(err)
-
-    def _on_retry(self, err: InvocationError, attempt: int, delay: float) -> None:
-        self.stats.add(retries=1, throttles=1 if err.throttled else 0)
-        if err.throttled:
-            self.limiter.on_throttle()
-            log.debug("retrying after %s (attempt %d, sleeping %.2fs)", err.code, attempt, delay)
-        else:  # the class and code only: a container's message may quote the payload
-            log.info("retrying after %s %s (attempt %d, sleeping %.2fs)", type(err).__name__, err.code, attempt, delay)
-
-    @property
-    def isolated(self) -> dict[str, int]:
-        """Rows isolated into ``_errors/`` so far, by error class."""
-        with self._isolated_lock:
-            return dict(self._isolated)
-
-    def _log_isolated(self, task: Task, offset: int, err: Exception) -> None:
-        """One info line per isolated row; one warning per distinct error class, with the rows so far."""
-        name = type(err).__name__
-        with self._isolated_lock:
-            self._isolated[name] = seen = self._isolated.get(name, 0) + 1
-        row = task.unit.start + task.offset + offset  # the row's number in its file
-        log.info("row %d of %s isolated into _errors/ (%s)", row, task.unit.file.uri, name)
-        if seen == 1:
-            log.warning("rows failing with %s are isolated into _errors/ (%d row(s) so far)", name, seen)
-
-    def _count_failed(self, rows: int, err: InvocationError) -> None:
-        """Count rows that failed; past the error budget, stop the run (no request is sent after this)."""
-        with self._failed_lock:
-            self._failed_rows += rows
-            failed = self._failed_rows
-        if self.max_failed_rows is not None and failed > self.max_failed_rows:
-            if self._budget_error is not None:
-                self.coordinator.fail(self._budget_error(failed, err))
-            else:
-                self.coordinator.cancel("the error budget is spent")
-
-    def _call(
-        self, body: bytes, request_id: str | None, invoke: Invoker | None = None, target: str | None = None
-    ) -> InvokeResult:
-        """One HTTP call (one attempt of a request), counted with its bytes and latency (and target)."""
-        invoke = invoke or self.invoke
-        started = time.monotonic()
-        try:
-            if request_id is None:
-                result = invoke(body)
-            else:
-                result = cast(IdentifyingInvoker, invoke)(body, inference_id=request_id)
-        except BaseException:
-            self.stats.record_call(
-                variant=None, sent=len(body), received=0, started=started, ended=time.monotonic(), target=target
-            )
-            raise
-        self.stats.record_call(
-            variant=result.invoked_production_variant,
-            sent=len(body),
-            received=len(result.body),
-            started=started,
-            ended=time.monotonic(),
-            target=target,
-        )
-        return result
-
-    def _score_targets(self, task: Task, offset: int, count: int, body: bytes) -> tuple[list[Piece], TargetErrors]:
-        """Score rows ``[offset, offset+count)`` of a task at every target: the merged pieces and the errors
-        of each target; the error budget counts each failed row once."""
-        assert self.targets is not None and self.compare_stats is not None
-        results = [
-            self._score(task, offset, count, body, invoke=invoke, target=name, count_failures=False)
-            for name, invoke in self.targets
-        ]
-        schemas = self._target_schemas.known()
-        pieces, errors, learned = merge_targets(
-            num_rows=count,
-            names=[name for name, _ in self.targets],
-            results=results,
-            schemas=schemas,
-            variant_column=self._variant_column,
-        )
-        self._target_schemas.learn(schemas, learned)
-        failed_rows: set[int] = set()
-        for error_offset, error_count, _, _ in errors:
-            failed_rows.update(range(error_offset, error_offset + error_count))
-        if failed_rows:
-            self._count_failed(len(failed_rows), errors[-1][2])
-        return pieces, errors
-
-    def _score_oversize(self, task: Task, offset: int, body: bytes) -> tuple[list[Piece], RowErrors]:
-        """Score one row over the payload limit through ``oversize_invoke`` (no in-flight slot: another endpoint)."""
-        assert self.oversize_invoke is not None  # the planner flags rows only when there is one
-        self.stats.add(requests=1, rows_async=1)
-        try:
-            result = self.retry_policy.call(
-                lambda: self.oversize_invoke(body),  # type: ignore[misc]
-                endpoint_name=self.endpoint_name,
-                on_retry=self._on_retry,
-                cancel=self.coordinator.stop,
-            )
-        except ModelInputError as err:
-            self._count_failed(1, err)
-            return [], [(offset, 1, err)]
-        return [self._decode(task, offset, 1, result)], []
-
-    def _score(
-        self,
-        task: Task,
-        offset: int,
-        count: int,
-        body: bytes,
-        *,
-        bisecting: bool = False,
-        invoke: Invoker | None = None,
-        target: str | None = None,
-        count_failures: bool = True,
-    ) -> tuple[list[Piece], RowErrors]:
-        """Score rows ``[offset, offset+count)`` of a task; bisect if the model fails on them.
-
-        The in-flight slot is held for the call (with its retries) only: encoding and decoding happen
-        outside it. Bisection goes depth first, left half first, so single failing rows are found (and
-        counted against the error budget) after the fewest requests; every request checks the stop
-        event first, so a spent budget ends a bisection at once.
-        """
-        if self.coordinator.stop.is_set() or not self.limiter.acquire(self.coordinator.stop):
-            raise ScoringCancelledError("scoring stopped")
-        failed: InvocationError | None = None
-        request_id = (
-            None
-            if self.inference_id_prefix is None
-            else inference_id(self.inference_id_prefix, task.unit, task.offset + offset, count)
-        )
-        try:
-            self.stats.add(requests=1)
-            result = self.retry_policy.call(
-                lambda: self._call(body, request_id, invoke, target),
-                endpoint_name=self.endpoint_name,
-                on_retry=self._on_retry,
-                cancel=self.coordinator.stop,
-                give_up=_give_up_bisecting if bisecting else None,
-            )
-        except ModelError as err:
-            if not isolates_rows(err) or self.coordinator.stop.is_set():
-                raise
-            failed = err
-        finally:
-            self.limiter.release()
-        if failed is not None:
-            if count == 1:
-                if count_failures:
-                    self._count_failed(1, failed)
-                self._log_isolated(task, offset, failed)
-                return [], [(offset, 1, failed)]
-            log.info(
-                "%s on rows %d-%d of %s: splitting the request to isolate the failing rows",
-                type(failed).__name__,
-                task.unit.start + task.offset + offset,
-                task.unit.start + task.offset + offset + count - 1,
-                task.unit.file.uri,
-            )
-            self.stats.add(bisections=1)
-            half = count // 2
-            left_body = self.codec.encode(task.features.slice(offset, half))
-            left = self._score(
-                task,
-                offset,
-                half,
-                left_body,
-                bisecting=True,
-                invoke=invoke,
-                target=target,
-                count_failures=count_failures,
-            )
-            right_body = self.codec.encode(task.features.slice(offset + half, count - half))
-            right = self._score(
-                task,
-                offset + half,
-                count - half,
-                right_body,
-                bisecting=True,
-                invoke=invoke,
-                target=target,
-                count_failures=count_failures,
-            )
-            return left[0] + right[0], left[1] + right[1]
-        self.limiter.on_success()
-        return [self._decode(task, offset, count, result)], []
-
-    def _decode(self, task: Task, offset: int, count: int, result: InvokeResult) -> Piece:
-        """The predictions of rows ``[offset, offset+count)`` of a task from the endpoint's answer."""
-        try:
-            predictions = self.codec.decode(result.body, num_rows=count, content_type=None)
-        except PredictionCountMismatchError as err:
-            raise PredictionCountMismatchError(
-                f"{task.unit.describe(task.offset + offset, count)}: {err} (endpoint {self.endpoint_name!r}); "
-                "the model must return one prediction per input row: check the model's input/output format, "
-                "content_type/accept and the decoder"
-            ) from err
-        if predictions.num_rows != count:
-            raise PredictionCountMismatchError(
-                f"{task.unit.describe(task.offset + offset, count)}: the endpoint returned {predictions.num_rows} "
-                f"predictions for {count} rows: the model must return one prediction per input row"
-            )
-        return Piece(offset, predictions, result.invoked_production_variant)
