@@ -5,14 +5,8 @@ Idempotency (task retries, cleared tasks, a worker killed mid-submission)
 SageMaker does not deduplicate async requests: the same request sent twice is scored twice. The
 operator therefore makes every submission *deterministic* and *recorded*:
 
-1. **Deterministic inference id.** Each request's ``InferenceId`` is
-   ``<task_id slug>-<sha256(dag_id, task_id, run_id, map_index, input)[:40]>`` (at most 64
-   characters), where *input* is the InputLocation URI or ``inline:sha256:<hex>`` of the body. The
-   same task instance always sends the same id for the same input.
-2. **Deterministic output key.** ``Filename`` defaults to ``"{output_id}.out"`` (a digest of the
-   inference id: the service allows 32 characters), so a request
-   that *is* sent twice writes the same output key with the same content: a duplicate costs model
-   time but never produces a second, divergent result.
+1-2. **Deterministic inference ids and output names** (:mod:`~airflow_provider_smrt.async_inference.ids`):
+   the same task instance sends the same InferenceId and ``Filename`` for the same input on every try.
 3. **A ledger in S3.** The records of submitted requests (input, inference id, OutputLocation,
    FailureLocation, submitted_at) are written to one JSON object per task instance (map index
    included), at ``ledger_uri`` or by default under the first input's directory:
@@ -39,7 +33,6 @@ operator still relies on (1) and (2) and logs a warning. ``resubmit=True`` ignor
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import re
@@ -49,6 +42,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_provider_smrt.async_inference.ids import DEFAULT_FILENAME as DEFAULT_FILENAME
+from airflow_provider_smrt.async_inference.ids import AsyncRequest as AsyncRequest
+from airflow_provider_smrt.async_inference.ids import deterministic_inference_id as deterministic_inference_id
+from airflow_provider_smrt.async_inference.ids import is_per_request as is_per_request
+from airflow_provider_smrt.async_inference.ids import now_iso as now_iso
+from airflow_provider_smrt.async_inference.ids import output_id as output_id
+from airflow_provider_smrt.async_inference.ids import render_filename as render_filename
+from airflow_provider_smrt.async_inference.ids import task_key as task_key
 from airflow_provider_smrt.async_inference.poll import poll_sync
 from airflow_provider_smrt.async_inference.tracker import AsyncInferenceTracker, InvocationState
 from airflow_provider_smrt.async_inference.wait import Log
@@ -56,81 +57,11 @@ from airflow_provider_smrt.exceptions import SmrtError
 from airflow_provider_smrt.s3 import S3Location, error_code, is_not_found
 
 LEDGER_DIRNAME = "_smrt_async_ledger"
-_LEDGER_VERSION = 1
 _SLUG = re.compile(r"[^A-Za-z0-9-]+")
+_LEDGER_VERSION = 1
 
 #: A submission record: input, inference_id, output_location, failure_location, submitted_at, ttl, timeout.
 Record = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class AsyncRequest:
-    """One InvokeEndpointAsync request to make: exactly one of an S3 ``input_location`` or an inline ``body``.
-
-    :param input_location: an ``s3://`` (or ``https://``) URI of the payload.
-    :param body: an inline payload of at most 128,000 bytes.
-    """
-
-    input_location: str | None = None
-    body: bytes | None = None
-
-    @property
-    def identity(self) -> str:
-        """What the request is keyed by: the URI, or ``inline:sha256:<hex>`` (never the body itself)."""
-        if self.input_location is not None:
-            return self.input_location
-        return "inline:sha256:" + hashlib.sha256(self.body or b"").hexdigest()
-
-    def __repr__(self) -> str:  # keep payloads out of logs and tracebacks
-        if self.body is not None:
-            return f"AsyncRequest(body=<{len(self.body)} bytes>)"
-        return f"AsyncRequest(input_location={self.input_location!r})"
-
-
-def deterministic_inference_id(
-    *, dag_id: str, task_id: str, run_id: str, map_index: int, identity: str, prefix: str | None = None
-) -> str:
-    """The InferenceId of one request of one task instance: stable across tries, at most 64 characters."""
-    digest = hashlib.sha256(json.dumps([dag_id, task_id, run_id, map_index, identity]).encode()).hexdigest()[:40]
-    slug = _SLUG.sub("-", prefix if prefix is not None else task_id).strip("-")[:23] or "smrt"
-    return f"{slug}-{digest}"
-
-
-#: The default ``Filename`` of a request: ``{output_id}`` is a 24-character digest of its inference id,
-#: so the name fits the service's 32-character limit and is the same on every try.
-DEFAULT_FILENAME = "{output_id}.out"
-
-
-def output_id(inference_id: str) -> str:
-    """A 24-character name derived from an inference id (for ``Filename``, which allows 32 characters)."""
-    return hashlib.sha256(inference_id.encode()).hexdigest()[:24]
-
-
-def render_filename(template: str | None, inference_id: str) -> str | None:
-    """The ``Filename`` of one request: ``{output_id}`` and ``{inference_id}`` replaced; None stays None."""
-    if template is None:
-        return None
-    return template.replace("{output_id}", output_id(inference_id)).replace("{inference_id}", inference_id)
-
-
-def is_per_request(template: str | None) -> bool:
-    """Whether a ``Filename`` template names each request differently."""
-    return template is not None and ("{output_id}" in template or "{inference_id}" in template)
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
-
-def task_key(ti: Any) -> dict[str, Any]:
-    """What identifies a task instance's submissions: ``dag_id``, ``task_id``, ``run_id``, ``map_index``."""
-    map_index = getattr(ti, "map_index", None)
-    return {
-        "dag_id": ti.dag_id,
-        "task_id": ti.task_id,
-        "run_id": ti.run_id,
-        "map_index": map_index if map_index is not None else -1,
-    }
 
 
 def ledger_location(
