@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from airflow_provider_smrt.async_inference.results import read_records, read_results
 from airflow_provider_smrt.s3 import ObjectInfo, is_s3, join_uri, split_s3
 
 if TYPE_CHECKING:
@@ -224,3 +225,18 @@ def to_operator_lineage(lineage: RunLineage | None) -> Any:
             )
         )
     return ol["OperatorLineage"](inputs=inputs, outputs=outputs)
+
+
+def async_lineage_after_wait(s3_client: Any, summary: dict[str, Any]) -> RunLineage | None:
+    """The lineage of an invoke operator's run once its trigger fired (the summary it resumed with): the
+    records read from the ledger; statuses polled only when some failures are not among the first ones named."""
+    if not summary.get("ledger_uri") and not summary.get("invocations"):
+        return None
+    failed = int(summary.get("failed") or 0)
+    if failed > len(summary.get("first_failures") or []):
+        return async_run_lineage(read_results(s3_client, summary))
+    known = {entry.get("input") for entry in summary.get("first_failures") or []}
+    records = read_records(s3_client, summary)
+    return async_run_lineage(
+        [{**record, "status": "failed" if record["input"] in known else "succeeded"} for record in records]
+    )

@@ -18,8 +18,13 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from airflow_provider_smrt.async_inference.wait import Log
+from airflow_provider_smrt.exceptions import ParameterValidationError
+from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES, validate_invoke_endpoint_async_request
 
 _SLUG = re.compile(r"[^A-Za-z0-9-]+")
 
@@ -92,3 +97,58 @@ def task_key(ti: Any) -> dict[str, Any]:
         "run_id": ti.run_id,
         "map_index": map_index if map_index is not None else -1,
     }
+
+
+def requests_from(
+    input_location: str | Sequence[str] | None, body: str | bytes | None, *, log: Log
+) -> list[AsyncRequest]:
+    """The requests of an invoke operator's (rendered) ``input_location`` or ``body``: one per distinct URI."""
+    if (input_location is None) == (body is None):
+        raise ParameterValidationError(
+            "pass exactly one of input_location (an s3:// URI or a list of them) or body (inline, "
+            f"<= {MAX_ASYNC_INLINE_BODY_BYTES:,} bytes)"
+        )
+    if body is not None:
+        return [AsyncRequest(body=body.encode("utf-8") if isinstance(body, str) else bytes(body))]
+    locations = [input_location] if isinstance(input_location, str) else list(input_location or [])
+    if not locations:
+        raise ParameterValidationError("input_location is an empty list: nothing to submit")
+    for location in locations:
+        if not isinstance(location, str):
+            raise ParameterValidationError(f"input_location entries must be strings, got {type(location).__name__}")
+    unique = list(dict.fromkeys(locations))
+    for location in dict.fromkeys(loc for loc in locations if locations.count(loc) > 1):
+        log.warning("input %s is listed more than once; it is submitted once", location)
+    return [AsyncRequest(input_location=location) for location in unique]
+
+
+def validate_requests(
+    requests: Sequence[AsyncRequest],
+    *,
+    endpoint_name: str,
+    filename: str | None,
+    custom_attributes: str | None,
+    request_ttl_seconds: int | None,
+    invocation_timeout_seconds: int | None,
+    s3_output_path_extension: str | None,
+) -> None:
+    """Check every request's InvokeEndpointAsync parameters before any is sent, and that ``filename`` names
+    each request's output differently when there are several."""
+    for request in requests:
+        validate_invoke_endpoint_async_request(
+            endpoint_name,
+            input_location=request.input_location,
+            body=request.body,
+            custom_attributes=custom_attributes,
+            inference_id=None,
+            request_ttl_seconds=request_ttl_seconds,
+            invocation_timeout_seconds=invocation_timeout_seconds,
+            s3_output_path_extension=s3_output_path_extension,
+            # Generated inference ids have up to 64 characters: the longest name a request can get.
+            filename=render_filename(filename, "x" * 64),
+        )
+    if filename is not None and not is_per_request(filename) and len(requests) > 1:
+        raise ParameterValidationError(
+            f"filename {filename!r} would give all {len(requests)} outputs the same name: include "
+            "'{output_id}' in it, or pass filename=None"
+        )

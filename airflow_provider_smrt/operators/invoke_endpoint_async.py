@@ -34,6 +34,7 @@ from airflow_provider_smrt.async_inference import (
     poll_sync,
     wait_sync,
 )
+from airflow_provider_smrt.async_inference.ids import requests_from, validate_requests
 from airflow_provider_smrt.async_inference.ledger import (
     DEFAULT_FILENAME,
     LEDGER_DIRNAME,
@@ -41,17 +42,15 @@ from airflow_provider_smrt.async_inference.ledger import (
     Record,
     SubmissionLedger,
     deterministic_inference_id,
-    is_per_request,
     now_iso,
     render_filename,
     task_key,
 )
-from airflow_provider_smrt.async_inference.results import read_records, read_results, submission_summary, with_wait
+from airflow_provider_smrt.async_inference.results import submission_summary, with_wait
 from airflow_provider_smrt.exceptions import InvocationError, ModelError, ParameterValidationError
 from airflow_provider_smrt.hooks.s3 import S3ClientMixin
 from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook, Transport, check_transport
-from airflow_provider_smrt.invocation import MAX_ASYNC_INLINE_BODY_BYTES
-from airflow_provider_smrt.lineage import RunLineage, async_run_lineage, to_operator_lineage
+from airflow_provider_smrt.lineage import RunLineage, async_lineage_after_wait, async_run_lineage, to_operator_lineage
 from airflow_provider_smrt.links import SageMakerEndpointLink, SageMakerModelLogsLink, persist_links
 from airflow_provider_smrt.operators._async_submit import submit_all
 from airflow_provider_smrt.operators._failures import fails_fast
@@ -249,24 +248,7 @@ class SageMakerInvokeEndpointAsyncOperator(
 
     def build_requests(self, context: Context) -> list[AsyncRequest]:
         """Turn the (rendered) inputs into requests (a subclass may make them some other way)."""
-        if (self.input_location is None) == (self.body is None):
-            raise ParameterValidationError(
-                "pass exactly one of input_location (an s3:// URI or a list of them) or body (inline, "
-                f"<= {MAX_ASYNC_INLINE_BODY_BYTES:,} bytes)"
-            )
-        if self.body is not None:
-            body = self.body.encode("utf-8") if isinstance(self.body, str) else bytes(self.body)
-            return [AsyncRequest(body=body)]
-        locations = [self.input_location] if isinstance(self.input_location, str) else list(self.input_location or [])
-        if not locations:
-            raise ParameterValidationError("input_location is an empty list: nothing to submit")
-        for location in locations:
-            if not isinstance(location, str):
-                raise ParameterValidationError(f"input_location entries must be strings, got {type(location).__name__}")
-        unique = list(dict.fromkeys(locations))
-        for location in dict.fromkeys(loc for loc in locations if locations.count(loc) > 1):
-            self.log.warning("input %s is listed more than once; it is submitted once", location)
-        return [AsyncRequest(input_location=location) for location in unique]
+        return requests_from(self.input_location, self.body, log=self.log)
 
     # -- execute ---------------------------------------------------------------------------------
 
@@ -276,7 +258,15 @@ class SageMakerInvokeEndpointAsyncOperator(
         if self.input_uri is not None:
             return self._score_parquet(context)
         requests = self.build_requests(context)
-        self._validate(requests)
+        validate_requests(
+            requests,
+            endpoint_name=self.endpoint_name,
+            filename=self.filename,
+            custom_attributes=self.custom_attributes,
+            request_ttl_seconds=self.request_ttl_seconds,
+            invocation_timeout_seconds=self.invocation_timeout_seconds,
+            s3_output_path_extension=self.s3_output_path_extension or None,
+        )
         key = task_key(context["ti"])
         ids = {request.identity: self._inference_id_for(key, request, len(requests)) for request in requests}
         ledger = SubmissionLedger.for_task(
@@ -348,27 +338,6 @@ class SageMakerInvokeEndpointAsyncOperator(
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the S3 input objects and the output objects written; None without OpenLineage."""
         return to_operator_lineage(self._lineage)
-
-    def _validate(self, requests: list[AsyncRequest]) -> None:
-        for request in requests:
-            SageMakerRuntimeHook.validate_invoke_endpoint_async(
-                self.endpoint_name,
-                input_location=request.input_location,
-                body=request.body,
-                custom_attributes=self.custom_attributes,
-                inference_id=None,
-                request_ttl_seconds=self.request_ttl_seconds,
-                invocation_timeout_seconds=self.invocation_timeout_seconds,
-                s3_output_path_extension=self.s3_output_path_extension or None,
-                # Generated inference ids have up to 64 characters: the longest name a request can get.
-                filename=render_filename(self.filename, "x" * 64),
-            )
-        if self.filename is not None and not is_per_request(self.filename) and len(requests) > 1:
-            raise ParameterValidationError(
-                f"filename {self.filename!r} would give all {len(requests)} outputs the same name: include "
-                "'{output_id}' in it, or pass filename=None"
-            )
-
 
     def _inference_id_for(self, key: dict[str, Any], request: AsyncRequest, count: int) -> str:
         if not self.deterministic_ids and self.inference_id and count == 1:
@@ -461,19 +430,5 @@ class SageMakerInvokeEndpointAsyncOperator(
         """Resume after the trigger fired: the summary with the wait's counts, or raise (as the sensor does)."""
         checked = resume_from_event(event, log=self.log)
         result = with_wait(checked.get("resume_state") or {}, checked)
-        self._lineage = self._lineage_after_wait(result)
+        self._lineage = async_lineage_after_wait(self.s3_client, result)
         return result
-
-    def _lineage_after_wait(self, summary: dict[str, Any]) -> RunLineage | None:
-        """The lineage once the trigger fired: the records from the ledger; statuses polled only when some
-        failures are not among the first ones named."""
-        if not summary.get("ledger_uri") and not summary.get("invocations"):
-            return None
-        failed = int(summary.get("failed") or 0)
-        if failed > len(summary.get("first_failures") or []):
-            return async_run_lineage(read_results(self.s3_client, summary))
-        known = {entry.get("input") for entry in summary.get("first_failures") or []}
-        records = read_records(self.s3_client, summary)
-        return async_run_lineage(
-            [{**record, "status": "failed" if record["input"] in known else "succeeded"} for record in records]
-        )
