@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from tests.support.child_runs import kill_when
 from tests.support.dag_runs import ROOT, run_dag
 from tests.support.datasets import expected_sum, features
 from tests.support.local_control import wait_until_idle
@@ -191,15 +190,7 @@ def _kill_when(dag_id: str, conf: dict[str, Any], ready: Callable[[], bool]) -> 
     proc = subprocess.Popen(
         [sys.executable, "-c", code, dag_id, json.dumps(conf)], cwd=ROOT, env=dict(os.environ), start_new_session=True
     )
-    try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "the run never reached the point to kill it"
-            time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_when(proc, ready)
 
 
 def test_stream_mode_sigkill_then_rerun_sends_only_unfinished_units(

@@ -8,9 +8,6 @@ poison moves the rest. Requests and rows are counted at the endpoint; a retry se
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from typing import Any
 
 import orjson
@@ -18,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tests.support.child_runs import requests_settled, start_child
+from tests.support.child_runs import kill_when, requests_settled, start_child
 from tests.support.datasets import expected_sum, features
 from tests.support.s3_objects import data_parts, list_keys, put_parquet, read_output, read_table, split
 from tests.support.scoring_rig import ScoringRig
@@ -187,17 +184,10 @@ def test_sigkill_during_a_retry_then_rerun_moves_every_row_exactly_once(rig: Sco
     conf = rig.conf(endpoint, op=op)
     proc = start_child(conf, rig.tmp_path / "killed")
     try:
-        deadline = time.monotonic() + 120
         # the 4th arrived, and is inside the model (the 3rd was answered before it was sent): held
-        while not _fourth_held(rig.endpoint_stats(endpoint), before):
-            assert proc.poll() is None, "the retry ended before it could be killed"
-            assert time.monotonic() < deadline, "the retry made no progress"
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_when(proc, lambda: _fourth_held(rig.endpoint_stats(endpoint), before))
     finally:
-        proc.wait(timeout=30)
         rig.patch_faults(endpoint, {"hold_after_requests": None})
-    assert proc.returncode == -signal.SIGKILL
     killed = requests_settled(rig, endpoint)
     sent = killed["requests"] - before["requests"]
     assert sent == 4 < len(POISON | STUBBORN)
