@@ -50,6 +50,15 @@ f_oversize = _dag(
     max_error_ratio=0.5,
 )
 f_no_oversize = _dag("f_no_oversize", feature_columns=["text", "f0"], max_rows_per_request=10)
+f_header_ids_cost = _dag(
+    "f_header_ids_cost",
+    feature_columns=FEATURES,
+    csv_header=True,
+    inference_id_prefix="smrt-t-",
+    instance_hourly_usd=1.0,
+    max_rows_per_request=100,
+    concurrency=2,
+)
 f_stream_slow = _dag(
     "f_stream_slow", feature_columns=FEATURES, invoke_mode="stream", max_rows_per_request=100, concurrency=2
 )

@@ -220,6 +220,40 @@ def test_stream_mode_sigkill_then_rerun_sends_only_unfinished_units(
     assert _predictions(s3_client, s3_prefix + "out/") == expected_sum(pa.concat_tables(tables))
 
 
+def test_csv_header_inference_ids_and_cost_across_a_sigkill_and_rerun(
+    local_stack: Any, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    """csv_header, inference_id_prefix and instance_hourly_usd through a SIGKILL and a rerun: the rerun sends
+    only the unfinished units, every request keeps its InferenceId across the runs, and the rerun's cost
+    counts only its own calls."""
+    tables = [features(range(k * 1_000, k * 1_000 + 600)) for k in range(6)]
+    for k, table in enumerate(tables):
+        put_parquet(s3_client, f"{s3_prefix}in/f{k}.parquet", table, 600)
+    endpoint = make_endpoint("sum", csv_header=True, faults={"latency_ms": 150})
+    conf = _conf(endpoint, s3_prefix)
+
+    def two_parts() -> bool:
+        return len([k for k in list_keys(s3_client, s3_prefix + "out/") if k.startswith("part-")]) >= 2
+
+    _kill_when("f_header_ids_cost", conf, two_parts)
+    done = [k for k in list_keys(s3_client, s3_prefix + "out/") if k.startswith("part-")]
+    assert 2 <= len(done) < 6
+    before = wait_until_idle(local_stack.runtime_endpoint_url, endpoint)
+
+    run = run_dag("f_header_ids_cost", conf)
+    assert run.state == "success", run.states
+    after = endpoint_stats(endpoint)
+    assert after["rows_ok"] - before["rows_ok"] == (6 - len(done)) * 600  # the header line is not a row
+    assert _predictions(s3_client, s3_prefix + "out/") == expected_sum(pa.concat_tables(tables))
+    # 36 requests (6 files, 100 rows each): some were sent by both runs, always under the same InferenceId.
+    ids = after["inference_ids"]
+    assert len(ids) == after["requests"] and all(i.startswith("smrt-t-") for i in ids)
+    assert len(set(ids)) == 36
+    summary = run.xcom("score")
+    assert summary["http_calls"] == after["requests"] - before["requests"]
+    assert summary["estimated_cost_usd"] > 0
+
+
 def test_oversize_sigkill_while_waiting_then_rerun_does_not_submit_again(
     s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
 ) -> None:
