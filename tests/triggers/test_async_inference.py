@@ -218,7 +218,10 @@ def test_deferring_without_the_async_client_names_the_extra(monkeypatch: pytest.
     with pytest.raises(AirflowFailException, match=r"pip install 'airflow-provider-smrt\[async\]'"):
         trigger_module.defer_wait(sensor, invocations=[{"output_location": "s3://bucket/out/x.out"}], timeout=5)
     monkeypatch.delitem(sys.modules, "aiobotocore")
-    from airflow.sdk.exceptions import TaskDeferred
+    try:
+        from airflow.sdk.exceptions import TaskDeferred
+    except ImportError:  # Airflow 3.0
+        from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined]
 
     with pytest.raises(TaskDeferred):  # with the client installed, the same call defers
         trigger_module.defer_wait(sensor, invocations=[{"output_location": "s3://bucket/out/x.out"}], timeout=5)
