@@ -48,12 +48,14 @@ def log(*parts: object) -> None:
 
 
 ARROW_POOL: str | None = None  # --arrow-pool: ARROW_DEFAULT_MEMORY_POOL of the Airflow process
+EXTRA_ENV: dict[str, str] = {}  # --env KEY=VALUE: more of the Airflow process's environment
 
 
 def airflow_env() -> dict[str, str]:
     env = dict(os.environ)
     if ARROW_POOL:
         env["ARROW_DEFAULT_MEMORY_POOL"] = ARROW_POOL
+    env.update(EXTRA_ENV)
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
     env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
@@ -131,9 +133,13 @@ def main() -> None:
     parser.add_argument(
         "--arrow-pool", choices=["mimalloc", "jemalloc", "system"], help="ARROW_DEFAULT_MEMORY_POOL of the run"
     )
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="KEY=VALUE", help="set in the run's environment (repeatable)"
+    )
     args = parser.parse_args()
     global ARROW_POOL
     ARROW_POOL = args.arrow_pool
+    EXTRA_ENV.update(item.split("=", 1) for item in args.env)
     started = time.perf_counter()
     log(f"# bench_memory: start {load()}; {os.cpu_count()} CPUs")
     workdir = Path(tempfile.mkdtemp(prefix="smrt-bench-memory-"))
@@ -167,7 +173,7 @@ def main() -> None:
                     results.append({"pair": pair, "storage": storage, "runs": runs, "growth": growth})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    log(f"\nArrow memory pool: {ARROW_POOL or 'default'}")
+    log(f"\nArrow memory pool: {ARROW_POOL or 'default'}; environment added: {EXTRA_ENV or 'none'}")
     log(
         "\n## Peak RSS through `airflow dags test`: one Parquet file (row groups of 50,000 rows), 1,000 rows a "
         "request, concurrency 16, zero latency; process tree VmRSS sampled every 50 ms\n"
