@@ -43,7 +43,7 @@ from airflow_provider_smrt.scoring.config import (
 from airflow_provider_smrt.scoring.coordinator import Coordinator
 from airflow_provider_smrt.scoring.dataset import WorkUnit, iter_units
 from airflow_provider_smrt.scoring.manifest import build_manifest, build_summary, write_manifest
-from airflow_provider_smrt.scoring.memory import fix_mmap_threshold
+from airflow_provider_smrt.scoring.memory import arrow_pool_advice, fix_mmap_threshold
 from airflow_provider_smrt.scoring.pipeline import Invoker, Pipeline
 from airflow_provider_smrt.scoring.plan import ScoringPlan, plan_scoring
 from airflow_provider_smrt.scoring.rescore import (
@@ -222,6 +222,9 @@ class ScoringJob:
             )
         if todo or retries:
             fix_mmap_threshold()
+            advice = arrow_pool_advice()
+            if advice:
+                self.log.info("%s", advice)
             pipeline = self._pipeline(plan)
             try:
                 pipeline.run(itertools.chain(self._batches(plan, todo), self._retry_batches(plan, retries)))

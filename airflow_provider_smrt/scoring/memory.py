@@ -21,7 +21,9 @@ import logging
 import platform
 import threading
 
-__all__ = ["MMAP_THRESHOLD_BYTES", "fix_mmap_threshold"]
+import pyarrow as pa
+
+__all__ = ["MMAP_THRESHOLD_BYTES", "arrow_pool_advice", "fix_mmap_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -50,3 +52,15 @@ def fix_mmap_threshold() -> None:
             log.debug("glibc refused mallopt(M_MMAP_THRESHOLD)")
     except (OSError, AttributeError) as err:
         log.debug("cannot set glibc's mmap threshold: %s", err)
+
+
+def arrow_pool_advice() -> str | None:
+    """What to set for flat memory, when Arrow's default pool is not the system allocator; else ``None``."""
+    backend = pa.default_memory_pool().backend_name
+    if backend == "system":
+        return None
+    return (
+        f"Arrow memory pool: {backend}; it keeps freed memory per thread, so peak memory grows with a long "
+        "run: set ARROW_DEFAULT_MEMORY_POOL=system in the workers' environment to keep it flat "
+        "(docs/performance.md, Memory)"
+    )
