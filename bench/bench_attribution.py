@@ -51,8 +51,11 @@ def main() -> None:
         def raw_invoker(self: Any, endpoint_name: str, **params: Any) -> Any:
             client = runtime_client(url, max_pool_connections=18)
 
-            def invoke(body: bytes) -> InvokeEndpointResult:
-                response = client.invoke_endpoint(EndpointName=endpoint_name, Body=body, ContentType="text/csv")
+            def invoke(body: bytes, inference_id: str | None = None) -> InvokeEndpointResult:  # EndpointInvoker
+                extra = {"InferenceId": inference_id} if inference_id else {}
+                response = client.invoke_endpoint(
+                    EndpointName=endpoint_name, Body=body, ContentType="text/csv", **extra
+                )
                 return InvokeEndpointResult(
                     body=response["Body"].read(),
                     content_type=response.get("ContentType"),
