@@ -47,14 +47,12 @@ def log(*parts: object) -> None:
     print(*parts, flush=True)
 
 
-ARROW_POOL: str | None = None  # --arrow-pool: ARROW_DEFAULT_MEMORY_POOL of the Airflow process
-EXTRA_ENV: dict[str, str] = {}  # --env KEY=VALUE: more of the Airflow process's environment
+#: Added to the Airflow process's environment: --arrow-pool (as ARROW_DEFAULT_MEMORY_POOL), then --env KEY=VALUE.
+EXTRA_ENV: dict[str, str] = {}
 
 
 def airflow_env() -> dict[str, str]:
     env = dict(os.environ)
-    if ARROW_POOL:
-        env["ARROW_DEFAULT_MEMORY_POOL"] = ARROW_POOL
     env.update(EXTRA_ENV)
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS)
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -137,8 +135,8 @@ def main() -> None:
         "--env", action="append", default=[], metavar="KEY=VALUE", help="set in the run's environment (repeatable)"
     )
     args = parser.parse_args()
-    global ARROW_POOL
-    ARROW_POOL = args.arrow_pool
+    if args.arrow_pool:
+        EXTRA_ENV["ARROW_DEFAULT_MEMORY_POOL"] = args.arrow_pool
     EXTRA_ENV.update(item.split("=", 1) for item in args.env)
     started = time.perf_counter()
     log(f"# bench_memory: start {load()}; {os.cpu_count()} CPUs")
@@ -173,7 +171,8 @@ def main() -> None:
                     results.append({"pair": pair, "storage": storage, "runs": runs, "growth": growth})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    log(f"\nArrow memory pool: {ARROW_POOL or 'default'}; environment added: {EXTRA_ENV or 'none'}")
+    pool = EXTRA_ENV.get("ARROW_DEFAULT_MEMORY_POOL", "default")
+    log(f"\nArrow memory pool: {pool}; environment added: {EXTRA_ENV or 'none'}")
     log(
         "\n## Peak RSS through `airflow dags test`: one Parquet file (row groups of 50,000 rows), 1,000 rows a "
         "request, concurrency 16, zero latency; process tree VmRSS sampled every 50 ms\n"

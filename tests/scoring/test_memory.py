@@ -3,6 +3,8 @@ to set when Arrow's pool is not the system allocator."""
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 import subprocess
 import sys
@@ -65,9 +67,6 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def probe(tmp_path: Path, **env: str) -> dict:
-    import json
-    import os
-
     done = subprocess.run(
         [sys.executable, "-c", PROBE, str(tmp_path)],
         cwd=REPO,
