@@ -18,6 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    FlexibleChecksumError,
+    IncompleteReadError,
+    ResponseStreamingError,
+)
 
 from airflow_provider_smrt.local.models import ModelFailure
 from airflow_provider_smrt.local.state import Endpoint
@@ -27,6 +34,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_SECONDS = 21_600
 DEFAULT_TIMEOUT_SECONDS = 900
 MAX_INLINE_BYTES = 128_000
+#: Reads of an S3 input whose body fails in transit (short, or not matching its checksum).
+_BODY_READ_ATTEMPTS = 3
+_BODY_READ_ERRORS = (FlexibleChecksumError, IncompleteReadError, ResponseStreamingError)
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -123,7 +133,10 @@ class AsyncProcessor:
             self._fail(job, err.message)
             return
         except Exception as err:  # noqa: BLE001 - any failure must land in the FailureLocation
-            log.warning("async invocation on %s failed: %s", endpoint.name, type(err).__name__)
+            # botocore's messages name the operation, the status and the checksums, never the body; any
+            # other error's text may quote the payload, so only its type is logged.
+            detail = f": {err}" if isinstance(err, (BotoCoreError, ClientError)) else ""
+            log.warning("async invocation on %s failed: %s%s", endpoint.name, type(err).__name__, detail)
             self._fail(job, f"Internal failure while processing the request: {type(err).__name__}")
             return
         endpoint.stats.add("async_succeeded")
@@ -145,11 +158,18 @@ class AsyncProcessor:
                 raise RuntimeError("no S3 server configured")
             s3 = self._s3
             bucket, key = split_s3_uri(location)
-            try:
-                body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                return body
-            except s3.exceptions.NoSuchKey as err:
-                raise ModelFailure(400, f"The input location {location} does not exist.") from err
+            # botocore retries the request, not the reading of its body: a body that arrives short or
+            # fails its checksum is read again, as the service's own reader would.
+            for attempt in range(1, _BODY_READ_ATTEMPTS + 1):
+                try:
+                    body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+                    return body
+                except s3.exceptions.NoSuchKey as err:
+                    raise ModelFailure(400, f"The input location {location} does not exist.") from err
+                except _BODY_READ_ERRORS as err:
+                    if attempt == _BODY_READ_ATTEMPTS:
+                        raise
+                    log.warning("reading %s failed (attempt %d): %s; reading it again", location, attempt, err)
         with urllib.request.urlopen(location, timeout=60) as response:
             data: bytes = response.read()
             return data

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
+import pytest
 from botocore.exceptions import ClientError
 
 
@@ -147,3 +148,50 @@ def test_async_validation(runtime_client: Any, make_endpoint: Any) -> None:
             assert err.response["ResponseMetadata"]["HTTPStatusCode"] == 400
         else:
             raise AssertionError(f"accepted {sorted(kwargs)}")
+
+
+class _BodyFailsInTransit:
+    """A real S3 client whose first ``failures`` GetObject bodies fail their checksum when read."""
+
+    def __init__(self, client: Any, failures: int) -> None:
+        self._client = client
+        self.exceptions = client.exceptions
+        self.failures = failures
+        self.reads = 0
+
+    def get_object(self, **kwargs: Any) -> dict[str, Any]:
+        from botocore.exceptions import FlexibleChecksumError
+
+        response = self._client.get_object(**kwargs)
+        self.reads += 1
+        if self.reads <= self.failures:
+            response["Body"].read()
+            response["Body"] = _Raises(FlexibleChecksumError(error_msg="Expected checksum a did not match b"))
+        return response
+
+
+class _Raises:
+    def __init__(self, err: Exception) -> None:
+        self.err = err
+
+    def read(self) -> bytes:
+        raise self.err
+
+
+def test_an_input_body_failing_in_transit_is_read_again_up_to_three_times(s3_client: Any, s3_prefix: str) -> None:
+    from types import SimpleNamespace
+
+    from botocore.exceptions import FlexibleChecksumError
+
+    from airflow_provider_smrt.local.async_jobs import AsyncProcessor
+
+    uri = s3_prefix + "payload.csv"
+    _put(s3_client, uri, b"1,2,3\n")
+    job: Any = SimpleNamespace(inline_body=None, input_location=uri)
+    flaky = _BodyFailsInTransit(s3_client, failures=2)
+    assert AsyncProcessor(s3_factory=lambda: flaky)._read_input(job) == b"1,2,3\n"
+    assert flaky.reads == 3
+    broken = _BodyFailsInTransit(s3_client, failures=3)
+    with pytest.raises(FlexibleChecksumError):  # failing on every read, it fails the invocation
+        AsyncProcessor(s3_factory=lambda: broken)._read_input(job)
+    assert broken.reads == 3

@@ -20,6 +20,7 @@ DAG_ID = "smrt_scale_backfill"
 POOL = "smrt_scale_endpoint"
 CONCURRENCY = 2
 SHARDS = 2
+MAX_ROWS_PER_REQUEST = 50
 
 with DAG(
     dag_id=DAG_ID,
@@ -47,7 +48,7 @@ with DAG(
         endpoint_name="{{ params.endpoint_name }}",
         output_uri="{{ params.predictions_root }}/ds={{ ds }}/",
         passthrough_columns=["id"],
-        max_rows_per_request=50,
+        max_rows_per_request=MAX_ROWS_PER_REQUEST,
         progress_interval=1.0,
     ).expand(input_uri=shards)
 
