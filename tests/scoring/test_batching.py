@@ -155,7 +155,7 @@ def test_row_limit_alone_gives_full_requests() -> None:
 def test_small_input_is_sent_as_its_probe_without_waste() -> None:
     planner = RequestPlanner(codec=get_codec())
     requests = list(planner.split(pa.record_batch({"x": [1.0, 2.0, 3.0]})))
-    assert [(r.offset, r.num_rows, r.body) for r in requests] == [(0, 3, b"1\n2\n3\n")]
+    assert [(r.offset, r.num_rows, r.body) for r in requests] == [(0, 3, b"1.0\n2.0\n3.0\n")]
     assert planner.stats.encodes == 1 and planner.stats.wasted_rows == 0
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from decimal import Decimal
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pytest
@@ -48,6 +50,34 @@ def test_csv_quotes_only_values_that_need_it() -> None:
 def test_csv_numeric_only_body_has_no_quotes_and_no_header() -> None:
     table = pa.table({"a": [1.5, 2.0], "b": pa.array([3, None], pa.int32())})
     assert get_codec().encode(table) == b"1.5,3\n2,\n"
+
+
+def test_csv_of_uniform_numeric_features_reads_back_exactly() -> None:
+    # All float64, all float32 or all integer, no null, finite: written from one array by orjson.
+    rng = np.random.default_rng(7)
+    # 3,000 rows x 7 columns: written in blocks of whole rows (encoders._BLOCK_VALUES values at most)
+    values = rng.normal(size=(3000, 7)) * 10.0 ** rng.integers(-30, 30, size=(3000, 7))
+    values[0] = [0.1, 3.0, -0.0, 1e-7, 1.7976931348623157e308, 5e-324, -2.5]
+    assert values.size > 2 * encoders._BLOCK_VALUES
+    codec = get_codec()
+    body = codec.encode(pa.table({f"f{j}": values[:, j] for j in range(7)}))
+    assert body.startswith(b"0.1,3.0,-0.0,1e-7,1.7976931348623157e+308,5e-324,-2.5\n") and body.count(b"\n") == 3000
+    assert np.array_equal(np.loadtxt(io.BytesIO(body), delimiter=",", ndmin=2), values)
+    singles = values[:, :2].astype(np.float32)
+    body = codec.encode(pa.table({"a": singles[:, 0], "b": singles[:, 1]}).slice(10, 50))
+    assert np.array_equal(np.loadtxt(io.BytesIO(body), delimiter=",", dtype=np.float32, ndmin=2), singles[10:60])
+    ints = pa.table({"a": pa.array([-(2**63), 2**63 - 1], pa.int64()), "b": pa.array([0, 255], pa.uint8())})
+    assert codec.encode(ints) == b"-9223372036854775808,0\n9223372036854775807,255\n"
+    assert codec.encode(pa.table({"one": [0.5, 2.0]})) == b"0.5\n2.0\n"
+
+
+def test_csv_of_mixed_or_non_finite_numbers_is_arrows() -> None:
+    # A mix of kinds, NaN or infinity: Arrow's writer, which formats each column by its type.
+    codec = get_codec()
+    assert codec.encode(pa.table({"a": [1.0, 2.0], "b": [3, 4]})) == b"1,3\n2,4\n"
+    assert codec.encode(pa.table({"a": [1.5, float("nan")], "b": [float("inf"), 1e-7]})) == b"1.5,inf\nnan,1e-7\n"
+    mixed = pa.table({"a": pa.array([0.1], pa.float32()), "b": [0.1]})
+    assert codec.encode(mixed) == b"0.1,0.1\n"
 
 
 def test_csv_accepts_a_record_batch_and_an_empty_slice() -> None:
