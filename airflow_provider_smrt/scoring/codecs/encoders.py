@@ -169,10 +169,18 @@ def _numeric_matrix(table: pa.Table) -> np.ndarray | None:
                 low, high = pc.min_max(column).values()
                 if max(abs(low.as_py()), abs(high.as_py())) > _MAX_EXACT_INT_IN_FLOAT:
                     return None
+    if table.num_rows and len(set(types)) == 1 and (pa.types.is_integer(types[0]) or types[0] in _TENSOR_FLOATS):
+        # One type throughout: Arrow builds the row-major array in one call, without the GIL.
+        batch = table.combine_chunks().to_batches()[0] if isinstance(table, pa.Table) else table
+        tensor: np.ndarray = batch.to_tensor(row_major=True).to_numpy()
+        return tensor.astype(dtype, copy=False)
     matrix = np.empty((table.num_rows, table.num_columns), dtype=dtype)
     for j, column in enumerate(table.columns):
         matrix[:, j] = column.to_numpy()
     return matrix
+
+
+_TENSOR_FLOATS = (pa.float32(), pa.float64())
 
 
 class JsonEncoder:

@@ -69,6 +69,10 @@ def test_csv_of_uniform_numeric_features_reads_back_exactly() -> None:
     ints = pa.table({"a": pa.array([-(2**63), 2**63 - 1], pa.int64()), "b": pa.array([0, 255], pa.uint8())})
     assert codec.encode(ints) == b"-9223372036854775808,0\n9223372036854775807,255\n"
     assert codec.encode(pa.table({"one": [0.5, 2.0]})) == b"0.5\n2.0\n"
+    whole = pa.table({"a": values[:100, 0], "b": values[:100, 1]})
+    chunked = pa.concat_tables([whole.slice(0, 30), whole.slice(30)])  # as read from several row groups
+    assert chunked.column(0).num_chunks == 2
+    assert codec.encode(chunked.slice(20, 40)) == codec.encode(whole.slice(20, 40))
 
 
 def test_csv_of_mixed_or_non_finite_numbers_is_arrows() -> None:
