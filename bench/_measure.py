@@ -98,16 +98,24 @@ class WindowCpu:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-window-cpu", daemon=True)
 
-    def _split(self) -> tuple[float, float]:
-        endpoint = moto = 0.0
+    def _members(self) -> list[tuple[int, bool]]:
+        """The stack's processes (pid, is moto), found once per run: walking the tree through every thread's
+        ``children`` file at each sample took 1.5 ms with 64 connections open (15% of a core, in this process,
+        holding its GIL), where reading the two processes' ``stat`` takes 0.07 ms."""
+        members = []
         for member in proc_tree(self.stack_pid):
             with contextlib.suppress(OSError):
                 with open(f"/proc/{member}/cmdline", "rb") as fh:
-                    is_moto = b"moto" in fh.read()
-                if is_moto:
-                    moto += proc_cpu_seconds(member)
-                else:
-                    endpoint += proc_cpu_seconds(member)
+                    members.append((member, b"moto" in fh.read()))
+        return members
+
+    def _split(self) -> tuple[float, float]:
+        endpoint = moto = 0.0
+        for member, is_moto in self._stack:
+            if is_moto:
+                moto += proc_cpu_seconds(member)
+            else:
+                endpoint += proc_cpu_seconds(member)
         return endpoint, moto
 
     def _take(self) -> None:
@@ -119,6 +127,7 @@ class WindowCpu:
             self._take()
 
     def __enter__(self) -> WindowCpu:
+        self._stack = self._members()
         self._take()
         self._thread.start()
         return self
