@@ -1,16 +1,18 @@
 """Where the operator's extra client CPU goes, next to the hand-written loop of bench_scoring.py (a).
 
-One interleaved batch (``--rounds`` rounds, default 4) at latency 50 ms, capacity 16, 500 rows per
-request, concurrency 16, model ``constant``, 400k rows; per variant the median rows/s over the busy
-window and the client's and moto's CPU inside it:
+One interleaved batch (``--rounds`` rounds, default 4) at latency 50 ms (``--latency-ms``), capacity
+16, 500 rows per request, concurrency 16, model ``constant``, 400k rows; per variant the median rows/s
+over the busy window and the client's and moto's CPU inside it:
 
 - the operator as in section (a): Parquet from S3, parts to S3;
 - the operator on local Parquet in and out (no S3 traffic at all);
 - the operator on S3 with a raw boto3 invoker instead of the hook's (no validation, classification
   or Airflow user-agent suffix): ``SageMakerRuntimeHook.make_invoker`` is replaced in this process;
+- the operator on S3 with every CSV body written by Arrow's CSV writer, as the loop writes them (the
+  encoder's orjson path off: ``encoders._uniform_numeric_matrix`` answers None in this process);
 - the hand-written loop.
 
-Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N]`` (about 2 minutes).
+Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N] [--latency-ms MS]`` (about 3 minutes).
 """
 
 from __future__ import annotations
@@ -29,16 +31,24 @@ import bench_scoring as b
 from _measure import LOOP, loop_peer, operator_peer, paired_rounds, quiet_logs
 from _stack import LocalStackProcess, load, local_control, runtime_client, s3_client
 
-VARIANTS = ("operator, S3", "operator, local files", "operator, S3, raw boto3 invoker", LOOP)
+VARIANTS = (
+    "operator, S3",
+    "operator, local files",
+    "operator, S3, raw boto3 invoker",
+    "operator, S3, Arrow's CSV writer",
+    LOOP,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="the endpoint's service time")
     args = parser.parse_args()
 
     from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
     from airflow_provider_smrt.invocation import InvokeEndpointResult
+    from airflow_provider_smrt.scoring.codecs import encoders
 
     hook_invoker = SageMakerRuntimeHook.make_invoker
     work = Path(tempfile.mkdtemp(prefix="smrt-bench-attribution-"))
@@ -70,7 +80,8 @@ def main() -> None:
         local_inputs = [
             str(p) for p in b.generate(directory=work / "local", files=16, rows_per_file=25_000, row_group=12_500)
         ]
-        endpoint = local_control.put_endpoint(url, model="constant", faults={"latency_ms": 50, "capacity": 16})
+        faults = {"latency_ms": args.latency_ms, "capacity": 16}
+        endpoint = local_control.put_endpoint(url, model="constant", faults=faults)
         on_s3 = operator_peer(endpoint, s3_inputs, rows_per_request=500, concurrency=16)
 
         def with_raw_invoker() -> int:
@@ -80,12 +91,22 @@ def main() -> None:
             finally:
                 SageMakerRuntimeHook.make_invoker = hook_invoker  # type: ignore[method-assign]
 
+        fast_matrix = encoders._uniform_numeric_matrix
+
+        def with_arrow_csv_writer() -> int:
+            encoders._uniform_numeric_matrix = lambda table: None
+            try:
+                return on_s3()
+            finally:
+                encoders._uniform_numeric_matrix = fast_matrix
+
         peers = {
             VARIANTS[0]: on_s3,
             VARIANTS[1]: operator_peer(
                 endpoint, local_inputs, rows_per_request=500, concurrency=16, output_dir=str(work)
             ),
             VARIANTS[2]: with_raw_invoker,
+            VARIANTS[3]: with_arrow_csv_writer,
             LOOP: loop_peer(LOOP, url, endpoint, s3_inputs, s3, rows_per_request=500, concurrency=16),
         }
         runs = paired_rounds(url, endpoint, peers, rounds=args.rounds, stack_pid=stack_pid)
@@ -94,7 +115,7 @@ def main() -> None:
             for variant in VARIANTS
         }
 
-    print(f"\n{args.rounds} interleaved rounds, model `constant`, medians; {load()}")
+    print(f"\n{args.rounds} interleaved rounds, latency {args.latency_ms:g} ms, model `constant`, medians; {load()}")
     print("| variant | rows/s | client CPU s in the window | moto CPU s | runs (k rows/s) |")
     print("|---|---|---|---|---|")
     for variant, runs in results.items():
