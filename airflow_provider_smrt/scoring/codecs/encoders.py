@@ -30,11 +30,13 @@ _MAX_EXACT_INT_IN_FLOAT = 2**53
 
 
 class CsvEncoder:
-    """``text/csv`` request bodies via :func:`pyarrow.csv.write_csv` (quoting only where needed).
+    """``text/csv`` request bodies (quoting only where needed).
 
-    When no string value needs quoting (the common case) the table is written unquoted by Arrow's
-    CSV writer. Otherwise every column is formatted with Arrow's cast to string, the values that
-    need it are quoted, and lines are joined with Arrow compute kernels: still no Python loop per row.
+    Features all float64, all float32 or all integer, without nulls, NaN or infinity (the common case
+    for models) are written by orjson from one array (:func:`_csv_of_matrix`). Other tables without a
+    string value that needs quoting are written unquoted by Arrow's CSV writer. Otherwise every column
+    is formatted with Arrow's cast to string, the values that need it are quoted, and lines are joined
+    with Arrow compute kernels: still no Python loop per row.
 
     :param header: start every body with a line of the feature names (for containers that read the
         first line as a header, such as MLflow's scoring server); one prediction per row is still expected.
