@@ -103,10 +103,6 @@ class EndpointServer(ThreadingHTTPServer):
             s3_factory=functools.partial(_s3_client, s3_endpoint_url) if s3_endpoint_url else None
         )
         self._thread: threading.Thread | None = None
-        # Load the service model's header rules now: the first burst of requests would otherwise load it once
-        # per connection thread at the same time (functools.cache does not hold the others back), ~0.1 s each.
-        for operation in validation.OPERATIONS.values():
-            validation.header_rules(operation)
         if default_endpoints:
             self.registry.put("smrt-demo", {"model": "diabetes"})
             self.registry.put("smrt-sum", {"model": "sum"})

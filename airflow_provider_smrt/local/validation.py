@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
+from typing import Any
 
 from airflow_provider_smrt.local.wire import ServiceError
 
@@ -70,14 +72,30 @@ class HeaderRule:
         return None
 
 
-@functools.cache
 def header_rules(operation: str) -> tuple[HeaderRule, ...]:
-    """The header members of ``operation``'s input with their constraints."""
+    """The header members of ``operation``'s input with their constraints.
+
+    Read from botocore's model once for every operation of :data:`OPERATIONS`, under a lock: the
+    connection threads of a first burst of requests would otherwise each load the model at the same time.
+    """
+    with _RULES_LOCK:
+        return _all_header_rules()[operation]
+
+
+_RULES_LOCK = threading.Lock()
+
+
+@functools.cache
+def _all_header_rules() -> dict[str, tuple[HeaderRule, ...]]:
     import botocore.session
 
     model = botocore.session.get_session().get_service_model("sagemaker-runtime")
+    return {operation: _header_rules(model.operation_model(operation)) for operation in OPERATIONS.values()}
+
+
+def _header_rules(operation_model: Any) -> tuple[HeaderRule, ...]:
     rules = []
-    for member, shape in model.operation_model(operation).input_shape.members.items():
+    for member, shape in operation_model.input_shape.members.items():
         if shape.serialization.get("location") != "header":
             continue
         meta = shape.metadata
