@@ -338,20 +338,37 @@ def hand_loop(tables: list[Any], client: Any, endpoint: str, *, rows_per_request
     return pa.table({"id": ids, "prediction": np.concatenate(predictions)})
 
 
-def prebuilt_loop(tables: list[Any], client: Any, endpoint: str, *, rows_per_request: int, concurrency: int) -> int:
-    """The ceiling of boto3 on this machine: bodies encoded *before* the window, then only the calls.
+def prebuilt_loop(
+    tables: list[Any], client: Any, endpoint: str, *, rows_per_request: int, concurrency: int, lean: bool = False
+) -> int:
+    """A ceiling on this machine: bodies encoded *before* the window, then only the calls.
 
-    ``concurrency`` threads send the pre-encoded CSV bodies and read the responses (nothing parsed).
-    No scoring client can beat it: it does strictly less work per request than any of them.
+    ``concurrency`` threads send the pre-encoded CSV bodies and read the responses (nothing parsed),
+    through boto3's client, or (``lean``) through ``SageMakerRuntimeHook.make_invoker``'s lean transport,
+    the operator's own. A client on the same transport cannot beat it: it does strictly less work per
+    request than any scoring client.
     """
     import pyarrow.csv as pacsv
 
     options = pacsv.WriteOptions(include_header=False, quoting_style="none")
     bodies = [csv_body(piece, options) for piece in request_slices(tables, rows_per_request)]
+    if lean:
+        from airflow_provider_smrt.hooks.sagemaker_runtime import SageMakerRuntimeHook
 
-    def call(body: bytes) -> int:
-        response = client.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="text/csv", Accept="text/csv")
-        return len(response["Body"].read())
+        invoke = SageMakerRuntimeHook(aws_conn_id="aws_default", max_pool_connections=concurrency + 2).make_invoker(
+            endpoint, content_type="text/csv", accept="text/csv"
+        )
+
+        def call(body: bytes) -> int:
+            return len(invoke(body).body)
+
+    else:
+
+        def call(body: bytes) -> int:
+            response = client.invoke_endpoint(
+                EndpointName=endpoint, Body=body, ContentType="text/csv", Accept="text/csv"
+            )
+            return len(response["Body"].read())
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         list(pool.map(call, bodies))
@@ -474,6 +491,7 @@ LOOP = "boto3 loop (16 threads)"
 AIO = "aiobotocore loop (asyncio)"
 SEQUENTIAL = "sequential loop (PythonOperator)"
 CEILING = "boto3 ceiling (bodies encoded beforehand)"
+LEAN_CEILING = "lean ceiling (the hook's transport, bodies encoded beforehand)"
 
 
 def operator_peer(
@@ -502,8 +520,15 @@ def loop_peer(
         client = runtime_client(url, max_pool_connections=concurrency + 2)
         if kind == SEQUENTIAL:
             return sequential_loop(tables, client, endpoint, rows_per_request=rows_per_request)
-        if kind == CEILING:
-            return prebuilt_loop(tables, client, endpoint, rows_per_request=rows_per_request, concurrency=concurrency)
+        if kind in (CEILING, LEAN_CEILING):
+            return prebuilt_loop(
+                tables,
+                client,
+                endpoint,
+                rows_per_request=rows_per_request,
+                concurrency=concurrency,
+                lean=kind == LEAN_CEILING,
+            )
         return int(
             hand_loop(tables, client, endpoint, rows_per_request=rows_per_request, concurrency=concurrency).num_rows
         )

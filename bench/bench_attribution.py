@@ -12,23 +12,35 @@ over the busy window and the client's and moto's CPU inside it:
   encoder's orjson path off: ``encoders._uniform_numeric_matrix`` answers None in this process);
 - the hand-written loop.
 
+Then the operator on S3 runs ``--rounds`` more times with its stages timed: the CPU time of the
+calling thread (``time.thread_time``) inside each stage of the invoke workers' loop (encoding a body,
+the call through the hook's transport, decoding the predictions, handing them to the in-order writer,
+taking the next task), per request, beside the whole loop's and the process's CPU in the window; what
+is left (the process minus the workers' loop) is the read-ahead, the committers and the caller's thread.
+The wrappers are bench-only instrumentation, installed for those runs only.
+
 Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N] [--latency-ms MS]`` (about 3 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import statistics
 import sys
 import tempfile
+import threading
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_scoring as b
-from _measure import LOOP, loop_peer, operator_peer, paired_rounds, quiet_logs
+from _measure import LOOP, loop_peer, measure_run, operator_peer, paired_rounds, quiet_logs
 from _stack import LocalStackProcess, load, local_control, runtime_client, s3_client
 
 VARIANTS = (
@@ -38,6 +50,48 @@ VARIANTS = (
     "operator, S3, Arrow's CSV writer",
     LOOP,
 )
+
+
+@contextlib.contextmanager
+def timed_stages() -> Iterator[collections.Counter[str]]:
+    """While open, the CPU seconds of the calling thread inside each stage of the invoke workers' loop."""
+    from airflow_provider_smrt.scoring import pipeline, scorer, tasks, writer
+    from airflow_provider_smrt.scoring.codecs import encoders
+
+    seconds: collections.Counter[str] = collections.Counter()
+    lock = threading.Lock()
+    stages = {
+        "the workers' loop, all of it (Pipeline._work)": (pipeline.Pipeline, "_work"),
+        "encode a body (CsvEncoder)": (encoders.CsvEncoder, "__call__"),
+        "the call: sign, send, read the response (RequestScorer._call)": (scorer.RequestScorer, "_call"),
+        "decode the predictions (RequestScorer._decode)": (scorer.RequestScorer, "_decode"),
+        "hand to the in-order writer (post, drain)": (writer.InOrderWriter, "post"),
+        "take the next task (TaskSource.next)": (tasks.TaskSource, "next"),
+    }
+    originals = {label: getattr(owner, name) for label, (owner, name) in stages.items()}
+
+    def timed(label: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:  # bench-only instrumentation
+            started = time.thread_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent = time.thread_time() - started
+                with lock:
+                    seconds[label] += spent
+
+        return wrapper
+
+    for label, (owner, name) in stages.items():
+        setattr(owner, name, timed(label, originals[label]))
+    drain = writer.InOrderWriter.drain
+    writer.InOrderWriter.drain = timed("hand to the in-order writer (post, drain)", drain)  # type: ignore[method-assign]
+    try:
+        yield seconds
+    finally:
+        for label, (owner, name) in stages.items():
+            setattr(owner, name, originals[label])
+        writer.InOrderWriter.drain = drain  # type: ignore[method-assign]
 
 
 def main() -> None:
@@ -114,6 +168,12 @@ def main() -> None:
             variant: [(run["busy_rate"], run["cpu"]["client"], run["cpu"]["moto"]) for run in runs[variant]]
             for variant in VARIANTS
         }
+        staged: list[tuple[dict[str, Any], collections.Counter[str], int]] = []
+        for _ in range(args.rounds):
+            with timed_stages() as seconds:
+                run = measure_run(url, endpoint, on_s3, stack_pid=stack_pid)
+            requests = local_control.endpoint_stats(url, endpoint)["requests"]
+            staged.append((run, seconds, requests))
 
     print(f"\n{args.rounds} interleaved rounds, latency {args.latency_ms:g} ms, model `constant`, medians; {load()}")
     print("| variant | rows/s | client CPU s in the window | moto CPU s | runs (k rows/s) |")
@@ -124,6 +184,21 @@ def main() -> None:
             f"| {variant} | {statistics.median(rates):,.0f} | {statistics.median(r[1] for r in runs):.2f} | "
             f"{statistics.median(r[2] for r in runs):.2f} | {', '.join(f'{r / 1000:.0f}' for r in rates)} |"
         )
+
+    print(
+        f"\nThe operator on S3 with its stages timed, {args.rounds} runs, medians: {load()}\n"
+        "| stage of the invoke workers' loop | thread CPU ms per request |\n|---|---|"
+    )
+    medians = {
+        label: statistics.median(seconds[label] / requests * 1e3 for _, seconds, requests in staged)
+        for label in staged[0][1]
+    }
+    for label, per_request in sorted(medians.items(), key=lambda item: -item[1]):
+        print(f"| {label} | {per_request:.2f} |")
+    process = statistics.median(run["cpu"]["client"] / requests * 1e3 for run, _, requests in staged)
+    rate = statistics.median(run["busy_rate"] for run, _, _ in staged)
+    print(f"| the whole process, in the busy window | {process:.2f} |")
+    print(f"(rows/s of these runs: {rate:,.0f})")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,15 @@
-"""Benchmark: N tasks scoring the shards of one input against the CPU-bound local endpoint, N = 1, 2, 4.
+"""Benchmark: N tasks scoring the shards of one input against one local endpoint, N = 1, 2, 4.
 
-Starts its own local stack pinned to CPU 1 (its endpoint, model ``sum`` with no added latency, is
-bound by that one core: it parses every CSV body in Python). The input (``--rows`` rows of an int64
-id and 20 float features in 16 Parquet files of 2 row groups) is written to the local S3 by a
-separate process. For each N, ``plan_shards`` cuts it into N shards, and N worker processes, pinned
-together to CPU 0, each score one shard with ``SageMakerBatchScoreOperator.build_job(map_index)``
-into one output, as N mapped tasks on one worker machine would. The workers import and plan first,
-then start together; reported per N:
+Starts its own local stack pinned to CPU 1. By default its endpoint, model ``sum`` with no added
+latency, is bound by that one core (it parses every CSV body in Python); ``--latency-ms``,
+``--capacity`` and ``--model`` set another endpoint (e.g. ``--latency-ms 50 --capacity 16 --model
+constant``, section (a) of bench_scoring.py). The input (``--rows`` rows of an int64 id and 20 float
+features in 16 Parquet files of 2 row groups) is written to the local S3 by a separate process. For
+each N, ``plan_shards`` cuts it into N shards, and N worker processes, pinned together to CPU 0 (all
+CPUs with ``--unpinned``, as section (a)'s client), each score one shard with
+``SageMakerBatchScoreOperator.build_job(map_index)`` and ``--concurrency`` / N slots into one output,
+as N mapped tasks on one worker machine would. The workers import and plan first, then start
+together; the repeats interleave the N (1, 2, 4, 1, 2, 4, ...); reported per N:
 
 - rows/s over the endpoint's busy window (endpoint stats: rows_ok / busy_seconds) and over the wall
   time from the start signal to the last worker's exit;
@@ -16,12 +19,14 @@ then start together; reported per N:
 
 Every figure is printed with the load average (other jobs share this 2-core machine).
 
-Run: ``.venv/bin/python bench/bench_shards.py [--rows 400000] [--repeats 2] [--tasks 1 2 4]``
+Run: ``.venv/bin/python bench/bench_shards.py [--rows 400000] [--repeats 2] [--tasks 1 2 4] [--concurrency 8]
+[--latency-ms 0] [--capacity N] [--model sum] [--unpinned]``
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -37,7 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _stack import REPO, LocalStackProcess, load, local_control, pin_self, s3_client
 
-FILES, ROWS_PER_REQUEST, CONCURRENCY = 16, 500, 8
+FILES, ROWS_PER_REQUEST = 16, 500
+ALL_CPUS = os.sched_getaffinity(0)
 
 
 def log(*parts: object) -> None:
@@ -51,6 +57,7 @@ def _worker_main(argv: Sequence[str]) -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--map-index", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, required=True)
     args = parser.parse_args(argv)
     import logging
 
@@ -64,7 +71,7 @@ def _worker_main(argv: Sequence[str]) -> None:
         output_uri=args.output,
         passthrough_columns=["id"],
         max_rows_per_request=ROWS_PER_REQUEST,
-        concurrency=CONCURRENCY,
+        concurrency=args.concurrency,
         progress_interval=3600.0,
     )
     job = operator.build_job(args.map_index)
@@ -99,7 +106,15 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def run_tasks(
-    stack: LocalStackProcess, endpoint: str, input_uri: str, output: str, tasks: int, storage: Any
+    stack: LocalStackProcess,
+    endpoint: str,
+    input_uri: str,
+    output: str,
+    tasks: int,
+    storage: Any,
+    *,
+    concurrency: int,
+    pinned: bool,
 ) -> dict[str, Any]:
     from airflow_provider_smrt.scoring.shards import plan_shards
 
@@ -120,12 +135,15 @@ def run_tasks(
                     endpoint,
                     "--map-index",
                     str(index),
+                    "--concurrency",
+                    str(max(1, concurrency // len(shards))),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
                 cwd=REPO,
-                preexec_fn=lambda: os.sched_setaffinity(0, {0} & os.sched_getaffinity(0) or os.sched_getaffinity(0)),
+                # The parent is pinned to CPU 0 and a child inherits that: set the workers' CPUs either way.
+                preexec_fn=functools.partial(os.sched_setaffinity, 0, {0} if pinned else ALL_CPUS),
             )
         )
     for worker in workers:
@@ -167,16 +185,28 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--concurrency", type=int, default=8, help="slots of all tasks together (each: this / N)")
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="the endpoint's service time")
+    parser.add_argument("--capacity", type=int, help="the endpoint's capacity (default: unlimited)")
+    parser.add_argument("--model", default="sum", help="the endpoint's model (sum parses every body)")
+    parser.add_argument("--unpinned", action="store_true", help="workers on every CPU (default: CPU 0)")
     args = parser.parse_args()
     import bench_scoring
 
     from airflow_provider_smrt.scoring.storage import Storage
 
-    log(f"bench_shards: {args.rows} rows, {FILES} files, {ROWS_PER_REQUEST} rows/request, concurrency {CONCURRENCY}")
+    log(
+        f"bench_shards: {args.rows} rows, {FILES} files, {ROWS_PER_REQUEST} rows/request, concurrency "
+        f"{args.concurrency} in all, model {args.model}, latency {args.latency_ms} ms, capacity {args.capacity}, "
+        f"workers {'on every CPU' if args.unpinned else 'on CPU 0'}"
+    )
     log(f"start: {load()}")
     with LocalStackProcess(cpus={1}) as stack:
         pin_self({0})
-        endpoint = local_control.put_endpoint(stack.runtime_endpoint_url, model="sum")
+        faults: dict[str, Any] = {"latency_ms": args.latency_ms}
+        if args.capacity:
+            faults["capacity"] = args.capacity
+        endpoint = local_control.put_endpoint(stack.runtime_endpoint_url, model=args.model, faults=faults)
         prefix = f"s3://smrt-local/bench-shards-{uuid.uuid4().hex[:8]}/"
         rows_per_file = args.rows // FILES
         bench_scoring.run_generator(
@@ -191,7 +221,16 @@ def main() -> None:
         for repeat in range(args.repeats):
             for tasks in args.tasks:
                 output = f"{prefix}out-{tasks}-{repeat}/"
-                result = run_tasks(stack, endpoint, prefix + "in/", output, tasks, storage)
+                result = run_tasks(
+                    stack,
+                    endpoint,
+                    prefix + "in/",
+                    output,
+                    tasks,
+                    storage,
+                    concurrency=args.concurrency,
+                    pinned=not args.unpinned,
+                )
                 log(
                     f"{result['tasks']:>5}  {result['busy_rate']:>21,.0f}  {result['wall_rate']:>13,.0f}  "
                     f"{result['worker_cpu_per_100k']:>17.2f}  {result['endpoint_cpu_per_100k']:>19.2f}  "
