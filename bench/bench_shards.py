@@ -7,7 +7,8 @@ constant``, section (a) of bench_scoring.py). The input (``--rows`` rows of an i
 features in 16 Parquet files of 2 row groups) is written to the local S3 by a separate process. For
 each N, ``plan_shards`` cuts it into N shards, and N worker processes, pinned together to CPU 0 (all
 CPUs with ``--unpinned``, as section (a)'s client), each score one shard with
-``SageMakerBatchScoreOperator.build_job(map_index)`` and ``--concurrency`` / N slots into one output,
+``SageMakerBatchScoreOperator.build_job(map_index)`` and ``--concurrency`` slots (``--total-concurrency``
+/ N with that option) into one output,
 as N mapped tasks on one worker machine would. The workers import and plan first, then start
 together; the repeats interleave the N (1, 2, 4, 1, 2, 4, ...); reported per N:
 
@@ -20,7 +21,7 @@ together; the repeats interleave the N (1, 2, 4, 1, 2, 4, ...); reported per N:
 Every figure is printed with the load average (other jobs share this 2-core machine).
 
 Run: ``.venv/bin/python bench/bench_shards.py [--rows 400000] [--repeats 2] [--tasks 1 2 4] [--concurrency 8]
-[--latency-ms 0] [--capacity N] [--model sum] [--unpinned]``
+[--total-concurrency N] [--latency-ms 0] [--capacity N] [--model sum] [--unpinned]``
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ def run_tasks(
     storage: Any,
     *,
     concurrency: int,
+    total_concurrency: int | None,
     pinned: bool,
 ) -> dict[str, Any]:
     from airflow_provider_smrt.scoring.shards import plan_shards
@@ -136,7 +138,7 @@ def run_tasks(
                     "--map-index",
                     str(index),
                     "--concurrency",
-                    str(max(1, concurrency // len(shards))),
+                    str(max(1, total_concurrency // len(shards)) if total_concurrency else concurrency),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -185,7 +187,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--concurrency", type=int, default=8, help="slots of all tasks together (each: this / N)")
+    parser.add_argument("--concurrency", type=int, default=8, help="slots of each task")
+    parser.add_argument(
+        "--total-concurrency", type=int, help="slots of all tasks together instead (each task: this / N)"
+    )
     parser.add_argument("--latency-ms", type=float, default=0.0, help="the endpoint's service time")
     parser.add_argument("--capacity", type=int, help="the endpoint's capacity (default: unlimited)")
     parser.add_argument("--model", default="sum", help="the endpoint's model (sum parses every body)")
@@ -195,9 +200,10 @@ def main() -> None:
 
     from airflow_provider_smrt.scoring.storage import Storage
 
+    slots = f"{args.total_concurrency} in all" if args.total_concurrency else f"{args.concurrency} per task"
     log(
-        f"bench_shards: {args.rows} rows, {FILES} files, {ROWS_PER_REQUEST} rows/request, concurrency "
-        f"{args.concurrency} in all, model {args.model}, latency {args.latency_ms} ms, capacity {args.capacity}, "
+        f"bench_shards: {args.rows} rows, {FILES} files, {ROWS_PER_REQUEST} rows/request, concurrency {slots}, "
+        f"model {args.model}, latency {args.latency_ms} ms, capacity {args.capacity}, "
         f"workers {'on every CPU' if args.unpinned else 'on CPU 0'}"
     )
     log(f"start: {load()}")
@@ -229,6 +235,7 @@ def main() -> None:
                     tasks,
                     storage,
                     concurrency=args.concurrency,
+                    total_concurrency=args.total_concurrency,
                     pinned=not args.unpinned,
                 )
                 log(
