@@ -19,7 +19,7 @@ taking the next task), per request, beside the whole loop's and the process's CP
 is left (the process minus the workers' loop) is the read-ahead, the committers and the caller's thread.
 The wrappers are bench-only instrumentation, installed for those runs only.
 
-Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N] [--latency-ms MS]`` (about 3 minutes).
+Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N] [--latency-ms MS]`` (about 5 minutes).
 """
 
 from __future__ import annotations
@@ -60,15 +60,17 @@ def timed_stages() -> Iterator[collections.Counter[str]]:
 
     seconds: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
-    stages = {
-        "the workers' loop, all of it (Pipeline._work)": (pipeline.Pipeline, "_work"),
-        "encode a body (CsvEncoder)": (encoders.CsvEncoder, "__call__"),
-        "the call: sign, send, read the response (RequestScorer._call)": (scorer.RequestScorer, "_call"),
-        "decode the predictions (RequestScorer._decode)": (scorer.RequestScorer, "_decode"),
-        "hand to the in-order writer (post, drain)": (writer.InOrderWriter, "post"),
-        "take the next task (TaskSource.next)": (tasks.TaskSource, "next"),
-    }
-    originals = {label: getattr(owner, name) for label, (owner, name) in stages.items()}
+    writer_stage = "hand to the in-order writer (post, drain)"
+    stages = [
+        ("the workers' loop, all of it (Pipeline._work)", pipeline.Pipeline, "_work"),
+        ("encode a body (CsvEncoder)", encoders.CsvEncoder, "__call__"),
+        ("the call: sign, send, read the response (RequestScorer._call)", scorer.RequestScorer, "_call"),
+        ("decode the predictions (RequestScorer._decode)", scorer.RequestScorer, "_decode"),
+        (writer_stage, writer.InOrderWriter, "post"),
+        (writer_stage, writer.InOrderWriter, "drain"),
+        ("take the next task (TaskSource.next)", tasks.TaskSource, "next"),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for _, owner, name in stages]
 
     def timed(label: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:  # bench-only instrumentation
@@ -82,16 +84,13 @@ def timed_stages() -> Iterator[collections.Counter[str]]:
 
         return wrapper
 
-    for label, (owner, name) in stages.items():
-        setattr(owner, name, timed(label, originals[label]))
-    drain = writer.InOrderWriter.drain
-    writer.InOrderWriter.drain = timed("hand to the in-order writer (post, drain)", drain)  # type: ignore[method-assign]
+    for (label, _, _), (owner, name, original) in zip(stages, originals, strict=True):
+        setattr(owner, name, timed(label, original))
     try:
         yield seconds
     finally:
-        for label, (owner, name) in stages.items():
-            setattr(owner, name, originals[label])
-        writer.InOrderWriter.drain = drain  # type: ignore[method-assign]
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 def main() -> None:

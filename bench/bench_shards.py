@@ -8,9 +8,9 @@ features in 16 Parquet files of 2 row groups) is written to the local S3 by a se
 each N, ``plan_shards`` cuts it into N shards, and N worker processes, pinned together to CPU 0 (all
 CPUs with ``--unpinned``, as section (a)'s client), each score one shard with
 ``SageMakerBatchScoreOperator.build_job(map_index)`` and ``--concurrency`` slots (``--total-concurrency``
-/ N with that option) into one output,
-as N mapped tasks on one worker machine would. The workers import and plan first, then start
-together; the repeats interleave the N (1, 2, 4, 1, 2, 4, ...); reported per N:
+/ N with that option) into one output, as N mapped tasks on one worker machine would. The workers
+import and plan first, then start together; the repeats interleave the N (1, 2, 4, 1, 2, 4, ...);
+reported per N:
 
 - rows/s over the endpoint's busy window (endpoint stats: rows_ok / busy_seconds) and over the wall
   time from the start signal to the last worker's exit;
