@@ -172,21 +172,36 @@ class Deployment:
         return int(rows[0][0])
 
     def backfill(self, dag_id: str, start: datetime, end: datetime, conf: dict[str, Any]) -> int:
-        self.cli(
-            "backfill",
-            "create",
-            "--dag-id",
-            dag_id,
-            "--from-date",
-            start.strftime("%Y-%m-%d"),
-            "--to-date",
-            end.strftime("%Y-%m-%d"),
-            "--max-active-runs",
-            "3",
-            "--dag-run-conf",
-            json.dumps(conf),
-            retry_locked=True,
-        )
+        """Create a backfill with no scheduler running; return its id.
+
+        A scheduler running beside ``backfill create`` died once in CI on SQLAlchemy's ``ObjectDeletedError``
+        for a backfill run (these DAGs have no scheduled runs). The one thing here that deletes runs is that
+        command's clean-up after a lock conflict part way (``_cleanup_partial_backfill`` in Airflow's
+        ``models/backfill.py``), which ``retry_locked`` then retries. With the scheduler stopped, no
+        scheduler can hold a run the clean-up deletes; it starts again once the backfill exists.
+        """
+        scheduler = "scheduler" in self.servers
+        if scheduler:
+            self.kill("scheduler")
+        try:
+            self.cli(
+                "backfill",
+                "create",
+                "--dag-id",
+                dag_id,
+                "--from-date",
+                start.strftime("%Y-%m-%d"),
+                "--to-date",
+                end.strftime("%Y-%m-%d"),
+                "--max-active-runs",
+                "3",
+                "--dag-run-conf",
+                json.dumps(conf),
+                retry_locked=True,
+            )
+        finally:
+            if scheduler:
+                self.start("scheduler", "scheduler")
         (backfill,) = self.query("SELECT id FROM backfill WHERE dag_id = ? AND completed_at IS NULL", dag_id)
         return int(backfill[0])
 
