@@ -84,7 +84,8 @@ def tree_rss_bytes(pid: int) -> int:
 
 
 class WindowCpu:
-    """CPU seconds of this process, the endpoint server and moto, sampled every 10 ms with the time.
+    """CPU seconds of the client (this process and its encoder processes), the endpoint server and moto, sampled
+    every 10 ms with the time.
 
     :meth:`between` interpolates the CPU used between two ``time.monotonic()`` instants: the local
     endpoint reports its busy window's ends on that clock (CLOCK_MONOTONIC, shared by the machine's
@@ -118,9 +119,24 @@ class WindowCpu:
                 endpoint += proc_cpu_seconds(member)
         return endpoint, moto
 
-    def _take(self) -> None:
+    def _client(self) -> float:
+        """This process, its children reaped, and its live children other than the stack (the encoder processes).
+
+        They are the main thread's children (the operator runs there), read from its one ``children`` file.
+        """
         usage = os.times()
-        self.samples.append((time.monotonic(), usage.user + usage.system, *self._split()))
+        total = usage.user + usage.system + usage.children_user + usage.children_system
+        with contextlib.suppress(OSError):
+            with open(f"/proc/self/task/{threading.main_thread().native_id}/children") as fh:
+                children = [int(pid) for pid in fh.read().split()]
+            for child in children:
+                if child != self.stack_pid:
+                    with contextlib.suppress(OSError):
+                        total += proc_cpu_seconds(child)
+        return total
+
+    def _take(self) -> None:
+        self.samples.append((time.monotonic(), self._client(), *self._split()))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -145,7 +161,7 @@ class WindowCpu:
         return [a + (b - a) * weight for a, b in zip(low, high, strict=True)]
 
     def between(self, start: float | None, end: float | None) -> dict[str, float]:
-        """CPU seconds of ``client`` (this process), ``endpoint`` and ``moto`` between two instants."""
+        """CPU seconds of ``client`` (this process and its children but the stack), ``endpoint`` and ``moto``."""
         if start is None or end is None or len(self.samples) < 2:
             return {"client": float("nan"), "endpoint": float("nan"), "moto": float("nan")}
         low, high = self._at(start), self._at(end)
@@ -380,7 +396,13 @@ def prebuilt_loop(
 
 
 def run_operator(
-    endpoint: str, inputs: list[str], output: str, *, rows_per_request: int | None, concurrency: int
+    endpoint: str,
+    inputs: list[str],
+    output: str,
+    *,
+    rows_per_request: int | None,
+    concurrency: int,
+    encode_processes: int | str = "auto",
 ) -> dict[str, Any]:
     from airflow_provider_smrt.operators.batch_score import SageMakerBatchScoreOperator
 
@@ -393,6 +415,7 @@ def run_operator(
         max_rows_per_request=rows_per_request,
         concurrency=concurrency,
         progress_interval=3600,
+        encode_processes=encode_processes,
     )
     return operator.execute({})  # type: ignore[arg-type]
 
@@ -487,6 +510,7 @@ def aio_loop(tables: list[Any], url: str, endpoint: str, *, rows_per_request: in
 # Peers and paired rounds
 
 OPERATOR = "operator"
+IN_TASK = "operator, bodies encoded in its own process (encode_processes=0)"
 LOOP = "boto3 loop (16 threads)"
 AIO = "aiobotocore loop (asyncio)"
 SEQUENTIAL = "sequential loop (PythonOperator)"
@@ -495,14 +519,27 @@ LEAN_CEILING = "lean ceiling (the hook's transport, bodies encoded beforehand)"
 
 
 def operator_peer(
-    endpoint: str, inputs: list[str], *, rows_per_request: int, concurrency: int, output_dir: str | None = None
+    endpoint: str,
+    inputs: list[str],
+    *,
+    rows_per_request: int,
+    concurrency: int,
+    output_dir: str | None = None,
+    encode_processes: int | str = "auto",
 ) -> Callable[[], int]:
     """The operator, writing each run into a fresh prefix on the local S3 (or under ``output_dir``)."""
 
     def run() -> int:
         name = f"out-{uuid.uuid4().hex[:8]}"
         output = f"{output_dir}/{name}" if output_dir else f"s3://{BUCKET}/bench/{name}/"
-        summary = run_operator(endpoint, inputs, output, rows_per_request=rows_per_request, concurrency=concurrency)
+        summary = run_operator(
+            endpoint,
+            inputs,
+            output,
+            rows_per_request=rows_per_request,
+            concurrency=concurrency,
+            encode_processes=encode_processes,
+        )
         return int(summary["rows_scored"])
 
     return run

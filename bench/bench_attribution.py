@@ -4,19 +4,23 @@ One interleaved batch (``--rounds`` rounds, default 4) at latency 50 ms (``--lat
 16, 500 rows per request, concurrency 16, model ``constant``, 400k rows; per variant the median rows/s
 over the busy window and the client's and moto's CPU inside it:
 
-- the operator as in section (a): Parquet from S3, parts to S3;
+- the operator as in section (a): Parquet from S3, parts to S3, bodies encoded by its child process;
+- the same with ``encode_processes=0``: bodies encoded in the operator's own process;
 - the operator on local Parquet in and out (no S3 traffic at all);
 - the operator on S3 with a raw boto3 invoker instead of the hook's (no validation, classification
   or Airflow user-agent suffix): ``SageMakerRuntimeHook.make_invoker`` is replaced in this process;
 - the operator on S3 with every CSV body written by Arrow's CSV writer, as the loop writes them (the
-  encoder's orjson path off: ``encoders._uniform_numeric_matrix`` answers None in this process);
+  encoder's orjson path off: ``encoders._uniform_numeric_matrix`` answers None, and
+  ``encode_processes=0`` so that it is this process's encoder that runs);
 - the hand-written loop.
 
 Then the operator on S3 runs ``--rounds`` more times with its stages timed: the CPU time of the
-calling thread (``time.thread_time``) inside each stage of the invoke workers' loop (encoding a body,
-the call through the hook's transport, decoding the predictions, handing them to the in-order writer,
-taking the next task), per request, beside the whole loop's and the process's CPU in the window; what
-is left (the process minus the workers' loop) is the read-ahead, the committers and the caller's thread.
+calling thread (``time.thread_time``) inside each stage of the invoke workers' loop (the task's share
+of encoding a body: handing the rows to the child and reading the body back; the call through the
+hook's transport; decoding the predictions; handing them to the in-order writer; taking the next task),
+per request, beside the whole loop's and the client's CPU in the window; what is left (the client minus
+the workers' loop) is the child's encoding, the read-ahead, the committers and the caller's thread.
+Client CPU counts the encoder child's (``_measure.WindowCpu``).
 The wrappers are bench-only instrumentation, installed for those runs only.
 
 Run: ``.venv/bin/python bench/bench_attribution.py [--rounds N] [--latency-ms MS]`` (about 5 minutes).
@@ -45,6 +49,7 @@ from _stack import LocalStackProcess, load, local_control, runtime_client, s3_cl
 
 VARIANTS = (
     "operator, S3",
+    "operator, S3, bodies encoded in its own process (encode_processes=0)",
     "operator, local files",
     "operator, S3, raw boto3 invoker",
     "operator, S3, Arrow's CSV writer",
@@ -56,14 +61,14 @@ VARIANTS = (
 def timed_stages() -> Iterator[collections.Counter[str]]:
     """While open, the CPU seconds of the calling thread inside each stage of the invoke workers' loop."""
     from airflow_provider_smrt.scoring import pipeline, scorer, tasks, writer
-    from airflow_provider_smrt.scoring.codecs import encoders
+    from airflow_provider_smrt.scoring.codecs import selection
 
     seconds: collections.Counter[str] = collections.Counter()
     lock = threading.Lock()
     writer_stage = "hand to the in-order writer (post, drain)"
     stages = [
         ("the workers' loop, all of it (Pipeline._work)", pipeline.Pipeline, "_work"),
-        ("encode a body (CsvEncoder)", encoders.CsvEncoder, "__call__"),
+        ("encode a body, the task's share (PayloadCodec.encode)", selection.PayloadCodec, "encode"),
         ("the call: sign, send, read the response (RequestScorer._call)", scorer.RequestScorer, "_call"),
         ("decode the predictions (RequestScorer._decode)", scorer.RequestScorer, "_decode"),
         (writer_stage, writer.InOrderWriter, "post"),
@@ -136,6 +141,7 @@ def main() -> None:
         faults = {"latency_ms": args.latency_ms, "capacity": 16}
         endpoint = local_control.put_endpoint(url, model="constant", faults=faults)
         on_s3 = operator_peer(endpoint, s3_inputs, rows_per_request=500, concurrency=16)
+        in_task = operator_peer(endpoint, s3_inputs, rows_per_request=500, concurrency=16, encode_processes=0)
 
         def with_raw_invoker() -> int:
             SageMakerRuntimeHook.make_invoker = raw_invoker  # type: ignore[method-assign]
@@ -149,17 +155,18 @@ def main() -> None:
         def with_arrow_csv_writer() -> int:
             encoders._uniform_numeric_matrix = lambda table: None
             try:
-                return on_s3()
+                return in_task()
             finally:
                 encoders._uniform_numeric_matrix = fast_matrix
 
         peers = {
             VARIANTS[0]: on_s3,
-            VARIANTS[1]: operator_peer(
+            VARIANTS[1]: in_task,
+            VARIANTS[2]: operator_peer(
                 endpoint, local_inputs, rows_per_request=500, concurrency=16, output_dir=str(work)
             ),
-            VARIANTS[2]: with_raw_invoker,
-            VARIANTS[3]: with_arrow_csv_writer,
+            VARIANTS[3]: with_raw_invoker,
+            VARIANTS[4]: with_arrow_csv_writer,
             LOOP: loop_peer(LOOP, url, endpoint, s3_inputs, s3, rows_per_request=500, concurrency=16),
         }
         runs = paired_rounds(url, endpoint, peers, rounds=args.rounds, stack_pid=stack_pid)

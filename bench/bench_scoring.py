@@ -66,6 +66,7 @@ from _measure import (
     BUCKET,
     CEILING,
     FEATURES,
+    IN_TASK,
     LEAN_CEILING,
     LOOP,
     OPERATOR,
@@ -206,8 +207,11 @@ def profile_operator(url: str, endpoint: str, inputs: list[str], *, concurrency:
 
 
 def peers_for(url: str, endpoint: str, inputs: list[str], s3: Any, *, concurrency: int) -> dict[str, Callable[[], int]]:
-    """The six peers of section (a); the sequential floor scores only the first input (it is slow)."""
-    peers = {OPERATOR: operator_peer(endpoint, inputs, rows_per_request=500, concurrency=concurrency)}
+    """The seven peers of section (a); the sequential floor scores only the first input (it is slow)."""
+    peers = {
+        OPERATOR: operator_peer(endpoint, inputs, rows_per_request=500, concurrency=concurrency),
+        IN_TASK: operator_peer(endpoint, inputs, rows_per_request=500, concurrency=concurrency, encode_processes=0),
+    }
     for kind in (LOOP, AIO, SEQUENTIAL, CEILING, LEAN_CEILING):
         peers[kind] = loop_peer(
             kind,

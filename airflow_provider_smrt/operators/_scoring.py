@@ -18,9 +18,7 @@ from airflow_provider_smrt.scoring.job import ScoringConfig, manifest_name_for
 #: Fields the builder sets itself (never read from the operator).
 _SET_BY_BUILDER = frozenset({"manifest_name", "invoke_params", "payload_limit"})
 #: The fields read from the operator's attributes of the same name.
-OPERATOR_FIELDS = tuple(
-    f.name for f in dataclasses.fields(ScoringConfig) if f.init and f.name not in _SET_BY_BUILDER
-)
+OPERATOR_FIELDS = tuple(f.name for f in dataclasses.fields(ScoringConfig) if f.init and f.name not in _SET_BY_BUILDER)
 
 
 def scoring_config(

@@ -19,6 +19,7 @@ from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
+from airflow_provider_smrt.scoring.codecs.offload import EncodeProcesses
 from airflow_provider_smrt.scoring.job import IfExists, ScoringJob
 from airflow_provider_smrt.scoring.storage import Storage
 
@@ -67,6 +68,9 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
     :param max_payload_bytes: payload size (default 64 MiB; at most 1 GB).
     :param max_rows_per_request: rows per payload at most.
     :param concurrency: payloads in flight at most.
+    :param encode_processes: child processes that encode the payloads: ``"auto"`` (default: 1 with two
+        CPUs or more to run on, else 0) or a number (0: in the task's process); see
+        :class:`~airflow_provider_smrt.operators.batch_score.SageMakerBatchScoreOperator`.
     :param max_error_ratio: fraction of rows allowed to fail.
     :param if_exists: ``resume``, ``overwrite`` or ``fail``.
     :param invoke_retry_policy: attempts and backoff of each request (default: the hook's).
@@ -119,11 +123,13 @@ class SageMakerAsyncBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, 
         poke_interval: float = 10.0,
         wait_timeout: float | None = None,
         transport: Transport = "auto",
+        encode_processes: EncodeProcesses = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         check_transport(transport)
         self.transport = transport
+        self.encode_processes = encode_processes
         if concurrency < 1:
             raise ParameterValidationError("concurrency must be at least 1")
         self.endpoint_name = endpoint_name

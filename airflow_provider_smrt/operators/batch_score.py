@@ -24,6 +24,7 @@ from airflow_provider_smrt.operators._masking import MaskSensitiveFieldsMixin
 from airflow_provider_smrt.operators._scoring import check_at_parse_time, scoring_config
 from airflow_provider_smrt.retry import NO_RETRY, RetryPolicy
 from airflow_provider_smrt.scoring.async_invoker import AsyncInvoker
+from airflow_provider_smrt.scoring.codecs.offload import EncodeProcesses
 from airflow_provider_smrt.scoring.job import (
     DEFAULT_CHECKPOINT_EVERY_REQUESTS,
     DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
@@ -122,6 +123,10 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
     :param invoke_mode: ``"invoke"`` (InvokeEndpoint) or ``"stream"`` (InvokeEndpointWithResponseStream,
         for containers that only stream: each response's payload parts are joined, then decoded; a
         stream that breaks off is classified and retried whole, never half-used).
+    :param encode_processes: child processes that encode request bodies, so the task's process keeps its
+        CPU for the calls: ``"auto"`` (default: 1 when the task may run on two CPUs or more, else 0), or a
+        number (0: encode in the task's process). Applies to the built-in CSV and JSON encoders; bodies
+        are byte for byte the same (docs/performance.md).
     :param transport: how requests are sent: ``"auto"`` (the hook's lean signed transport where the
         connection allows it, botocore's client otherwise) or ``"botocore"`` (always botocore's client).
     :param str|None aws_conn_id: the Airflow AWS connection (credentials, region, endpoint URLs).
@@ -193,10 +198,12 @@ class SageMakerBatchScoreOperator(MaskSensitiveFieldsMixin, S3ClientMixin, AwsBa
         oversize_endpoint_name: str | None = None,
         oversize_wait_timeout: float = 3_600.0,
         compare_targets: list[dict[str, str]] | None = None,
+        encode_processes: EncodeProcesses = "auto",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.compare_targets = compare_targets
+        self.encode_processes = encode_processes
         if compare_targets is not None:
             single = [
                 name

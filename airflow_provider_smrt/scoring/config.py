@@ -13,6 +13,7 @@ from airflow_provider_smrt.scoring.checkpoints import (
     DEFAULT_CHECKPOINT_INTERVAL_SECONDS,
     CheckpointPolicy,
 )
+from airflow_provider_smrt.scoring.codecs.offload import EncodeProcesses, resolve_encode_processes
 from airflow_provider_smrt.scoring.codecs.templates import template_columns
 from airflow_provider_smrt.scoring.compare import TARGET_KEYS, CompareTarget, parse_compare_targets
 from airflow_provider_smrt.scoring.inference_ids import validate_inference_id_prefix
@@ -90,6 +91,9 @@ class ScoringConfig:
     #: Score every request at each of these targets (see :mod:`~airflow_provider_smrt.scoring.compare`):
     #: dicts of ``name`` and target keys (``target_variant``...); hashed.
     compare_targets: Sequence[dict[str, Any]] | None = None
+    #: Child processes that encode request bodies (see :mod:`~airflow_provider_smrt.scoring.codecs.offload`):
+    #: ``"auto"`` (1 with two CPUs or more to run on, else 0) or a number (0: in the task's process); not hashed.
+    encode_processes: EncodeProcesses = "auto"
 
     def validate(self) -> None:
         """Raise :class:`~airflow_provider_smrt.exceptions.ParameterValidationError` naming a bad parameter."""
@@ -117,6 +121,7 @@ class ScoringConfig:
                 "(or None for no request trigger)"
             )
         validate_inference_id_prefix(self.inference_id_prefix)
+        resolve_encode_processes(self.encode_processes)
         if self.instance_hourly_usd is not None and (
             isinstance(self.instance_hourly_usd, bool)
             or not isinstance(self.instance_hourly_usd, (int, float))

@@ -30,8 +30,9 @@ from airflow_provider_smrt.scoring.checkpoints import (
     delete_checkpoint_objects,
     skip_checkpointed,
 )
-from airflow_provider_smrt.scoring.codecs import get_codec
+from airflow_provider_smrt.scoring.codecs import PayloadCodec, get_codec
 from airflow_provider_smrt.scoring.codecs.base import CSV, media_type
+from airflow_provider_smrt.scoring.codecs.offload import EncoderProcesses, offloadable, resolve_encode_processes
 from airflow_provider_smrt.scoring.compare import CompareStats, fold_stored
 from airflow_provider_smrt.scoring.config import (
     DEFAULT_CONCURRENCY,
@@ -225,10 +226,14 @@ class ScoringJob:
             advice = arrow_pool_advice()
             if advice:
                 self.log.info("%s", advice)
-            pipeline = self._pipeline(plan)
+            codec, encoding = self._codec()
+            pipeline = self._pipeline(plan, codec)
             try:
                 pipeline.run(itertools.chain(self._batches(plan, todo), self._retry_batches(plan, retries)))
             finally:
+                if encoding is not None:
+                    encoding.close()
+                    self.stats.bodies_offloaded = encoding.offloaded
                 for name, rows in sorted(pipeline.isolated.items()):
                     self.log.warning("%d row(s) failed with %s in this run (isolated into _errors/)", rows, name)
         if plan.stale or plan.stale_errors:
@@ -256,7 +261,8 @@ class ScoringJob:
         self._check_error_ratio(summary)
         return summary
 
-    def _pipeline(self, plan: ScoringPlan) -> Pipeline:
+    def _codec(self) -> tuple[PayloadCodec, EncoderProcesses | None]:
+        """The run's codec, its built-in encoder in ``encode_processes`` children when there are any (to close)."""
         config = self.config
         codec = get_codec(
             content_type=config.content_type,
@@ -268,6 +274,17 @@ class ScoringJob:
             response_field=config.response_field,
             csv_header=config.csv_header,
         )
+        processes = resolve_encode_processes(config.encode_processes)
+        if not processes or not offloadable(codec.encoder):
+            self.log.info("request bodies are encoded in the task's process")
+            return codec, None
+        encoding = EncoderProcesses(codec.encoder, processes)
+        self.log.info("request bodies are encoded in %d child process(es)", processes)
+        codec.encoder = encoding
+        return codec, encoding
+
+    def _pipeline(self, plan: ScoringPlan, codec: PayloadCodec) -> Pipeline:
+        config = self.config
         planner = RequestPlanner(
             codec=codec,
             max_payload_bytes=config.max_payload_bytes,

@@ -75,6 +75,7 @@ def build_summary(
         "throttles": stats.throttles,
         "bisections": stats.bisections,
         "rows_async": stats.rows_async,
+        "bodies_encoded_by_children": stats.bodies_offloaded,
         "elapsed_seconds": round(elapsed, 3),
         "rows_per_second": round((stats.rows_scored + stats.rows_failed - plan.resumed_rows) / elapsed, 1)
         if elapsed > 0

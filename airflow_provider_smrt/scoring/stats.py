@@ -104,6 +104,8 @@ class RunStats:
     bisections: int = 0
     #: Rows sent to the oversize (async) endpoint in this run, scored or failed.
     rows_async: int = 0
+    #: Request bodies encoded by child processes (``encode_processes``); the others by the task's process.
+    bodies_offloaded: int = 0
     parts_written: int = 0
     #: checkpoint segments written (see :mod:`~airflow_provider_smrt.scoring.checkpoints`)
     checkpoints_written: int = 0

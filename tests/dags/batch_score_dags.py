@@ -81,3 +81,5 @@ with DAG(**dag_args("t_score_mapped", PARAMS)) as t_score_mapped:
 
 t_score_botocore = _features_dag("t_score_botocore", max_rows_per_request=100, concurrency=2, transport="botocore")
 t_score_lean = _features_dag("t_score_lean", max_rows_per_request=100, concurrency=2)
+t_score_encode_in_task = _features_dag("t_score_encode_in_task", max_rows_per_request=50, encode_processes=0)
+t_score_encode_in_children = _features_dag("t_score_encode_in_children", max_rows_per_request=50, encode_processes=2)

@@ -215,9 +215,7 @@ def test_mapped_fan_out_equals_single_run(s3_client: Any, make_endpoint: Any, s3
     assert manifests == ["_manifest-00000.json", "_manifest-00001.json", "_manifest-00002.json"]
 
 
-@pytest.mark.parametrize(
-    ("dag_id", "path"), [("t_score_lean", "lean"), ("t_score_botocore", "botocore")]
-)
+@pytest.mark.parametrize(("dag_id", "path"), [("t_score_lean", "lean"), ("t_score_botocore", "botocore")])
 def test_transport_parameter_picks_the_path_and_both_score_every_row(
     dag_id: str, path: str, s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
 ) -> None:
@@ -238,4 +236,35 @@ def test_an_unknown_transport_fails_when_the_dag_is_parsed() -> None:
     with pytest.raises(ParameterValidationError, match="transport='fast'"):
         SageMakerBatchScoreOperator(
             task_id="t", endpoint_name="e", input_uri="s3://b/i/", output_uri="s3://b/o/", transport="fast"
+        )
+
+
+def test_bodies_encoded_in_child_processes_score_what_the_task_process_scores(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    table = numeric_table(600)
+    put_parquet(s3_client, s3_prefix + "in/a.parquet", table, 200)
+    endpoint = make_endpoint("sum")
+    outputs = {}
+    for dag_id in ("t_score_encode_in_task", "t_score_encode_in_children"):
+        out = f"{s3_prefix}{dag_id}/"
+        run = run_dag(dag_id, {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": out})
+        assert run.state == "success", run.states
+        summary = run.xcom("score")
+        assert summary["requests"] == 12
+        outputs[dag_id] = (summary["bodies_encoded_by_children"], read_parts(s3_client, out).sort_by("id"))
+    assert endpoint_stats(endpoint)["rows_ok"] == 1_200
+    (in_task, by_task), (in_children, by_children) = outputs.values()
+    assert in_task == 0
+    assert in_children >= 12  # every request's body (and the planner's probe)
+    assert by_children.equals(by_task)
+    assert by_task.num_rows == 600
+
+
+def test_a_bad_encode_processes_fails_when_the_dag_is_parsed() -> None:
+    from airflow_provider_smrt.exceptions import ParameterValidationError
+
+    with pytest.raises(ParameterValidationError, match="encode_processes=-1 must be 'auto' or an integer"):
+        SageMakerBatchScoreOperator(
+            task_id="t", endpoint_name="e", input_uri="s3://b/i/", output_uri="s3://b/o/", encode_processes=-1
         )
