@@ -14,8 +14,8 @@ reported per N:
 
 - rows/s over the endpoint's busy window (endpoint stats: rows_ok / busy_seconds) and over the wall
   time from the start signal to the last worker's exit;
-- the workers' CPU seconds per 100k rows (user + system, from ``getrusage`` in each worker), which
-  gives one worker core's rate: 100k / (CPU seconds per 100k rows);
+- the workers' CPU seconds per 100k rows (user + system, from ``getrusage`` in each worker, its encoder
+  child included), which gives one worker core's rate: 100k / (CPU seconds per 100k rows);
 - the endpoint's CPU seconds over the run (its process tree, from /proc).
 
 Every figure is printed with the load average (other jobs share this 2-core machine).
@@ -78,10 +78,11 @@ def _worker_main(argv: Sequence[str]) -> None:
     job = operator.build_job(args.map_index)
     print("ready", flush=True)
     sys.stdin.readline()
-    before = resource.getrusage(resource.RUSAGE_SELF)
+    usage = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)  # the encoder child, reaped by the run's end
+    before = [resource.getrusage(who) for who in usage]
     summary = job.run()
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    after = [resource.getrusage(who) for who in usage]
+    cpu = sum((a.ru_utime - b.ru_utime) + (a.ru_stime - b.ru_stime) for a, b in zip(after, before, strict=True))
     print("RESULT " + json.dumps({"rows": summary["rows_scored"], "cpu_seconds": cpu}), flush=True)
 
 

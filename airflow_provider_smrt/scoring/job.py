@@ -227,14 +227,15 @@ class ScoringJob:
             if advice:
                 self.log.info("%s", advice)
             codec, encoding = self._codec()
-            pipeline = self._pipeline(plan, codec)
+            pipeline: Pipeline | None = None
             try:
+                pipeline = self._pipeline(plan, codec)
                 pipeline.run(itertools.chain(self._batches(plan, todo), self._retry_batches(plan, retries)))
             finally:
                 if encoding is not None:
                     encoding.close()
                     self.stats.bodies_offloaded = encoding.offloaded
-                for name, rows in sorted(pipeline.isolated.items()):
+                for name, rows in sorted(pipeline.isolated.items() if pipeline is not None else ()):
                     self.log.warning("%d row(s) failed with %s in this run (isolated into _errors/)", rows, name)
         if plan.stale or plan.stale_errors:
             delete_parts(self.storage, plan.stale)

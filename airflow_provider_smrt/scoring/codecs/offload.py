@@ -9,9 +9,8 @@ rows as an Arrow IPC record batch down a pipe and waits, without the GIL, for th
 Nothing else changes: the bodies are the encoder's, byte for byte. Whatever a child cannot do is
 done in the task's process by the same encoder, so errors are the ones it raises there:
 
-- the first body waits for a child to be ready (it imports pyarrow: a fraction of a second, while
-  the run plans); if none is within :data:`START_TIMEOUT` seconds, bodies are encoded in the task's
-  process;
+- the first body waits for a child to be ready (it imports pyarrow: ~0.2 s); if none is within
+  :data:`START_TIMEOUT` seconds, bodies are encoded in the task's process;
 - features of a type other than numbers, booleans and strings (dictionary, temporal, nested,
   extension types) are encoded in the task's process;
 - a body the child fails to encode (bad input) is encoded again in the task's process, which raises
@@ -19,14 +18,17 @@ done in the task's process by the same encoder, so errors are the ones it raises
 - a child that exits is not replaced; with none left, every body is encoded in the task's process,
   and one warning says so.
 
-The children read nothing but pipes, hold no credentials and log nothing; each exits when its pipe
-closes, so a killed task leaves none behind. Airflow-free.
+The children read nothing but pipes and log nothing; their environment is the task's without
+credentials (``AWS_*``, ``AIRFLOW_CONN_*``, ``AIRFLOW_VAR_*``, names with ``SECRET``, ``TOKEN``,
+``PASSWORD``...), and their ``sys.path`` the task's. Each exits when its pipe closes, so a killed task
+leaves none behind. Airflow-free.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import pickle
@@ -36,7 +38,6 @@ import struct
 import subprocess
 import sys
 import threading
-from pathlib import Path
 from typing import IO, Any, Literal
 
 import pyarrow as pa
@@ -51,10 +52,11 @@ log = logging.getLogger(__name__)
 
 EncodeProcesses = int | Literal["auto"]
 
-_FRAME = struct.Struct(">cI")  # kind, payload length
-#: Each pipe's buffer: a whole 5 MiB body's frames pass in a few writes instead of one per 64 KiB page.
+_FRAME = struct.Struct(">cQ")  # kind, payload length
+#: Each pipe's buffer (the most Linux gives an unprivileged process by default): a ~200 KB body passes
+#: in one write instead of four of the default 64 KiB.
 _PIPE_BYTES = 1 << 20
-_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), absent from the fcntl module before Python 3.10 on some builds
+_F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
 #: Seconds the first body waits for a child to start before it is encoded in the task's process.
 START_TIMEOUT = 60.0
 _ENCODER, _SCHEMA, _BATCH = b"E", b"S", b"B"
@@ -103,54 +105,102 @@ def _plain(schema: pa.Schema) -> bool:
     )
 
 
+#: Environment variables the children do not get: credentials and connections (they need none).
+_SECRET_PREFIXES = ("AWS_", "AIRFLOW_CONN_", "AIRFLOW_VAR_")
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "ACCESS_KEY", "PRIVATE_KEY")
+#: How a child starts: this interpreter with the task's ``sys.path`` (argument 1, JSON), then this module.
+_BOOTSTRAP = (
+    "import json, runpy, sys; sys.path[:] = json.loads(sys.argv[1]); runpy.run_module(sys.argv[2], run_name='__main__')"
+)
+
+
+class ProtocolError(Exception):
+    """A child answered with a frame out of turn (it is dropped)."""
+
+
+def _child_environment() -> dict[str, str]:
+    """The task's environment without credentials (``AWS_*``, ``AIRFLOW_CONN_*``, ``AIRFLOW_VAR_*``, secrets)."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.upper().startswith(_SECRET_PREFIXES) and not any(word in name.upper() for word in _SECRET_WORDS)
+    }
+
+
+def _child_command() -> list[str]:
+    """This interpreter, on the task's ``sys.path`` (dags folder, plugins, a source checkout: what the task imports)."""
+    return [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), __name__]
+
+
 class _Child:
     """One child process and its two pipes; used by one thread at a time (taken from the free queue)."""
 
     def __init__(self, encoder: EncoderFn) -> None:
-        package_root = str(Path(__file__).resolve().parents[3])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", __name__],
+            _child_command(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            env=env,
+            env=_child_environment(),
             close_fds=True,
         )
         assert self.process.stdin is not None and self.process.stdout is not None
         self.stdin: IO[bytes] = self.process.stdin
         self.stdout: IO[bytes] = self.process.stdout
         for pipe in (self.stdin, self.stdout):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+            if _F_SETPIPE_SZ is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
         self.schema: pa.Schema | None = None
-        _send(self.stdin, _ENCODER, pickle.dumps(encoder))
+        try:
+            _send(self.stdin, _ENCODER, pickle.dumps(encoder))
+        except OSError:
+            self.kill()
+            raise
 
     def wait_ready(self) -> bool:
         try:
             kind, _ = _receive(self.stdout)
-        except (OSError, EOFError):
+        except (OSError, EOFError, ValueError):
             return False
         return kind == _READY
 
     def encode(self, batch: pa.RecordBatch) -> bytes | None:
-        """The body of ``batch``, or None if the child failed to encode it; OSError/EOFError if it is gone."""
+        """The body of ``batch``, or None if the child's encoder raised; any exception: the child is unusable."""
         if self.schema is not batch.schema and (self.schema is None or not self.schema.equals(batch.schema)):
+            self.schema = None  # until the child has it
             _send(self.stdin, _SCHEMA, batch.schema.serialize().to_pybytes())
             self.schema = batch.schema
         _send(self.stdin, _BATCH, batch.serialize().to_pybytes())
         kind, payload = _receive(self.stdout)
-        return payload if kind == _BODY else None
+        if kind == _BODY:
+            return payload
+        if kind == _FAILED:
+            return None
+        raise ProtocolError(f"unexpected frame {kind!r} from the encoder process")
 
-    def close(self, timeout: float = 5.0) -> None:
+    def exit_code(self, timeout: float = 1.0) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return self.process.wait(timeout=timeout)
+        return None
+
+    def kill(self) -> None:
         with contextlib.suppress(OSError):
+            self.process.kill()
+        self.finish(timeout=None)
+
+    def end_input(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
             self.stdin.close()
+
+    def finish(self, timeout: float | None = 5.0) -> None:
+        """Wait for the child's exit (its input closed), killing it after ``timeout`` seconds; close the pipes."""
+        self.end_input()
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):
             self.stdout.close()
 
 
@@ -180,13 +230,12 @@ class EncoderProcesses:
             try:
                 child = _Child(encoder)
             except OSError as err:
-                log.warning("an encoder process could not start (%s)", type(err).__name__)
+                log.warning("an encoder process could not start (%s); %s", type(err).__name__, _FALLBACK)
                 continue
             self._children.append(child)
             self._live += 1
             threading.Thread(target=self._start, args=(child,), name="smrt-encode-start", daemon=True).start()
         if not self._children:
-            log.warning("request bodies are encoded in the task's process")
             self._ready.set()
             self._free.put(None)
 
@@ -200,24 +249,30 @@ class EncoderProcesses:
         self.close()
 
     def _start(self, child: _Child) -> None:
-        if child.wait_ready():
-            with self._lock:
-                self._started += 1
-            self._ready.set()
-            self._free.put(child)
-        else:
+        if not child.wait_ready():
             self._lost(child)
+            return
+        with self._lock:
+            if self._gave_up or self._closed:
+                return
+            self._started += 1
+        self._ready.set()
+        self._free.put(child)
 
     def _lost(self, child: _Child) -> None:
-        """``child`` is gone: stop using it; with none left, wake every waiter to encode in this process."""
+        """``child`` is gone or unusable: stop it; with none left, wake every waiter to encode in this process."""
+        code = child.exit_code(timeout=0.5)  # a child that is dying says why; one out of step is stopped
+        child.kill()
         with self._lock:
             self._live -= 1
             none_left = self._live == 0
         if not self._closed:
             log.warning(
-                "an encoder process exited (code %s); %s",
-                child.process.poll(),
-                "request bodies are encoded in the task's process from now on" if none_left else "the others go on",
+                "an encoder process %s; %s",
+                "was stopped: it answered out of step" if code is None else f"exited (code {code})",
+                f"request bodies are encoded in the task's process from now on; {_FALLBACK}"
+                if none_left
+                else "the others go on",
             )
         if none_left:
             self._ready.set()
@@ -230,9 +285,7 @@ class EncoderProcesses:
                 return
             self._gave_up = True
             self._ready.set()
-        log.warning(
-            "no encoder process started within %.0f s; request bodies are encoded in the task's process", START_TIMEOUT
-        )
+        log.warning("no encoder process started within %.0f s; %s", START_TIMEOUT, _FALLBACK)
         self._free.put(None)
 
     def wait_started(self, timeout: float = START_TIMEOUT) -> bool:
@@ -248,14 +301,17 @@ class EncoderProcesses:
             self._give_up()
             return self._here(features)
         child = self._free.get()
-        if child is None:  # no child left
-            self._free.put(None)
+        if child is None or self._closed:  # no child left, or the run is over
+            self._free.put(child)
             return self._here(features)
         try:
             body = child.encode(features.combine_chunks().to_batches()[0])
-        except (OSError, EOFError):
+        except Exception:  # noqa: BLE001 - gone, out of step or out of memory: drop it, encode here
             self._lost(child)
             return self._here(features)
+        except BaseException:  # e.g. KeyboardInterrupt mid-exchange: its answer is unread, so it is unusable
+            self._lost(child)
+            raise
         self._free.put(child)
         if body is None:  # the child's encoder raised: raise the same error from here
             return self._here(features)
@@ -270,11 +326,17 @@ class EncoderProcesses:
 
     def close(self) -> None:
         """Stop the children (each exits when its pipe closes); bodies asked for later are encoded here."""
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._ready.set()
         self._free.put(None)
         for child in self._children:
-            child.close()
+            child.end_input()
+        for child in self._children:
+            child.finish()
+
+
+_FALLBACK = "a child's error, if any, is in this log; encode_processes=0 encodes in the task's process from the start"
 
 
 def _send(pipe: IO[bytes], kind: bytes, payload: bytes) -> None:
@@ -313,6 +375,8 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         if kind == _SCHEMA:
             schema = pa.ipc.read_schema(pa.py_buffer(payload))
             continue
+        if kind != _BATCH:  # out of step with the parent: answering could pair a body with the wrong rows
+            raise SystemExit(f"unexpected frame {kind!r}")
         try:
             batch = pa.ipc.read_record_batch(pa.py_buffer(payload), schema)
             body = encoder(pa.Table.from_batches([batch]))
@@ -322,7 +386,14 @@ def _serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
         _send(stdout, _BODY, body)
 
 
-if __name__ == "__main__":
+def _main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the parent, which closes the pipe
-    out, sys.stdout = sys.stdout.buffer, sys.stderr  # nothing but frames on the parent's pipe
-    _serve(sys.stdin.buffer, out)
+    # Nothing but frames on the parent's pipe: they go to a copy of fd 1, and fd 1 (C code, print) to stderr.
+    frames = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    _serve(sys.stdin.buffer, frames)
+
+
+if __name__ == "__main__":
+    _main()

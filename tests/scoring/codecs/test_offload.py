@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -33,7 +34,10 @@ def _features(rows: int = 2_000) -> pa.Table:
 @pytest.fixture
 def csv_processes() -> Iterator[EncoderProcesses]:
     with EncoderProcesses(CsvEncoder(), 2) as processes:
-        assert processes.wait_started()
+        deadline = time.monotonic() + 60
+        while processes._started < 2:  # both children in the free queue, so that calls take turns on them
+            assert time.monotonic() < deadline, "the encoder processes did not start"
+            time.sleep(0.01)
         yield processes
 
 
@@ -100,7 +104,8 @@ def test_a_child_that_exits_is_dropped_and_the_last_one_leaves_the_work_to_the_t
     assert not csv_processes.wait_started(timeout=0)
     assert [r.getMessage() for r in caplog.records] == [
         "an encoder process exited (code -9); the others go on",
-        "an encoder process exited (code -9); request bodies are encoded in the task's process from now on",
+        "an encoder process exited (code -9); request bodies are encoded in the task's process from now on; "
+        "a child's error, if any, is in this log; encode_processes=0 encodes in the task's process from the start",
     ]
     csv_processes.inline = csv_processes.offloaded = 0
     assert csv_processes(table) == expected
@@ -171,3 +176,36 @@ def test_children_exit_when_the_task_process_is_killed() -> None:
     while not all(_exited(pid) for pid in children):
         assert time.monotonic() < deadline, "an encoder process outlived its killed parent"
         time.sleep(0.05)
+
+
+def test_the_child_runs_on_the_tasks_sys_path_without_its_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend("/opt/airflow/dags")
+    command = offload._child_command()
+    assert command[:2] == [sys.executable, "-c"] and command[-1] == offload.__name__
+    assert json.loads(command[3]) == sys.path
+    for name in (
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AIRFLOW_CONN_AWS_DEFAULT",
+        "AIRFLOW_VAR_KEY",
+        "MY_TOKEN",
+    ):
+        monkeypatch.setenv(name, "sensitive")
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+    env = offload._child_environment()
+    assert "sensitive" not in env.values()
+    assert env["ARROW_DEFAULT_MEMORY_POOL"] == "system" and env["PATH"] == os.environ["PATH"]
+
+
+def test_a_child_out_of_step_is_stopped_and_the_body_encoded_here(
+    csv_processes: EncoderProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=offload.__name__)
+    table = _features(100)
+    first, second = csv_processes._children
+    offload._send(first.stdin, b"?", b"")  # an unknown frame: the child stops reading and exits
+    bodies = [csv_processes(table) for _ in range(3)]
+    assert bodies == [CsvEncoder()(table)] * 3
+    assert (csv_processes.offloaded, csv_processes.inline) == (2, 1)
+    assert first.process.returncode is not None and second.process.poll() is None
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().endswith("the others go on")
