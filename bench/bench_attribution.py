@@ -203,7 +203,7 @@ def main() -> None:
         print(f"| {label} | {per_request:.2f} |")
     process = statistics.median(run["cpu"]["client"] / requests * 1e3 for run, _, requests in staged)
     rate = statistics.median(run["busy_rate"] for run, _, _ in staged)
-    print(f"| the whole process, in the busy window | {process:.2f} |")
+    print(f"| the client (this process and its encoder child), in the busy window | {process:.2f} |")
     print(f"(rows/s of these runs: {rate:,.0f})")
 
 

@@ -3,7 +3,7 @@
 Encoding a body is a third of the client CPU a request costs (``docs/performance.md``, Limits), and
 in one process it holds the GIL that the calls, the decoding and the writer need too.
 :class:`EncoderProcesses` runs the built-in CSV and JSON encoders in ``processes`` children
-(``python -m airflow_provider_smrt.scoring.codecs.offload``): a worker thread sends the request's
+(this module, run by the task's interpreter): a worker thread sends the request's
 rows as an Arrow IPC record batch down a pipe and waits, without the GIL, for the body.
 
 Nothing else changes: the bodies are the encoder's, byte for byte. Whatever a child cannot do is
