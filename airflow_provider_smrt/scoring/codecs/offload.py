@@ -43,7 +43,7 @@ from typing import IO, Any, Literal
 import pyarrow as pa
 
 from airflow_provider_smrt.exceptions import ParameterValidationError
-from airflow_provider_smrt.scoring.codecs.arrow import schema_memo
+from airflow_provider_smrt.scoring.codecs.arrow import is_string, schema_memo
 from airflow_provider_smrt.scoring.codecs.base import EncoderFn
 
 __all__ = ["EncodeProcesses", "EncoderProcesses", "offloadable", "resolve_encode_processes"]
@@ -96,11 +96,7 @@ def offloadable(encoder: EncoderFn) -> bool:
 def _plain(schema: pa.Schema) -> bool:
     """Every field a number, a boolean or a string: types an IPC batch carries alone, read back the same."""
     return all(
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_string(t)
-        or pa.types.is_large_string(t)
+        pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or is_string(t)
         for t in schema.types
     )
 
