@@ -6,8 +6,10 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -23,7 +25,7 @@ from airflow_provider_smrt.retry import RetryPolicy
 from airflow_provider_smrt.scoring import dataset
 from airflow_provider_smrt.scoring.job import ScoringConfig, ScoringJob
 from airflow_provider_smrt.scoring.storage import Storage
-from tests.scoring.fakes import FakeEndpoint, numeric_table
+from tests.scoring.fakes import FakeEndpoint, Result, numeric_table
 
 FAST_RETRY = RetryPolicy(max_attempts=12, base_delay=0.001, max_delay=0.01, throttle_base_delay=0.001)
 
@@ -49,7 +51,7 @@ def make_inputs(root: Path) -> Path:
     return inputs
 
 
-def run(root: Path, endpoint: FakeEndpoint, **overrides: object) -> dict:
+def run(root: Path, endpoint: Callable[[bytes], Result], **overrides: object) -> dict:
     config = ScoringConfig(
         endpoint_name="fake",
         input_uri=overrides.pop("input_uri", str(root / "in")),  # type: ignore[arg-type]
@@ -291,11 +293,14 @@ def test_a_row_over_the_payload_limit_is_named(tmp_path: Path) -> None:
     text = ["short"] * 300
     text[157] = "x" * 5_000
     write(tmp_path / "in" / "a.parquet", table.append_column("text", pa.array(text)), 100)
-    endpoint = FakeEndpoint()
+
+    def answer(body: bytes) -> Result:  # the requests before row 157 succeed, whenever they are sent
+        return Result(orjson.dumps({"predictions": [0.0] * len(orjson.loads(body)["instances"])}))
+
     with pytest.raises(InputDataError, match=r"a\.parquet row 157: .*SageMakerInvokeEndpointAsyncOperator"):
         run(
             tmp_path,
-            endpoint,
+            answer,
             feature_columns=["text"],
             content_type="application/json",  # text/csv takes numeric features only
             max_payload_bytes=3_000,
