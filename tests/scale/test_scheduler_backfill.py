@@ -165,8 +165,12 @@ def test_backfill_scores_each_partition_once_within_the_pool(
         f"{retried_attempts} task retries (at most {allowed} allowed)"
     )
     # The pool is the lever: at most POOL_SLOTS // CONCURRENCY tasks score at once, so the endpoint never
-    # sees more requests in flight than the pool's slots, while 3 tasks score together.
-    assert stats["max_concurrent"] == POOL_SLOTS, stats  # all slots held at once, never more
+    # sees more requests in flight than the pool's slots, while 3 tasks score together. A retried request
+    # (its first attempt abandoned while held) or a retried task attempt (its predecessor's requests still
+    # held) can leave that many more at the endpoint, and no more.
+    left_behind = retried_requests + retried_attempts * scale_dags.CONCURRENCY
+    retried = (retried_requests, retried_attempts)
+    assert POOL_SLOTS <= stats["max_concurrent"] <= POOL_SLOTS + left_behind, (stats, retried)
     release.join(timeout=5)
     assert _max_overlap(deployment, backfill) >= 3
 
