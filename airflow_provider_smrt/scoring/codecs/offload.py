@@ -232,8 +232,7 @@ class EncoderProcesses:
             self._live += 1
             threading.Thread(target=self._start, args=(child,), name="smrt-encode-start", daemon=True).start()
         if not self._children:
-            self._ready.set()
-            self._free.put(None)
+            self._encode_here_from_now()
 
     def __repr__(self) -> str:
         return f"EncoderProcesses({type(self.encoder).__name__}, processes={len(self._children)})"
@@ -271,17 +270,21 @@ class EncoderProcesses:
                 else "the others go on",
             )
         if none_left:
-            self._ready.set()
-            self._free.put(None)
+            self._encode_here_from_now()
 
     def _give_up(self) -> None:
         """No child started in time: every body is encoded here (the children are stopped by :meth:`close`)."""
         with self._lock:
-            if self._ready.is_set():
+            if self._ready.is_set() or self._gave_up:
                 return
             self._gave_up = True
-            self._ready.set()
         log.warning("no encoder process started within %.0f s; %s", START_TIMEOUT, _FALLBACK)
+        self._encode_here_from_now()
+
+    def _encode_here_from_now(self) -> None:
+        """Wake every call waiting for a child: the None each takes from the free queue (and puts back) says
+        to encode in this process."""
+        self._ready.set()
         self._free.put(None)
 
     def wait_started(self, timeout: float = START_TIMEOUT) -> bool:
@@ -324,8 +327,7 @@ class EncoderProcesses:
         """Stop the children (each exits when its pipe closes); bodies asked for later are encoded here."""
         with self._lock:
             self._closed = True
-        self._ready.set()
-        self._free.put(None)
+        self._encode_here_from_now()
         for child in self._children:
             child.end_input()
         for child in self._children:
