@@ -29,3 +29,9 @@ with DAG(**dag_args("t_async_parquet", PARAMS)) as t_async_parquet:
 
 with DAG(**dag_args("t_batch_wide", PARAMS)) as t_batch_wide:
     SageMakerBatchScoreOperator(**_parquet_args())
+
+with DAG(**dag_args("t_async_parquet_in_task", PARAMS)) as t_async_parquet_in_task:
+    SageMakerAsyncBatchScoreOperator(**_parquet_args(), poke_interval=0.2, encode_processes=0)
+
+with DAG(**dag_args("t_async_parquet_in_child", PARAMS)) as t_async_parquet_in_child:
+    SageMakerAsyncBatchScoreOperator(**_parquet_args(), poke_interval=0.2, encode_processes=1)

@@ -82,3 +82,20 @@ def test_input_uri_on_the_invoke_operator_is_deprecated_and_still_runs_the_new_o
     assert (new.concurrency, new.content_type, new.aws_conn_id) == (3, "text/csv", "my_aws")
     built = scoring_config(new, map_index=None, invoke_params={})
     assert built.passthrough_columns == ["id"] and built.input_uri == "s3://b/in/" and built.concurrency == 3
+
+
+def test_async_payloads_encoded_in_the_task_process_match_those_of_the_child(
+    s3_client: Any, make_endpoint: Any, endpoint_stats: Any, s3_prefix: str
+) -> None:
+    put_parquet(s3_client, f"{s3_prefix}in/w.parquet", wide_table(range(0, 1_200), width=20), 5_000)
+    endpoint = make_endpoint("sum")
+    outputs = {}
+    for dag_id in ("t_async_parquet_in_child", "t_async_parquet_in_task"):  # encode_processes 1, then 0
+        conf = {"endpoint_name": endpoint, "input_uri": s3_prefix + "in/", "output_uri": f"{s3_prefix}{dag_id}/"}
+        run = run_dag(dag_id, conf)
+        assert run.state == "success", run.states
+        outputs[dag_id] = (run.xcom("score")["bodies_encoded_by_children"], read_parts(s3_client, conf["output_uri"]))
+    assert endpoint_stats(endpoint)["async_submitted"] == 2
+    (by_child, with_child), (in_task, without_child) = outputs.values()
+    assert by_child >= 1 and in_task == 0
+    assert with_child.sort_by("id").equals(without_child.sort_by("id")) and with_child.num_rows == 1_200
